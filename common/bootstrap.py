@@ -1,0 +1,39 @@
+"""The one place that wires dependencies: settings, logging, engine, workers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from sqlalchemy import Engine
+
+from common.config import Settings, load_settings
+from common.logging import configure_logging
+from common.metrics import serve_metrics
+from common.runtime.stage import StageSpec, StageWorker, run_stage_forever
+from common.store.db import make_engine
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process's settings."""
+    return load_settings()
+
+
+@lru_cache(maxsize=4)
+def engine(url: str | None = None) -> Engine:
+    """The process's database engine."""
+    return make_engine(url or settings().database_url)
+
+
+def stage_worker(spec: StageSpec, config: Settings | None = None) -> StageWorker:
+    """A stage worker wired to the configured database and broker."""
+    config = config or settings()
+    return StageWorker(spec, config, engine(config.database_url))
+
+
+def run_stage(spec: StageSpec) -> None:
+    """Entry point of ``python -m services.<stage>``."""
+    config = settings()
+    configure_logging(f"oms.{spec.stage}", config.log_level)
+    serve_metrics(config.metrics_port)
+    run_stage_forever(spec, lambda s: stage_worker(s, config))

@@ -1,0 +1,45 @@
+"""Pure order domain: enums, the ``Order`` aggregate, FIX execution-report semantics, events, errors.
+
+Imports nothing but the standard library and ``transitions``.
+"""
+
+from common.domain.enums import (
+    TERMINAL_STATES,
+    ExecType,
+    OrderEventType,
+    OrderState,
+    OrderStatus,
+    OrderType,
+    RequestKind,
+    Side,
+    TimeInForce,
+    public_status,
+)
+from common.domain.errors import DomainError, InvalidCommand, InvalidTransition, ReportMismatch
+from common.domain.events import DomainEvent
+from common.domain.execution import ExecutionReportData, FillDelta, ReportOutcome
+from common.domain.order import Order, PendingRequest, order_terms_problems
+
+__all__ = [
+    "TERMINAL_STATES",
+    "DomainError",
+    "DomainEvent",
+    "ExecType",
+    "ExecutionReportData",
+    "FillDelta",
+    "InvalidCommand",
+    "InvalidTransition",
+    "Order",
+    "OrderEventType",
+    "OrderState",
+    "OrderStatus",
+    "OrderType",
+    "PendingRequest",
+    "ReportMismatch",
+    "ReportOutcome",
+    "RequestKind",
+    "Side",
+    "TimeInForce",
+    "order_terms_problems",
+    "public_status",
+]

@@ -1,0 +1,47 @@
+"""Dead-lettering a message ourselves, when the reason is known (a body that fails validation, a lost order)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from common.messaging.publisher import Publisher
+from common.messaging.topology import DEAD_LETTER_EXCHANGE, StageQueue
+from common.store.outbox import OutboxMessage
+
+ERROR_HEADER = "x-oms-error"
+STAGE_HEADER = "x-oms-stage"
+ORIGINAL_EXCHANGE_HEADER = "x-oms-original-exchange"
+ORIGINAL_ROUTING_KEY_HEADER = "x-oms-original-routing-key"
+DEAD_LETTERED_AT_HEADER = "x-oms-dead-lettered-at"
+
+
+async def dead_letter(
+    publisher: Publisher, queue: StageQueue, message: AbstractIncomingMessage, message_id: str, reason: str
+) -> None:
+    """Publish the message, unchanged, to the stage's dead-letter queue with the reason in a header.
+
+    The caller acks the original only after this returns: the broker confirmed the copy, so nothing is lost.
+    """
+    headers = dict(message.headers or {})
+    headers.update(
+        {
+            ERROR_HEADER: reason[:4000],
+            STAGE_HEADER: queue.stage,
+            ORIGINAL_EXCHANGE_HEADER: message.exchange or "",
+            ORIGINAL_ROUTING_KEY_HEADER: message.routing_key or "",
+            DEAD_LETTERED_AT_HEADER: datetime.now(UTC).isoformat(),
+        }
+    )
+    copy = OutboxMessage(
+        message_id=message_id,
+        exchange=DEAD_LETTER_EXCHANGE,
+        routing_key=queue.dead_letter_name,
+        type=message.type or "unknown",
+        correlation_id=message.correlation_id,
+        body=message.body,
+        headers=headers,
+    )
+    if not await publisher.publish([copy]):
+        raise RuntimeError(f"dead-letter publish of {message_id} was not confirmed")

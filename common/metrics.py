@@ -1,0 +1,27 @@
+"""Prometheus metrics shared by every process; each process serves them on its own port."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+STAGE_MESSAGES = Counter("oms_stage_messages_total", "Messages a stage finished with, by outcome", ["stage", "outcome"])
+STAGE_HANDLING_SECONDS = Histogram(
+    "oms_stage_batch_seconds",
+    "Time to handle one batch: decode, transaction, publish, ack",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+STAGE_BATCH_SIZE = Histogram(
+    "oms_stage_batch_size", "Deliveries per batch", ["stage"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500)
+)
+OUTBOX_PUBLISHED = Counter("oms_outbox_relayed_total", "Outbox rows published by the relay")
+OUTBOX_LAG_SECONDS = Gauge("oms_outbox_lag_seconds", "Age of the oldest unsent outbox row")
+ORDERS_BY_STATUS = Gauge("oms_orders", "Orders by public status", ["status"])
+RISK_REJECTIONS = Counter("oms_risk_rejections_total", "Orders rejected by the risk gate, by rule", ["rule"])
+DEAD_LETTER_DEPTH = Gauge("oms_dead_letter_depth", "Messages waiting in each dead-letter queue", ["queue"])
+
+
+def serve_metrics(port: int) -> None:
+    """Serve /metrics on ``port`` (0 means: do not serve)."""
+    if port:
+        start_http_server(port)

@@ -1,0 +1,107 @@
+"""The outbox relay: publishes rows no writer published — the API's (at once) and a crashed worker's (after a grace).
+
+Rows are taken ``FOR UPDATE SKIP LOCKED`` and stay locked until they are marked sent, so several relays
+never publish the same row twice at once; a consumer still treats a duplicate as normal (its inbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+import psycopg
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.engine import make_url
+
+from common.config import Settings
+from common.messaging.connection import connect
+from common.messaging.publisher import Publisher
+from common.metrics import OUTBOX_LAG_SECONDS, OUTBOX_PUBLISHED
+from common.store.outbox import OutboxMessage, mark_sent
+
+log = logging.getLogger(__name__)
+
+_DUE = text(
+    "SELECT message_id, exchange, routing_key, type, correlation_id, headers, body, created_at FROM outbox "
+    "WHERE sent_at IS NULL AND (NOT claimed OR created_at < now() - make_interval(secs => :grace)) "
+    "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+)
+_OLDEST = text("SELECT min(created_at) FROM outbox WHERE sent_at IS NULL")
+
+
+def libpq_url(sqlalchemy_url: str) -> str:
+    """The plain libpq form of a SQLAlchemy URL (for LISTEN on a raw psycopg connection)."""
+    url = make_url(sqlalchemy_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+class OutboxRelay:
+    """Publishes due outbox rows; wakes on ``NOTIFY oms_outbox`` or every poll interval."""
+
+    def __init__(self, settings: Settings, engine: Engine, batch: int = 500) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.batch = batch
+        self._stopping = asyncio.Event()
+
+    def _take(self, connection: Connection) -> list[OutboxMessage]:
+        rows = connection.execute(_DUE, {"grace": self.settings.outbox_grace_seconds, "limit": self.batch})
+        return [
+            OutboxMessage(
+                message_id=r.message_id,
+                exchange=r.exchange,
+                routing_key=r.routing_key,
+                type=r.type,
+                correlation_id=r.correlation_id,
+                headers=r.headers,
+                body=r.body,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    def _lag(self) -> float:
+        with self.engine.connect() as connection:
+            oldest = connection.execute(_OLDEST).scalar()
+        return 0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds()
+
+    async def relay_once(self, publisher: Publisher) -> int:
+        """Publish one round of due rows; returns how many were confirmed."""
+        connection = await asyncio.to_thread(self.engine.connect)
+        try:
+            await asyncio.to_thread(connection.begin)
+            messages = await asyncio.to_thread(self._take, connection)
+            confirmed = await publisher.publish(messages) if messages else []
+            if confirmed:
+                await asyncio.to_thread(mark_sent, connection, confirmed)
+            await asyncio.to_thread(connection.commit)
+        finally:
+            await asyncio.to_thread(connection.close)
+        OUTBOX_PUBLISHED.inc(len(confirmed))
+        OUTBOX_LAG_SECONDS.set(await asyncio.to_thread(self._lag))
+        return len(confirmed)
+
+    async def run(self) -> None:
+        """Relay until stopped."""
+        amqp = await connect(self.settings.amqp_url, "oms.outbox_relay")
+        publisher = Publisher(amqp)
+        listener = await psycopg.AsyncConnection.connect(libpq_url(self.settings.database_url), autocommit=True)
+        await listener.execute("LISTEN oms_outbox")
+        log.info("outbox relay running")
+        try:
+            while not self._stopping.is_set():
+                while await self.relay_once(publisher) >= self.batch:
+                    pass  # a backlog: keep going before sleeping
+                # Wake on the first notification, or after the poll interval for crash leftovers.
+                with contextlib.suppress(TimeoutError):
+                    async for _ in listener.notifies(timeout=self.settings.outbox_poll_seconds, stop_after=1):
+                        break
+        finally:
+            await listener.close()
+            await amqp.close()
+
+    def stop(self) -> None:
+        """Return from ``run`` after the round at hand."""
+        self._stopping.set()

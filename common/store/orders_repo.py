@@ -1,0 +1,251 @@
+"""Orders: load, lock and save the aggregate, writing its events and its order updates in the same transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, insert, select, text, update
+
+from common.domain import (
+    Order,
+    OrderState,
+    OrderType,
+    PendingRequest,
+    Side,
+    TimeInForce,
+)
+from common.store import tables
+from common.store.outbox import Outbox
+
+ORDER_UPDATES_EXCHANGE = "oms.order_updates"
+
+_EVENT_SEQ = (
+    select(tables.order_events.c.sequence)
+    .where(tables.order_events.c.order_id == tables.orders.c.id)
+    .order_by(tables.order_events.c.sequence.desc())
+    .limit(1)
+    .scalar_subquery()
+    .label("last_sequence")
+)
+
+
+def _pending_to_json(pending: PendingRequest | None) -> dict[str, Any] | None:
+    return None if pending is None else pending.to_dict()
+
+
+def _pending_from_json(data: Mapping[str, Any] | None) -> PendingRequest | None:
+    return PendingRequest.from_dict(data) if data else None
+
+
+def order_from_row(row: RowMapping) -> Order:
+    """Rebuild the aggregate from an ``orders`` row."""
+    return Order(
+        id=row["id"],
+        account_id=row["account_id"],
+        symbol=row["symbol"],
+        side=Side(row["side"]),
+        type=OrderType(row["type"]),
+        quantity=row["quantity"],
+        price=row["price"],
+        stop_price=row["stop_price"],
+        time_in_force=TimeInForce(row["time_in_force"]),
+        strategy_id=row["strategy_id"],
+        notes=row["notes"],
+        client_order_id=row["client_order_id"],
+        state=OrderState(row["state"]),
+        filled_quantity=row["filled_quantity"],
+        average_execution_price=row["average_execution_price"],
+        fees=row["fees"],
+        broker_order_id=row["broker_order_id"],
+        rejection_reason=row["rejection_reason"],
+        rejection_code=row["rejection_code"],
+        overfilled=row["overfilled"],
+        pending_request=_pending_from_json(row["pending_request"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        version=row["version"],
+    )
+
+
+def _order_values(order: Order) -> dict[str, Any]:
+    return {
+        "account_id": order.account_id,
+        "symbol": order.symbol,
+        "side": order.side.value,
+        "type": order.type.value,
+        "status": order.status.value,
+        "quantity": order.quantity,
+        "filled_quantity": order.filled_quantity,
+        "price": order.price,
+        "stop_price": order.stop_price,
+        "average_execution_price": order.average_execution_price,
+        "time_in_force": order.time_in_force.value,
+        "strategy_id": order.strategy_id,
+        "broker_order_id": order.broker_order_id,
+        "rejection_reason": order.rejection_reason,
+        "notes": order.notes,
+        "created_at": order.created_at,
+        "updated_at": order.updated_at,
+        "state": order.state.value,
+        "client_order_id": order.client_order_id,
+        "rejection_code": order.rejection_code,
+        "fees": order.fees,
+        "overfilled": order.overfilled,
+        "pending_request": _pending_to_json(order.pending_request),
+        "version": order.version,
+    }
+
+
+def order_update_body(order: Order, latest_execution: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The specification's ``OrderUpdate`` (camelCase), plus the account, symbol and finer state."""
+    body: dict[str, Any] = {
+        "orderId": order.id,
+        "status": order.status.value,
+        "filledQuantity": order.filled_quantity,
+        "averageExecutionPrice": order.average_execution_price,
+        "timestamp": order.updated_at,
+        "accountId": order.account_id,
+        "symbol": order.symbol,
+        "state": order.state.value,
+        "quantity": order.quantity,
+        "leavesQuantity": order.leaves_quantity,
+        "version": order.version,
+    }
+    if latest_execution is not None:
+        body["latestExecution"] = dict(latest_execution)
+    return body
+
+
+def order_update_routing_key(order: Order) -> str:
+    """``<accountId>.<symbol>.<STATUS>``; a dot inside an id would split a topic word, so it becomes '_'."""
+    return ".".join(part.replace(".", "_") for part in (order.account_id, order.symbol, order.status.value))
+
+
+class OrderRepository:
+    """Reads and writes orders through one connection; remembers what it loaded to see what changed."""
+
+    def __init__(self, connection: Connection, outbox: Outbox) -> None:
+        self._connection = connection
+        self._outbox = outbox
+        self._sequence: dict[str, int] = {}
+        self._seen: dict[str, tuple[str, Decimal, str]] = {}
+
+    def _remember(self, order: Order, last_sequence: int) -> Order:
+        self._sequence[order.id] = last_sequence
+        self._seen[order.id] = (order.status.value, order.filled_quantity, order.state.value)
+        return order
+
+    def lock(self, order_ids: Iterable[str]) -> None:
+        """Lock orders in id order, so writers of overlapping batches queue instead of deadlocking."""
+        ids = sorted(set(order_ids))
+        if ids:
+            self._connection.execute(
+                text("SELECT id FROM orders WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"), {"ids": ids}
+            )
+
+    def get(self, order_id: str, for_update: bool = False) -> Order | None:
+        """Load one order (locking it when asked)."""
+        query = select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id == order_id)
+        if for_update:
+            query = query.with_for_update(of=tables.orders)
+        row = self._connection.execute(query).mappings().first()
+        if row is None:
+            return None
+        return self._remember(order_from_row(row), row["last_sequence"] or 0)
+
+    def get_many(self, order_ids: Iterable[str]) -> dict[str, Order]:
+        """Load several orders in one round trip (lock them first with ``lock`` when they will change)."""
+        ids = list(set(order_ids))
+        if not ids:
+            return {}
+        rows = self._connection.execute(select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id.in_(ids)))
+        return {row["id"]: self._remember(order_from_row(row), row["last_sequence"] or 0) for row in rows.mappings()}
+
+    def find_by_client_order_id(self, account_id: str, client_order_id: str) -> Order | None:
+        """The order an idempotency key (decision id, Idempotency-Key) already made, if any."""
+        row = (
+            self._connection.execute(
+                select(tables.orders, _EVENT_SEQ).where(
+                    tables.orders.c.account_id == account_id,
+                    tables.orders.c.client_order_id == client_order_id,
+                )
+            )
+            .mappings()
+            .first()
+        )
+        return None if row is None else self._remember(order_from_row(row), row["last_sequence"] or 0)
+
+    def add(
+        self,
+        order: Order,
+        *,
+        correlation_id: str | None,
+        message_id: str | None,
+        user_id: str | None = None,
+    ) -> None:
+        """Insert a new order with its events, and announce it to order-update subscribers."""
+        self._connection.execute(insert(tables.orders).values(id=order.id, **_order_values(order)))
+        self._sequence[order.id] = 0
+        self._write_events(order, correlation_id, message_id, user_id)
+        self._announce(order, None)
+        self._remember(order, self._sequence[order.id])
+
+    def save(
+        self,
+        order: Order,
+        *,
+        correlation_id: str | None,
+        message_id: str | None,
+        user_id: str | None = None,
+        latest_execution: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write back an order loaded through this repository, with its new events and update message."""
+        if not order.events:
+            return
+        self._connection.execute(
+            update(tables.orders).where(tables.orders.c.id == order.id).values(**_order_values(order))
+        )
+        self._write_events(order, correlation_id, message_id, user_id)
+        before = self._seen.get(order.id)
+        after = (order.status.value, order.filled_quantity, order.state.value)
+        if before != after or latest_execution is not None:
+            self._announce(order, latest_execution)
+        self._seen[order.id] = after
+
+    def _write_events(
+        self, order: Order, correlation_id: str | None, message_id: str | None, user_id: str | None
+    ) -> None:
+        events = order.pull_events()
+        if not events:
+            return
+        sequence = self._sequence.get(order.id, 0)
+        rows = []
+        for event in events:
+            sequence += 1
+            rows.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "order_id": order.id,
+                    "type": event.type.value,
+                    "payload": dict(event.payload),
+                    "user_id": event.user_id or user_id,
+                    "timestamp": event.timestamp,
+                    "correlation_id": correlation_id or order.id,
+                    "sequence": sequence,
+                    "message_id": message_id,
+                }
+            )
+        self._connection.execute(insert(tables.order_events), rows)
+        self._sequence[order.id] = sequence
+
+    def _announce(self, order: Order, latest_execution: Mapping[str, Any] | None) -> None:
+        self._outbox.add(
+            exchange=ORDER_UPDATES_EXCHANGE,
+            routing_key=order_update_routing_key(order),
+            type="OrderUpdate",
+            body=order_update_body(order, latest_execution),
+            correlation_id=order.id,
+        )

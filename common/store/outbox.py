@@ -1,0 +1,134 @@
+"""Outbox and inbox: messages leave only after the transaction that decided them commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, text
+
+from common import jsonutil
+from common.store import tables
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """One message to publish: what the publisher needs, and the body already serialised."""
+
+    message_id: str
+    exchange: str
+    routing_key: str
+    type: str
+    correlation_id: str | None
+    # Text for our own JSON; bytes only when a received message is passed on unchanged (dead-lettering).
+    body: str | bytes
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class Outbox:
+    """Collects the messages of one transaction and writes them as outbox rows at flush."""
+
+    def __init__(self, connection: Connection, claimed: bool) -> None:
+        self._connection = connection
+        # claimed: the writer will publish these itself right after commit (stage workers);
+        # unclaimed rows (the API's) are published by the relay at once.
+        self._claimed = claimed
+        self._pending: list[OutboxMessage] = []
+        self.written: list[OutboxMessage] = []
+
+    def add(
+        self,
+        exchange: str,
+        routing_key: str,
+        type: str,
+        body: Mapping[str, Any],
+        correlation_id: str | None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> OutboxMessage:
+        """Queue a message for publication after commit; returns it (with its message id)."""
+        message = OutboxMessage(
+            message_id=message_id or str(uuid.uuid4()),
+            exchange=exchange,
+            routing_key=routing_key,
+            type=type,
+            correlation_id=correlation_id,
+            body=jsonutil.dumps(body),
+            headers=dict(headers or {}),
+        )
+        self._pending.append(message)
+        return message
+
+    def flush(self) -> None:
+        """Insert the queued rows (one statement for the lot)."""
+        if not self._pending:
+            return
+        self._connection.execute(
+            insert(tables.outbox),
+            [
+                {
+                    "message_id": m.message_id,
+                    "exchange": m.exchange,
+                    "routing_key": m.routing_key,
+                    "type": m.type,
+                    "correlation_id": m.correlation_id,
+                    "headers": dict(m.headers),
+                    "body": m.body,
+                    "claimed": self._claimed,
+                    "created_at": m.created_at,
+                }
+                for m in self._pending
+            ],
+        )
+        if not self._claimed:
+            # Wakes the relay at commit (NOTIFY is transactional), so API writes go out at once.
+            self._connection.execute(text("NOTIFY oms_outbox"))
+        self.written.extend(self._pending)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        """Forget what this transaction queued (it rolled back)."""
+        self._pending.clear()
+        self.written.clear()
+
+
+def mark_sent(connection: Connection, message_ids: Iterable[str]) -> None:
+    """Record that these outbox rows were published and confirmed."""
+    ids = list(message_ids)
+    if ids:
+        connection.execute(
+            text("UPDATE outbox SET sent_at = now() WHERE message_id = ANY(:ids) AND sent_at IS NULL"),
+            {"ids": ids},
+        )
+
+
+def claim_inbox(connection: Connection, stage: str, message_ids: list[str]) -> set[str]:
+    """Record messages as processed by ``stage``; returns the ids that were new (the rest are redeliveries)."""
+    if not message_ids:
+        return set()
+    rows = connection.execute(
+        text(
+            "INSERT INTO inbox (stage, message_id, processed_at) "
+            "SELECT :stage, m, now() FROM unnest(CAST(:ids AS varchar[])) AS m "
+            "ON CONFLICT DO NOTHING RETURNING message_id"
+        ),
+        {"stage": stage, "ids": message_ids},
+    )
+    return {row[0] for row in rows}
+
+
+def record_failure(connection: Connection, stage: str, message_id: str, error: str) -> None:
+    """Keep the last error of a message whose handling raised, for the dead-letter tooling."""
+    connection.execute(
+        text(
+            "INSERT INTO message_failures (stage, message_id, error, attempts, last_failed_at) "
+            "VALUES (:stage, :mid, :error, 1, now()) "
+            "ON CONFLICT (stage, message_id) DO UPDATE "
+            "SET error = EXCLUDED.error, attempts = message_failures.attempts + 1, last_failed_at = now()"
+        ),
+        {"stage": stage, "mid": message_id, "error": error[:4000]},
+    )

@@ -1,0 +1,61 @@
+"""The unit of work: one transaction, the repositories that share it, and the outbox it fills."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy import Connection, Engine
+
+from common.store.orders_repo import OrderRepository
+from common.store.outbox import Outbox, OutboxMessage
+from common.store.reference import ReferenceData
+
+
+class UnitOfWork:
+    """``with UnitOfWork(engine) as uow: ...; uow.commit()`` — anything not committed is rolled back."""
+
+    def __init__(self, engine: Engine, claim_outbox: bool = False) -> None:
+        self._engine = engine
+        self._claim_outbox = claim_outbox
+        self._connection: Connection | None = None
+        self.committed: list[OutboxMessage] = []
+
+    def __enter__(self) -> UnitOfWork:
+        self._connection = self._engine.connect()
+        self._connection.begin()
+        self.outbox = Outbox(self._connection, claimed=self._claim_outbox)
+        self.orders = OrderRepository(self._connection, self.outbox)
+        self.reference = ReferenceData(self._connection)
+        return self
+
+    @property
+    def connection(self) -> Connection:
+        """The transaction's connection, for stage-specific repositories."""
+        assert self._connection is not None, "unit of work used outside its with-block"
+        return self._connection
+
+    def commit(self) -> list[OutboxMessage]:
+        """Flush the outbox and commit; returns the messages now owed to the broker."""
+        self.outbox.flush()
+        self.connection.commit()
+        self.committed = list(self.outbox.written)
+        self.outbox.written.clear()
+        self.connection.begin()
+        return self.committed
+
+    def rollback(self) -> None:
+        """Undo everything since the last commit."""
+        self.outbox.discard()
+        self.connection.rollback()
+        self.connection.begin()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._connection is not None:
+            self._connection.rollback()
+            self._connection.close()
+            self._connection = None

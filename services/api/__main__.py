@@ -1,0 +1,152 @@
+"""``python -m services.api``: the REST API under gunicorn and the gRPC server beside it.
+
+    python -m services.api                 # both: REST on OMS_REST_PORT (8080), gRPC on OMS_GRPC_PORT (50051)
+    python -m services.api --rest-only     # or --grpc-only; --rest-port/--grpc-port/--workers override
+
+gunicorn's arbiter runs in this process and serves REST from its workers (gthread); the gRPC server runs in
+a child process. When either ends, the other is stopped too, so a supervisor sees one service go down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import threading
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from common import bootstrap
+from common.config import Settings
+from common.logging import configure_logging
+
+log = logging.getLogger("services.api")
+
+
+def _prepare_metrics_dir(settings: Settings) -> None:
+    # gunicorn's workers are separate processes: prometheus_client aggregates them through files in this
+    # folder (it must be set before prometheus_client is first imported, hence here).
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return
+    folder = settings.data_dir / "prometheus" / f"api-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+# ---- gRPC ---------------------------------------------------------------------------------------------------
+
+
+async def _serve_grpc(host: str, port: int) -> None:
+    from services.api.grpc_server import GrpcServer
+
+    server = GrpcServer(bootstrap.settings(), bootstrap.engine(), host=host, port=port)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("gRPC server stopping")
+    await server.stop()
+
+
+def run_grpc(host: str, port: int) -> None:
+    """Run the gRPC server until SIGTERM/SIGINT."""
+    configure_logging("oms.api.grpc", bootstrap.settings().log_level)
+    asyncio.run(_serve_grpc(host, port))
+
+
+# ---- REST ---------------------------------------------------------------------------------------------------
+
+
+def _gunicorn_app(options: dict[str, Any], on_exit: Any) -> Any:
+    from gunicorn.app.base import BaseApplication
+
+    class RestApplication(BaseApplication):  # type: ignore[misc]
+        """gunicorn serving ``services.api.rest.create_app`` (built in each worker, after the fork)."""
+
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+            self.cfg.set("child_exit", _child_exit)
+            self.cfg.set("on_exit", on_exit)
+
+        def load(self) -> Any:
+            from services.api.rest import create_app
+
+            configure_logging("oms.api.rest", bootstrap.settings().log_level)
+            return create_app(bootstrap.settings(), bootstrap.engine())
+
+    return RestApplication()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def _watch(child: BaseProcess, stopping: threading.Event) -> None:
+    child.join()
+    if not stopping.is_set():
+        log.error("gRPC server exited (code %s); stopping the REST server too", child.exitcode)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    settings = bootstrap.settings()
+    parser = argparse.ArgumentParser(prog="python -m services.api", description=__doc__.splitlines()[0])
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--rest-only", action="store_true", help="serve REST only")
+    only.add_argument("--grpc-only", action="store_true", help="serve gRPC only")
+    parser.add_argument("--host", default=os.environ.get("OMS_API_HOST", "0.0.0.0"), help="address to listen on")  # noqa: S104
+    parser.add_argument("--rest-port", type=int, default=settings.rest_port)
+    parser.add_argument("--grpc-port", type=int, default=settings.grpc_port)
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("OMS_API_WORKERS", "2")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMS_API_THREADS", "8")))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    configure_logging("oms.api", settings.log_level)
+
+    if args.grpc_only:
+        run_grpc(args.host, args.grpc_port)
+        return 0
+
+    _prepare_metrics_dir(settings)
+    stopping = threading.Event()
+    child: BaseProcess | None = None
+    if not args.rest_only:
+        child = multiprocessing.get_context("spawn").Process(
+            target=run_grpc, args=(args.host, args.grpc_port), name="oms-api-grpc"
+        )
+        child.start()
+        threading.Thread(target=_watch, args=(child, stopping), daemon=True, name="grpc-watch").start()
+
+    def on_exit(server: Any) -> None:
+        stopping.set()
+        if child is not None and child.is_alive():
+            child.terminate()
+            child.join(timeout=10)
+
+    options = {
+        "bind": f"{args.host}:{args.rest_port}",
+        "workers": args.workers,
+        "worker_class": "gthread",
+        "threads": args.threads,
+        "graceful_timeout": 10,
+        "proc_name": "oms-api-rest",
+        "loglevel": settings.log_level.lower(),
+    }
+    log.info("starting REST on %s:%s", args.host, args.rest_port)
+    _gunicorn_app(options, on_exit).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

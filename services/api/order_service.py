@@ -1,0 +1,230 @@
+"""What the REST and gRPC front ends do with orders: authorise, validate, run the shared order commands, read.
+
+Writes go through ``services.intake.commands`` in one unit of work each (the outbox rows they write are
+published by the outbox relay); reads come from the read model (``services.api.queries``). Every answer is
+the order as the read model shows it after the change. Errors are ``services.api.errors`` exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from common.domain import InvalidCommand, InvalidTransition
+from common.domain.validation import Code, validate_order
+from common.logging import log_context
+from common.store.uow import UnitOfWork
+from services.api import queries
+from services.api.auth import SCOPE_READ, SCOPE_WRITE, Principal
+from services.api.errors import Conflict, FieldError, Forbidden, InvalidRequest, NotFound
+from services.intake.commands import (
+    InvalidOrderTerms,
+    OrderNotFound,
+    OrderRequest,
+    UnknownAccount,
+    cancel_order,
+    modify_order,
+    submit_order,
+)
+
+log = logging.getLogger(__name__)
+
+# Rules whose breach is a fact about the market or the account, not a mistake in the request: the order is
+# booked REJECTED with the reason (201), as intake does for a trade decision. Every other rule is the
+# caller's to fix: 400, and nothing is booked.
+BOOKED_AS_REJECTED = frozenset({Code.ACCOUNT_INACTIVE, Code.INSTRUMENT_NOT_TRADABLE})
+_CLIENT_ORDER_ID_CONSTRAINT = "uq_orders_client_order_id"
+
+
+def _field_errors(violations: Any) -> list[FieldError]:
+    return [FieldError(v.field, v.message) for v in violations]
+
+
+def order_request_of(body: Mapping[str, Any], client_order_id: str | None) -> OrderRequest:
+    """The order command's request from a loaded ``CreateOrderRequest`` (snake_case keys)."""
+    return OrderRequest(
+        account_id=body["account_id"],
+        symbol=body["symbol"],
+        side=body["side"],
+        type=body["type"],
+        quantity=body["quantity"],
+        price=body.get("price"),
+        stop_price=body.get("stop_price"),
+        time_in_force=body.get("time_in_force") or "DAY",
+        strategy_id=body.get("strategy_id"),
+        notes=body.get("notes"),
+        client_order_id=client_order_id,
+    )
+
+
+def valid_order_id(order_id: str) -> bool:
+    """Order ids are UUIDs; anything else cannot name an order (and never reaches the database)."""
+    try:
+        uuid.UUID(order_id)
+    except (ValueError, AttributeError):
+        return False
+    return len(order_id) == 36
+
+
+def _is_client_order_conflict(exc: IntegrityError) -> bool:
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "constraint_name", None) == _CLIENT_ORDER_ID_CONSTRAINT
+
+
+class OrderService:
+    """Order operations on behalf of an authenticated caller."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    # ---- authorisation --------------------------------------------------------------------------------
+
+    @staticmethod
+    def require_scope(principal: Principal, scope: str) -> None:
+        """Raise Forbidden unless the token carries ``scope``."""
+        if not principal.has_scope(scope):
+            raise Forbidden(f"this token lacks the scope {scope}")
+
+    @staticmethod
+    def require_account(principal: Principal, account_id: str) -> None:
+        """Raise Forbidden unless the caller may use ``account_id``."""
+        if not principal.may_use(account_id):
+            raise Forbidden(f"this token does not grant account {account_id}")
+
+    # ---- reads ----------------------------------------------------------------------------------------
+
+    def get(self, principal: Principal, order_id: str) -> dict[str, Any]:
+        """The order with its execution reports; NotFound for an unknown id or another account's order."""
+        self.require_scope(principal, SCOPE_READ)
+        return self._visible(principal, order_id)
+
+    def _visible(self, principal: Principal, order_id: str) -> dict[str, Any]:
+        if not valid_order_id(order_id):
+            raise NotFound(f"order {order_id} not found")
+        with self._engine.connect() as connection:
+            order = queries.get_order(connection, order_id)
+        # Another account's order is reported as missing: its existence is not the caller's business.
+        if order is None or not principal.may_use(order["account_id"]):
+            raise NotFound(f"order {order_id} not found")
+        return order
+
+    def visible_order(self, principal: Principal, order_id: str) -> dict[str, Any]:
+        """The order if the caller may see it (no scope check: the caller has checked its own)."""
+        return self._visible(principal, order_id)
+
+    def list(self, principal: Principal, where: queries.OrderFilter, page: int, size: int) -> queries.OrderPage:
+        """A page of the caller's orders matching ``where``."""
+        self.require_scope(principal, SCOPE_READ)
+        if where.account_id is not None:
+            self.require_account(principal, where.account_id)
+        where = replace(where, accounts=principal.account_filter())
+        with self._engine.connect() as connection:
+            return queries.list_orders(connection, where, page, size)
+
+    # ---- writes ---------------------------------------------------------------------------------------
+
+    def create(self, principal: Principal, request: OrderRequest) -> tuple[dict[str, Any], bool]:
+        """Book an order; returns (order, created). The same client order id returns the same order."""
+        self.require_scope(principal, SCOPE_WRITE)
+        self.require_account(principal, request.account_id)
+        try:
+            return self._create_once(principal, request)
+        except IntegrityError as exc:
+            if request.client_order_id is None or not _is_client_order_conflict(exc):
+                raise
+        # A concurrent submission with the same key committed first: answer with its order.
+        with UnitOfWork(self._engine) as uow:
+            existing = uow.orders.find_by_client_order_id(request.account_id, request.client_order_id)
+            if existing is None:  # pragma: no cover - the constraint said it exists
+                raise RuntimeError("client order id conflict without an order")
+            return self._read(uow, existing.id), False
+
+    def _create_once(self, principal: Principal, request: OrderRequest) -> tuple[dict[str, Any], bool]:
+        with UnitOfWork(self._engine) as uow:
+            if request.client_order_id is not None:
+                existing = uow.orders.find_by_client_order_id(request.account_id, request.client_order_id)
+                if existing is not None:
+                    log.info("idempotent replay", extra={"order_id": existing.id})
+                    return self._read(uow, existing.id), False
+            account = uow.reference.account(request.account_id)
+            instrument = uow.reference.instrument(request.symbol)
+            violations = [v for v in validate_order(request, instrument, account) if v.code not in BOOKED_AS_REJECTED]
+            if violations:
+                raise InvalidRequest("Invalid order request", _field_errors(violations))
+            try:
+                order, created = submit_order(
+                    uow, request, user_id=principal.subject, correlation_id=None, message_id=None
+                )
+            except UnknownAccount as exc:
+                raise InvalidRequest(
+                    "Invalid order request", [FieldError("accountId", f"account {exc.account_id} does not exist")]
+                ) from exc
+            except InvalidOrderTerms as exc:
+                raise InvalidRequest("Invalid order request", _field_errors(exc.violations)) from exc
+            uow.commit()
+            with log_context(order_id=order.id):
+                log.info("order submitted", extra={"status": order.status.value, "user_id": principal.subject})
+            return self._read(uow, order.id), created
+
+    def cancel(self, principal: Principal, order_id: str, reason: str | None) -> dict[str, Any]:
+        """Cancel the order (at once if unrouted, else by a request to the venue)."""
+        self.require_scope(principal, SCOPE_WRITE)
+        self._visible(principal, order_id)
+        with UnitOfWork(self._engine) as uow, log_context(order_id=order_id):
+            try:
+                cancel_order(uow, order_id, reason=reason or "canceled by user", user_id=principal.subject)
+            except OrderNotFound as exc:
+                raise NotFound(f"order {order_id} not found") from exc
+            except InvalidTransition as exc:
+                raise Conflict(f"the order cannot be canceled: {exc}") from exc
+            uow.commit()
+            return self._read(uow, order_id)
+
+    def modify(
+        self,
+        principal: Principal,
+        order_id: str,
+        *,
+        quantity: Decimal | None,
+        price: Decimal | None,
+        stop_price: Decimal | None,
+        notes: str | None,
+    ) -> dict[str, Any]:
+        """Change the order's terms (values left None keep the current ones)."""
+        self.require_scope(principal, SCOPE_WRITE)
+        self._visible(principal, order_id)
+        with UnitOfWork(self._engine) as uow, log_context(order_id=order_id):
+            try:
+                modify_order(
+                    uow,
+                    order_id,
+                    quantity=quantity,
+                    price=price,
+                    stop_price=stop_price,
+                    notes=notes,
+                    user_id=principal.subject,
+                )
+            except OrderNotFound as exc:
+                raise NotFound(f"order {order_id} not found") from exc
+            except InvalidOrderTerms as exc:
+                raise InvalidRequest("Invalid modification", _field_errors(exc.violations)) from exc
+            except InvalidTransition as exc:
+                raise Conflict(f"the order cannot be modified: {exc}") from exc
+            except InvalidCommand as exc:
+                raise InvalidRequest(str(exc)) from exc
+            uow.commit()
+            return self._read(uow, order_id)
+
+    @staticmethod
+    def _read(uow: UnitOfWork, order_id: str) -> dict[str, Any]:
+        order = queries.get_order(uow.connection, order_id)
+        if order is None:  # pragma: no cover - just written in this unit of work
+            raise NotFound(f"order {order_id} not found")
+        return order

@@ -1,0 +1,432 @@
+"""Order commands shared by the front end and the stages: submit, cancel, modify.
+
+Each runs inside the caller's unit of work and never commits: the API commits its own, a stage's runtime
+commits the batch. Orders are loaded ``FOR UPDATE`` so a command racing a fill serialises with it.
+
+Cancels and replaces of an order at the venue are recorded as ``order_requests`` rows and handed to the
+router (``RouteCancel``/``RouteReplace``); the order itself changes only when the venue answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from common.domain import (
+    InvalidCommand,
+    InvalidTransition,
+    Order,
+    OrderState,
+    OrderType,
+    RequestKind,
+    Side,
+    TimeInForce,
+)
+from common.domain.lifecycle import UNROUTED
+from common.domain.validation import (
+    MAX_STORABLE,
+    UNBOOKABLE_CODES,
+    RuleViolation,
+    summarize,
+    validate_order,
+    validate_terms,
+)
+from common.logging import log_context
+from common.messaging.topology import OMS_EXCHANGE
+from common.store import tables
+from common.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+_ZERO = Decimal(0)
+USER_HEADER = "x-oms-user"
+
+RISK_CHECK_KEY = "risk.check"
+ROUTE_NEW_KEY = "router.new"
+ROUTE_CANCEL_KEY = "router.cancel"
+ROUTE_REPLACE_KEY = "router.replace"
+
+# order_requests.kind: the domain's RequestKind plus the router's NEW.
+REQUEST_NEW = "NEW"
+# order_requests.status: PENDING (written, not yet handed to the broker), SENT (in the router's outbox),
+# SKIPPED (not sent: the order ended or another request superseded it; the reason says which).
+REQUEST_PENDING = "PENDING"
+REQUEST_SENT = "SENT"
+REQUEST_SKIPPED = "SKIPPED"
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """What a REST/gRPC create or a trade decision asks for (values as received; the rules check them)."""
+
+    account_id: str
+    symbol: str
+    side: str
+    type: str
+    quantity: Decimal | None
+    price: Decimal | None = None
+    stop_price: Decimal | None = None
+    time_in_force: str = "DAY"
+    strategy_id: str | None = None
+    notes: str | None = None
+    client_order_id: str | None = None
+
+
+class OrderNotFound(Exception):
+    """No order has this id."""
+
+    def __init__(self, order_id: str) -> None:
+        self.order_id = order_id
+        super().__init__(f"order {order_id} not found")
+
+
+class UnknownAccount(Exception):
+    """The account does not exist, so the order cannot be booked at all (not even as REJECTED)."""
+
+    def __init__(self, account_id: str) -> None:
+        self.account_id = account_id
+        super().__init__(f"unknown account {account_id}")
+
+
+class InvalidOrderTerms(InvalidCommand):
+    """Terms that break a rule where no REJECTED order can record it: new terms of a modify, or a value
+    outside the enums. ``violations`` carry field and message for a 400 response."""
+
+    def __init__(self, violations: Sequence[RuleViolation]) -> None:
+        self.violations = list(violations)
+        super().__init__("; ".join(v.message for v in self.violations))
+
+
+# --------------------------------------------------------------------------- venue requests (order_requests)
+
+
+@dataclass(frozen=True)
+class VenueRequest:
+    """An ``order_requests`` row: one new/cancel/replace request for the venue."""
+
+    request_id: str
+    order_id: str
+    kind: str
+    terms: Mapping[str, Any]
+    status: str
+    reason: str | None
+    created_by: str | None
+
+
+def _decimal(value: object) -> Decimal | None:
+    # JSONB may come back as float through an engine without the Decimal-exact deserialiser.
+    return None if value is None else Decimal(str(value))
+
+
+def terms_of(request: VenueRequest) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
+    """The (quantity, price, stop price) a replace request asks for."""
+    terms = request.terms
+    return _decimal(terms.get("quantity")), _decimal(terms.get("price")), _decimal(terms.get("stopPrice"))
+
+
+def record_request(
+    connection: Connection,
+    *,
+    request_id: str,
+    order_id: str,
+    kind: str,
+    terms: Mapping[str, Any],
+    status: str,
+    reason: str | None,
+    created_by: str | None,
+    now: datetime,
+) -> None:
+    """Insert an ``order_requests`` row."""
+    connection.execute(
+        insert(tables.order_requests).values(
+            request_id=request_id,
+            order_id=order_id,
+            kind=kind,
+            terms=dict(terms),
+            status=status,
+            reason=reason,
+            created_by=created_by,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def load_request(connection: Connection, request_id: str) -> VenueRequest | None:
+    """The request row, locked for this transaction (the router updates it)."""
+    row = (
+        connection.execute(
+            select(tables.order_requests).where(tables.order_requests.c.request_id == request_id).with_for_update()
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    return VenueRequest(
+        request_id=row["request_id"],
+        order_id=row["order_id"],
+        kind=row["kind"],
+        terms=row["terms"] or {},
+        status=row["status"],
+        reason=row["reason"],
+        created_by=row["created_by"],
+    )
+
+
+def set_request_status(
+    connection: Connection, request_id: str, status: str, now: datetime, reason: str | None = None
+) -> None:
+    """Move a request row to ``status`` (keeping its reason unless a new one is given)."""
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    if reason is not None:
+        values["reason"] = reason
+    connection.execute(
+        update(tables.order_requests).where(tables.order_requests.c.request_id == request_id).values(**values)
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _headers(user_id: str | None) -> dict[str, str]:
+    return {USER_HEADER: user_id} if user_id else {}
+
+
+def _load(uow: UnitOfWork, order_id: str) -> Order:
+    order = uow.orders.get(order_id, for_update=True)
+    if order is None:
+        raise OrderNotFound(order_id)
+    return order
+
+
+def ask_risk(uow: UnitOfWork, order: Order, user_id: str | None = None) -> None:
+    """Hand the order, at its current version, to the risk gate."""
+    uow.outbox.add(
+        OMS_EXCHANGE,
+        RISK_CHECK_KEY,
+        "RiskCheck",
+        {"orderId": order.id, "version": order.version},
+        order.id,
+        headers=_headers(user_id),
+    )
+
+
+def _storable(value: Decimal | None) -> Decimal | None:
+    """A value that fits DECIMAL(20,8), else None: a REJECTED order records what it can; its reason has
+    the value as received."""
+    if value is None or not value.is_finite() or abs(value) >= MAX_STORABLE:
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def submit_order(
+    uow: UnitOfWork,
+    request: OrderRequest,
+    *,
+    user_id: str | None,
+    correlation_id: str | None,
+    message_id: str | None,
+) -> tuple[Order, bool]:
+    """Book an order: NEW with a RiskCheck, or REJECTED with the broken rules' code and reason.
+
+    Idempotent on (account_id, client_order_id): a request seen before returns ``(existing, False)``.
+    Raises ``UnknownAccount`` (nowhere to book it) and ``InvalidOrderTerms`` (side, type or time in force
+    outside the enums: nothing to record).
+    """
+    account = uow.reference.account(request.account_id)
+    if account is None:
+        raise UnknownAccount(request.account_id)
+    if request.client_order_id is not None:
+        existing = uow.orders.find_by_client_order_id(request.account_id, request.client_order_id)
+        if existing is not None:
+            return existing, False
+    instrument = uow.reference.instrument(request.symbol)
+    violations = validate_order(request, instrument, account)
+    unbookable = [v for v in violations if v.code in UNBOOKABLE_CODES]
+    if unbookable:
+        raise InvalidOrderTerms(unbookable)
+    now = datetime.now(UTC)
+    common: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "account_id": request.account_id,
+        "symbol": request.symbol,
+        "side": Side(request.side),
+        "type": OrderType(request.type),
+        "time_in_force": TimeInForce(request.time_in_force),
+        "strategy_id": request.strategy_id,
+        "notes": request.notes,
+        "client_order_id": request.client_order_id,
+        "now": now,
+        "user_id": user_id,
+    }
+    if violations:
+        code, reason = summarize(violations)
+        order = Order.create_rejected(
+            **common,
+            quantity=_storable(request.quantity) or _ZERO,
+            price=_storable(request.price),
+            stop_price=_storable(request.stop_price),
+            code=code,
+            reason=reason,
+        )
+    else:
+        assert request.quantity is not None  # the rules require it
+        order = Order.create(**common, quantity=request.quantity, price=request.price, stop_price=request.stop_price)
+    uow.orders.add(order, correlation_id=correlation_id or order.id, message_id=message_id, user_id=user_id)
+    with log_context(order_id=order.id):
+        if order.state is OrderState.NEW:
+            ask_risk(uow, order, user_id)
+            log.info("order accepted", extra={"client_order_id": order.client_order_id})
+        else:
+            log.info(
+                "order rejected at intake",
+                extra={"code": order.rejection_code, "reason": order.rejection_reason},
+            )
+    return order, True
+
+
+def cancel_order(uow: UnitOfWork, order_id: str, *, reason: str | None, user_id: str | None) -> Order:
+    """Cancel an order: NEW/APPROVED at once; at the venue, a CANCEL request and a RouteCancel to the router
+    (the order changes when the venue answers). Terminal, or a cancel already outstanding: InvalidTransition.
+    """
+    order = _load(uow, order_id)
+    now = datetime.now(UTC)
+    with log_context(order_id=order.id):
+        if order.state in UNROUTED:
+            order.cancel_unrouted(reason, now, user_id)
+            uow.orders.save(order, correlation_id=order.id, message_id=None, user_id=user_id)
+            log.info("order canceled before routing")
+            return order
+        request_id = str(uuid.uuid4())
+        order.request_cancel(request_id, reason, now, user_id)
+        record_request(
+            uow.connection,
+            request_id=request_id,
+            order_id=order.id,
+            kind=RequestKind.CANCEL.value,
+            terms={},
+            status=REQUEST_PENDING,
+            reason=reason,
+            created_by=user_id,
+            now=now,
+        )
+        uow.orders.save(order, correlation_id=order.id, message_id=None, user_id=user_id)
+        uow.outbox.add(
+            OMS_EXCHANGE,
+            ROUTE_CANCEL_KEY,
+            "RouteCancel",
+            {"orderId": order.id, "requestId": request_id, "reason": reason},
+            order.id,
+            headers=_headers(user_id),
+        )
+        log.info("cancel requested", extra={"request_id": request_id})
+    return order
+
+
+def modify_order(
+    uow: UnitOfWork,
+    order_id: str,
+    *,
+    quantity: Decimal | None,
+    price: Decimal | None,
+    stop_price: Decimal | None,
+    notes: str | None,
+    user_id: str | None,
+) -> Order:
+    """Change an order's terms (a value left None keeps the current one).
+
+    NEW/APPROVED: new terms at once and risk runs again (RiskCheck at the new version). At the venue: a
+    REPLACE request with the complete new terms and a RouteReplace; in force only when the venue confirms.
+    Raises ``InvalidOrderTerms`` (a rule broken), ``InvalidCommand`` (nothing to change, or only notes of
+    an order at the venue), ``InvalidTransition`` (terminal, or a cancel outstanding).
+    """
+    order = _load(uow, order_id)
+    if order.is_terminal:
+        raise InvalidTransition("modify", order.state)
+    # The base is what the user last asked for: a replace still outstanding carries newer terms (FIX chain).
+    pending = order.pending_request
+    if pending is not None and pending.kind is RequestKind.REPLACE and pending.quantity is not None:
+        base = (pending.quantity, pending.price, pending.stop_price)
+    else:
+        base = (order.quantity, order.price, order.stop_price)
+    new_terms = (
+        quantity if quantity is not None else base[0],
+        price if price is not None else base[1],
+        stop_price if stop_price is not None else base[2],
+    )
+    new_quantity, new_price, new_stop_price = new_terms
+    violations = validate_terms(
+        order.type, new_quantity, new_price, new_stop_price, uow.reference.instrument(order.symbol)
+    )
+    if violations:
+        raise InvalidOrderTerms(violations)
+    notes_changed = notes is not None and notes != order.notes
+    if new_terms == base and not notes_changed:
+        raise InvalidCommand("nothing to modify: quantity, price, stop price and notes are unchanged")
+    now = datetime.now(UTC)
+    with log_context(order_id=order.id):
+        if order.state in UNROUTED:
+            order.modify_unrouted(new_quantity, new_price, new_stop_price, now, user_id)
+            if notes_changed:
+                order.notes = notes
+            uow.orders.save(order, correlation_id=order.id, message_id=None, user_id=user_id)
+            ask_risk(uow, order, user_id)
+            log.info("order modified before routing; risk runs again", extra={"version": order.version})
+            return order
+        if new_terms == base:
+            raise InvalidCommand("the order is at the venue: notes alone cannot be changed there")
+        request_id = str(uuid.uuid4())
+        order.request_replace(request_id, new_quantity, new_price, new_stop_price, now, user_id)
+        if notes_changed:
+            order.notes = notes
+        terms = {"quantity": new_quantity, "price": new_price, "stopPrice": new_stop_price}
+        record_request(
+            uow.connection,
+            request_id=request_id,
+            order_id=order.id,
+            kind=RequestKind.REPLACE.value,
+            terms=terms,
+            status=REQUEST_PENDING,
+            reason=None,
+            created_by=user_id,
+            now=now,
+        )
+        uow.orders.save(order, correlation_id=order.id, message_id=None, user_id=user_id)
+        uow.outbox.add(
+            OMS_EXCHANGE,
+            ROUTE_REPLACE_KEY,
+            "RouteReplace",
+            {"orderId": order.id, "requestId": request_id, **terms},
+            order.id,
+            headers=_headers(user_id),
+        )
+        log.info("replace requested", extra={"request_id": request_id})
+    return order
+
+
+__all__ = [
+    "InvalidOrderTerms",
+    "OrderNotFound",
+    "OrderRequest",
+    "UnknownAccount",
+    "VenueRequest",
+    "ask_risk",
+    "cancel_order",
+    "load_request",
+    "modify_order",
+    "record_request",
+    "set_request_status",
+    "submit_order",
+    "terms_of",
+]

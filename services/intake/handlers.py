@@ -1,0 +1,51 @@
+"""Intake: turn a trade decision into an order (NEW and on to risk, or REJECTED with the broken rule)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from common.messaging.envelope import Envelope
+from common.runtime.stage import DeadLetter
+from common.store.uow import UnitOfWork
+from services.intake.commands import InvalidOrderTerms, OrderRequest, UnknownAccount, submit_order
+
+log = logging.getLogger(__name__)
+
+
+def request_from_decision(body: Mapping[str, Any]) -> OrderRequest:
+    """The order a ``TradeDecision`` body (schema-loaded: snake_case, Decimal numbers) asks for; the
+    decision id is the idempotency key."""
+    return OrderRequest(
+        account_id=body["account_id"],
+        symbol=body["symbol"],
+        side=body["side"],
+        type=body["type"],
+        quantity=body["quantity"],
+        price=body.get("price"),
+        stop_price=body.get("stop_price"),
+        time_in_force=body.get("time_in_force") or "DAY",
+        strategy_id=body.get("strategy_id"),
+        notes=body.get("notes"),
+        client_order_id=body["decision_id"],
+    )
+
+
+def handle_decision(uow: UnitOfWork, env: Envelope) -> None:
+    """Book the decision's order; the same decision twice makes one order."""
+    request = request_from_decision(env.body)
+    try:
+        order, created = submit_order(
+            uow, request, user_id=env.user_id, correlation_id=env.correlation_id, message_id=env.message_id
+        )
+    except UnknownAccount as exc:
+        raise DeadLetter(f"unknown account {exc.account_id}: the order cannot be booked") from exc
+    except InvalidOrderTerms as exc:
+        # The schema admits only enum values, so this means the schema and the rules disagree.
+        raise DeadLetter(f"decision cannot be booked: {exc}") from exc
+    if not created:
+        log.info(
+            "decision already booked",
+            extra={"order_id": order.id, "decision_id": request.client_order_id},
+        )

@@ -1,0 +1,7 @@
+"""``python -m services.risk_gate``: run the risk gate stage."""
+
+from common.bootstrap import run_stage
+from services.risk_gate.worker import SPEC
+
+if __name__ == "__main__":
+    run_stage(SPEC)

@@ -1,0 +1,32 @@
+"""``python -m services.venue_sim``: run the simulated venue until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from common.config import load_settings
+from common.logging import configure_logging
+from common.metrics import serve_metrics
+from services.venue_sim.config import VenueConfig
+from services.venue_sim.venue import VenueSim
+
+
+async def _run(config: VenueConfig) -> None:
+    venue = VenueSim(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, venue.stop)
+    await venue.run()
+
+
+def main() -> None:
+    """Entry point."""
+    settings = load_settings()
+    configure_logging("oms.venue_sim", settings.log_level)
+    serve_metrics(settings.metrics_port)
+    asyncio.run(_run(VenueConfig.from_env(settings)))
+
+
+if __name__ == "__main__":
+    main()

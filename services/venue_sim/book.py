@@ -1,0 +1,413 @@
+"""The simulated venue's order book: accepting, matching, cancelling and replacing orders. Pure: no I/O.
+
+Liquidity is unlimited at the reference price, so an order trades whenever it is marketable:
+- MARKET trades at the reference price; LIMIT when marketable (buy limit >= price, sell limit <= price), at
+  the reference price, which is then the limit or better; otherwise it rests and is tried again on each tick.
+- STOP triggers when the price reaches the stop (buy: price >= stop, sell: price <= stop) and then works as
+  MARKET; STOP_LIMIT works as a LIMIT at its limit price once triggered.
+- ``partial_fills = n`` splits an order into n slices (whole lots, the last one takes the remainder) and only
+  one slice trades per matching opportunity (arrival, then each tick), so partially filled orders stay
+  visible for a few ticks and cancels can race fills.
+- IOC gets one matching opportunity once active (at arrival, or when its stop triggers): what trades then
+  trades, the rest is canceled. FOK trades its whole quantity in one execution or is canceled, never partly.
+- DAY and GTC orders rest until filled, canceled or replaced: expiring DAY orders is the OMS's job.
+
+Every method returns the execution reports it produced, in the order they happened.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from typing import Any
+
+from common.domain.enums import ExecType, OrderType, Side, TimeInForce
+from services.venue_sim.prices import Market, floor_to_lot
+
+VENUE = "SIM"
+_ZERO = Decimal(0)
+_CENT = Decimal("0.01")
+_PRICE_QUANTUM = Decimal("0.00000001")  # DECIMAL(20,8)
+_STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT})
+_LIMIT_TYPES = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderRequest:
+    """A new, cancel or replace request from the OMS (the schema-loaded body, snake_case)."""
+
+    order_id: str
+    request_id: str
+    account_id: str
+    symbol: str
+    side: Side
+    type: OrderType
+    quantity: Decimal
+    price: Decimal | None = None
+    stop_price: Decimal | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> OrderRequest:
+        """Build from a body loaded by ``NewOrderRequestSchema`` (or the cancel/replace schemas)."""
+        return cls(
+            order_id=body["order_id"],
+            request_id=body["request_id"],
+            account_id=body["account_id"],
+            symbol=body["symbol"],
+            side=Side(body["side"]),
+            type=OrderType(body["type"]),
+            quantity=body["quantity"],
+            price=body.get("price"),
+            stop_price=body.get("stop_price"),
+            time_in_force=TimeInForce(body["time_in_force"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """One execution report (the public contract's ``ExecutionReport``)."""
+
+    execution_id: str
+    order_id: str
+    request_id: str | None
+    broker_order_id: str | None
+    exec_type: ExecType
+    last_qty: Decimal
+    last_px: Decimal | None
+    cum_qty: Decimal
+    leaves_qty: Decimal
+    avg_px: Decimal | None
+    order_qty: Decimal
+    price: Decimal | None
+    stop_price: Decimal | None
+    fees: Decimal
+    timestamp: datetime
+    reason: str | None = None
+    venue: str = VENUE
+
+    def to_body(self) -> dict[str, Any]:
+        """The camelCase JSON body of the contract."""
+        return {
+            "executionId": self.execution_id,
+            "orderId": self.order_id,
+            "requestId": self.request_id,
+            "brokerOrderId": self.broker_order_id,
+            "execType": self.exec_type.value,
+            "lastQty": self.last_qty,
+            "lastPx": self.last_px,
+            "cumQty": self.cum_qty,
+            "leavesQty": self.leaves_qty,
+            "avgPx": self.avg_px,
+            "orderQty": self.order_qty,
+            "price": self.price,
+            "stopPrice": self.stop_price,
+            "fees": self.fees,
+            "venue": self.venue,
+            "timestamp": self.timestamp,
+            "reason": self.reason,
+        }
+
+
+@dataclass(slots=True)
+class SimOrder:
+    """An order as the venue holds it."""
+
+    order_id: str
+    request_id: str
+    broker_order_id: str
+    account_id: str
+    symbol: str
+    side: Side
+    type: OrderType
+    time_in_force: TimeInForce
+    quantity: Decimal
+    price: Decimal | None
+    stop_price: Decimal | None
+    cum_qty: Decimal = _ZERO
+    notional: Decimal = _ZERO
+    triggered: bool = False
+    done: bool = False
+
+    @property
+    def leaves_qty(self) -> Decimal:
+        return _ZERO if self.done else max(self.quantity - self.cum_qty, _ZERO)
+
+    @property
+    def avg_px(self) -> Decimal | None:
+        if self.cum_qty == _ZERO:
+            return None
+        return (self.notional / self.cum_qty).quantize(_PRICE_QUANTUM, ROUND_HALF_EVEN)
+
+    @property
+    def active(self) -> bool:
+        """Trading (a stop order only once triggered)."""
+        return self.type not in _STOP_TYPES or self.triggered
+
+
+@dataclass(frozen=True)
+class BookRules:
+    """The venue's configurable behaviour."""
+
+    partial_fills: int = 1
+    reject_symbols: frozenset[str] = frozenset()
+    max_qty: Decimal | None = None
+    fee_rate: Decimal = Decimal("0.0005")
+    # Finished orders are remembered (to answer "too late to cancel") up to this many, oldest forgotten first.
+    finished_memory: int = 200_000
+
+
+def _new_execution_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Book:
+    """Every order the venue knows, and the rules that match them against the market's prices."""
+
+    market: Market
+    rules: BookRules = field(default_factory=BookRules)
+    new_id: Callable[[], str] = _new_execution_id
+    working: dict[str, SimOrder] = field(default_factory=dict)
+    finished: OrderedDict[str, SimOrder] = field(default_factory=OrderedDict)
+    _sequence: int = 0
+
+    def order(self, order_id: str) -> SimOrder | None:
+        """The order, working or finished (while remembered)."""
+        return self.working.get(order_id) or self.finished.get(order_id)
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def new_order(self, request: OrderRequest, now: datetime) -> list[Report]:
+        """Accept (NEW, then whatever trades at once) or reject a new order.
+
+        A second request for an order id the venue already knows is a duplicate and produces nothing.
+        """
+        if self.order(request.order_id) is not None:
+            return []
+        reason = self._rejection(request)
+        if reason is not None:
+            return [self._rejected(request, reason, now)]
+        self._sequence += 1
+        order = SimOrder(
+            order_id=request.order_id,
+            request_id=request.request_id,
+            broker_order_id=f"SIM-{self._sequence}",
+            account_id=request.account_id,
+            symbol=request.symbol,
+            side=request.side,
+            type=request.type,
+            time_in_force=request.time_in_force,
+            quantity=request.quantity,
+            price=request.price if request.type in _LIMIT_TYPES else None,
+            stop_price=request.stop_price if request.type in _STOP_TYPES else None,
+        )
+        self.working[order.order_id] = order
+        reports = [self._report(order, ExecType.NEW, order.request_id, now)]
+        self._match(order, now, reports)
+        return reports
+
+    def cancel(self, request: OrderRequest, now: datetime) -> list[Report]:
+        """PENDING_CANCEL then CANCELED, or CANCEL_REJECTED when the order is unknown or finished."""
+        order = self.working.get(request.order_id)
+        if order is None:
+            reason = "too late to cancel" if request.order_id in self.finished else "unknown order"
+            return [self._request_rejected(request, ExecType.CANCEL_REJECTED, reason, now)]
+        pending = self._report(order, ExecType.PENDING_CANCEL, request.request_id, now)
+        self._finish(order)
+        return [pending, self._report(order, ExecType.CANCELED, request.request_id, now)]
+
+    def replace(self, request: OrderRequest, now: datetime) -> list[Report]:
+        """PENDING_REPLACE then REPLACED with the new terms (and what then trades), or REPLACE_REJECTED."""
+        order = self.working.get(request.order_id)
+        if order is None:
+            reason = "too late to replace" if request.order_id in self.finished else "unknown order"
+            return [self._request_rejected(request, ExecType.REPLACE_REJECTED, reason, now)]
+        refusal = self._replace_rejection(order, request)
+        if refusal is not None:
+            return [self._request_rejected(request, ExecType.REPLACE_REJECTED, refusal, now, order)]
+        reports = [self._report(order, ExecType.PENDING_REPLACE, request.request_id, now)]
+        # The terms check above made sure the limit and stop prices the order type needs are there.
+        if order.type in _LIMIT_TYPES and request.price is not None:
+            order.price = request.price
+        if order.type in _STOP_TYPES and request.stop_price is not None:
+            order.stop_price = request.stop_price
+        if request.quantity <= order.cum_qty:
+            # FIX D11/D12: replacing to at or below the executed quantity amends the order to it: filled.
+            order.quantity = order.cum_qty
+            self._finish(order)
+            reports.append(self._report(order, ExecType.REPLACED, request.request_id, now))
+            return reports
+        order.quantity = request.quantity
+        reports.append(self._report(order, ExecType.REPLACED, request.request_id, now))
+        self._match(order, now, reports)
+        return reports
+
+    def on_tick(self, now: datetime) -> list[Report]:
+        """Try every working order against the current prices (stops trigger, limits trade, slices go on)."""
+        reports: list[Report] = []
+        for order in list(self.working.values()):
+            self._match(order, now, reports)
+        return reports
+
+    # --- matching ----------------------------------------------------------------------------------
+
+    def _match(self, order: SimOrder, now: datetime, reports: list[Report]) -> None:
+        """One matching opportunity for the order at the current price."""
+        price = self.market.price(order.symbol)
+        if not order.active:
+            if order.stop_price is None or not _stop_reached(order.side, order.stop_price, price):
+                return
+            order.triggered = True
+        if order.type in _LIMIT_TYPES:
+            assert order.price is not None  # a limit order without a limit is rejected on arrival
+            marketable = order.price >= price if order.side is Side.BUY else order.price <= price
+        else:
+            marketable = True
+        if marketable:
+            self._fill(order, self._fill_quantity(order), price, now, reports)
+        if not order.done and order.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
+            self._finish(order)
+            reports.append(self._report(order, ExecType.CANCELED, order.request_id, now))
+
+    def _fill_quantity(self, order: SimOrder) -> Decimal:
+        leaves = order.leaves_qty
+        if order.time_in_force is TimeInForce.FOK or self.rules.partial_fills <= 1:
+            return leaves
+        lot = self.market.lot_size(order.symbol)
+        slice_qty = max(floor_to_lot(order.quantity / self.rules.partial_fills, lot), lot)
+        # Never leave a sliver smaller than a slice: the last slice takes the remainder.
+        return leaves if leaves < 2 * slice_qty else slice_qty
+
+    def _fill(self, order: SimOrder, quantity: Decimal, price: Decimal, now: datetime, reports: list[Report]) -> None:
+        order.cum_qty += quantity
+        order.notional += quantity * price
+        if order.cum_qty >= order.quantity:
+            self._finish(order)
+        fees = (quantity * price * self.rules.fee_rate).quantize(_CENT, ROUND_HALF_UP)
+        exec_type = ExecType.FILL if order.done else ExecType.PARTIAL_FILL
+        reports.append(
+            self._report(order, exec_type, order.request_id, now, last_qty=quantity, last_px=price, fees=fees)
+        )
+
+    def _finish(self, order: SimOrder) -> None:
+        order.done = True
+        self.working.pop(order.order_id, None)
+        self.finished[order.order_id] = order
+        while len(self.finished) > self.rules.finished_memory:
+            self.finished.popitem(last=False)
+
+    # --- checks ------------------------------------------------------------------------------------
+
+    def _terms_rejection(self, request: OrderRequest, order_type: OrderType) -> str | None:
+        if request.quantity <= _ZERO:
+            return "quantity must be positive"
+        if self.rules.max_qty is not None and request.quantity > self.rules.max_qty:
+            return f"quantity {request.quantity} exceeds the venue maximum {self.rules.max_qty}"
+        if order_type in _LIMIT_TYPES and (request.price is None or request.price <= _ZERO):
+            return f"{order_type} order needs a positive limit price"
+        if order_type in _STOP_TYPES and (request.stop_price is None or request.stop_price <= _ZERO):
+            return f"{order_type} order needs a positive stop price"
+        return None
+
+    def _rejection(self, request: OrderRequest) -> str | None:
+        if request.symbol in self.rules.reject_symbols:
+            return f"symbol {request.symbol} is not accepted by the venue"
+        return self._terms_rejection(request, request.type)
+
+    def _replace_rejection(self, order: SimOrder, request: OrderRequest) -> str | None:
+        if request.symbol != order.symbol or request.side is not order.side or request.type is not order.type:
+            return "a replace cannot change the symbol, side or order type"
+        return self._terms_rejection(request, order.type)
+
+    # --- reports -----------------------------------------------------------------------------------
+
+    def _report(
+        self,
+        order: SimOrder,
+        exec_type: ExecType,
+        request_id: str | None,
+        now: datetime,
+        *,
+        last_qty: Decimal = _ZERO,
+        last_px: Decimal | None = None,
+        fees: Decimal = _ZERO,
+        reason: str | None = None,
+    ) -> Report:
+        return Report(
+            execution_id=self.new_id(),
+            order_id=order.order_id,
+            request_id=request_id,
+            broker_order_id=order.broker_order_id,
+            exec_type=exec_type,
+            last_qty=last_qty,
+            last_px=last_px,
+            cum_qty=order.cum_qty,
+            leaves_qty=order.leaves_qty,
+            avg_px=order.avg_px,
+            order_qty=order.quantity,
+            price=order.price,
+            stop_price=order.stop_price,
+            fees=fees,
+            timestamp=now,
+            reason=reason,
+        )
+
+    def _rejected(self, request: OrderRequest, reason: str, now: datetime) -> Report:
+        return Report(
+            execution_id=self.new_id(),
+            order_id=request.order_id,
+            request_id=request.request_id,
+            broker_order_id=None,
+            exec_type=ExecType.REJECTED,
+            last_qty=_ZERO,
+            last_px=None,
+            cum_qty=_ZERO,
+            leaves_qty=_ZERO,
+            avg_px=None,
+            order_qty=request.quantity,
+            price=request.price,
+            stop_price=request.stop_price,
+            fees=_ZERO,
+            timestamp=now,
+            reason=reason,
+        )
+
+    def _request_rejected(
+        self,
+        request: OrderRequest,
+        exec_type: ExecType,
+        reason: str,
+        now: datetime,
+        order: SimOrder | None = None,
+    ) -> Report:
+        """A cancel or replace refused; the report carries the order's unchanged terms when it is known."""
+        order = order or self.finished.get(request.order_id)
+        if order is not None:
+            return self._report(order, exec_type, request.request_id, now, reason=reason)
+        return Report(
+            execution_id=self.new_id(),
+            order_id=request.order_id,
+            request_id=request.request_id,
+            broker_order_id=None,
+            exec_type=exec_type,
+            last_qty=_ZERO,
+            last_px=None,
+            cum_qty=_ZERO,
+            leaves_qty=_ZERO,
+            avg_px=None,
+            order_qty=request.quantity,
+            price=request.price,
+            stop_price=request.stop_price,
+            fees=_ZERO,
+            timestamp=now,
+            reason=reason,
+        )
+
+
+def _stop_reached(side: Side, stop_price: Decimal, price: Decimal) -> bool:
+    return price >= stop_price if side is Side.BUY else price <= stop_price

@@ -1,0 +1,465 @@
+"""The simulated venue's I/O: consume OMS requests, run them through the book, publish execution reports.
+
+One engine task owns the book. Requests (from the queue ``venue_sim.orders``) and price ticks go through one
+event queue in arrival order; the engine takes what is waiting as a batch, applies each event to the book,
+publishes the batch's reports with pipelined confirms, and only then acks the batch's requests. So each
+order's reports leave in the order they happened, and a request is acked only once its answer is safe.
+
+State is in memory only: working orders are lost when the process stops, and a restarted venue answers a
+cancel for an order it no longer knows with CANCEL_REJECTED "unknown order".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import cast
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aiormq.abc import FieldTable
+from marshmallow import Schema, ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from common import jsonutil
+from common.contracts import CancelRequestSchema, NewOrderRequestSchema, ReplaceRequestSchema
+from common.logging import log_context
+from common.messaging.connection import connect
+from common.messaging.deadletter import dead_letter
+from common.messaging.envelope import message_id_of
+from common.messaging.publisher import Publisher
+from common.messaging.topology import (
+    BROKER_EXCHANGE,
+    DEAD_LETTER_EXCHANGE,
+    OMS_EXCHANGE,
+    StageQueue,
+    declare_exchanges,
+    declare_topology,
+    stage_queue_arguments,
+)
+from common.store import tables
+from common.store.db import make_engine
+from common.store.outbox import OutboxMessage
+from services.venue_sim.book import Book, OrderRequest, Report
+from services.venue_sim.config import VenueConfig
+from services.venue_sim.prices import DEFAULT_REFERENCE_PRICE, InstrumentSpec, Market
+
+log = logging.getLogger(__name__)
+
+MARKETDATA_EXCHANGE = "marketdata"
+REPORT_ROUTING_KEY = "execution.report"
+REPORT_TYPE = "ExecutionReport"
+PRICE_TYPE = "Price"
+# Requests answered recently, by routing key and request id: a redelivery republishes the same reports.
+_ANSWERED_MEMORY = 100_000
+_DB_WAIT_SECONDS = 30.0
+
+SCHEMAS: Mapping[str, Schema] = {
+    "orders.new": NewOrderRequestSchema(),
+    "orders.cancel": CancelRequestSchema(),
+    "orders.replace": ReplaceRequestSchema(),
+}
+
+
+@dataclass(frozen=True)
+class VenueQueue(StageQueue):
+    """The venue's own queue on the ``broker`` exchange (``venue_sim.orders``, dead-lettering to ``.dlq``)."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}.orders"
+
+    @property
+    def dead_letter_name(self) -> str:
+        return f"{self.name}.dlq"
+
+
+VENUE_QUEUE = VenueQueue("venue_sim", ("orders.*",))
+
+
+class _Tick:
+    """The event that moves prices and retries working orders."""
+
+
+class _Stop:
+    """The event that ends the engine loop."""
+
+
+_TICK = _Tick()
+_STOP = _Stop()
+Event = AbstractIncomingMessage | _Tick | _Stop
+
+
+@dataclass
+class _Batch:
+    """What applying a batch of events produced: reports to publish, deliveries to settle (arrival order)."""
+
+    reports: list[OutboxMessage] = field(default_factory=list)
+    deliveries: list[tuple[AbstractIncomingMessage, Decoded]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A delivery after validation: the request, or why it is not one."""
+
+    message_id: str
+    routing_key: str
+    request: OrderRequest | None = None
+    error: str | None = None
+
+
+def decode(message: AbstractIncomingMessage) -> Decoded:
+    """Parse and validate a request against the schema of its routing key."""
+    message_id = message_id_of(message)
+    routing_key = message.routing_key or ""
+    schema = SCHEMAS.get(routing_key)
+    if schema is None:
+        return Decoded(message_id, routing_key, error=f"no schema for routing key {routing_key!r}")
+    try:
+        raw = jsonutil.loads(message.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Decoded(message_id, routing_key, error=f"body is not JSON: {exc}")
+    if not isinstance(raw, dict):
+        return Decoded(message_id, routing_key, error="body is not a JSON object")
+    try:
+        body = schema.load(raw)
+    except ValidationError as exc:
+        return Decoded(message_id, routing_key, error="invalid body: " + jsonutil.dumps(exc.messages))
+    return Decoded(message_id, routing_key, request=OrderRequest.from_body(body))
+
+
+def report_message(report: Report) -> OutboxMessage:
+    """The AMQP message of a report; message id = execution id, so a copy published again is a duplicate."""
+    return OutboxMessage(
+        message_id=report.execution_id,
+        exchange=OMS_EXCHANGE,
+        routing_key=REPORT_ROUTING_KEY,
+        type=REPORT_TYPE,
+        correlation_id=report.order_id,
+        body=jsonutil.dumps(report.to_body()),
+        created_at=report.timestamp,
+    )
+
+
+def load_instruments(database_url: str) -> tuple[InstrumentSpec, ...]:
+    """Every instrument's reference price, tick and lot from the database."""
+    engine = make_engine(database_url, pool_size=1)
+    t = tables.instruments
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(select(t.c.symbol, t.c.reference_price, t.c.tick_size, t.c.lot_size)).all()
+    finally:
+        engine.dispose()
+    return tuple(
+        InstrumentSpec(
+            symbol=row.symbol,
+            reference_price=row.reference_price if row.reference_price else DEFAULT_REFERENCE_PRICE,
+            tick_size=row.tick_size,
+            lot_size=row.lot_size,
+        )
+        for row in rows
+    )
+
+
+async def _instruments_with_retry(database_url: str) -> tuple[InstrumentSpec, ...]:
+    """Wait a while for the database (it may still be starting); then go on with default prices."""
+    deadline = time.monotonic() + _DB_WAIT_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return await asyncio.to_thread(load_instruments, database_url)
+        except OperationalError as exc:
+            if time.monotonic() >= deadline:
+                log.error(
+                    "instruments not loaded; every symbol starts at the default price",
+                    extra={"error": repr(exc), "default_price": str(DEFAULT_REFERENCE_PRICE)},
+                )
+                return ()
+            log.warning("database not reachable; retrying", extra={"error": repr(exc), "delay": delay})
+            await asyncio.sleep(delay)  # back-off while the database starts
+            delay = min(delay * 2, 5.0)
+        except DBAPIError as exc:  # reachable but unusable (not migrated): waiting will not help
+            log.error(
+                "instruments not loaded; every symbol starts at the default price",
+                extra={"error": repr(exc), "default_price": str(DEFAULT_REFERENCE_PRICE)},
+            )
+            return ()
+
+
+async def declare_venue_topology(channel: AbstractChannel, config: VenueConfig) -> AbstractQueue:
+    """Exchanges, the market data exchange, the venue's queue and its dead-letter queue (all idempotent)."""
+    exchanges = await declare_exchanges(channel)
+    await channel.declare_exchange(MARKETDATA_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    if config.declare_pipeline:
+        await declare_topology(channel, config.delivery_limit)
+    dlq = await channel.declare_queue(VENUE_QUEUE.dead_letter_name, durable=True, arguments={"x-queue-type": "quorum"})
+    await dlq.bind(exchanges[DEAD_LETTER_EXCHANGE], routing_key=VENUE_QUEUE.dead_letter_name)
+    queue = await channel.declare_queue(
+        VENUE_QUEUE.name,
+        durable=True,
+        arguments=cast("FieldTable", stage_queue_arguments(VENUE_QUEUE, config.delivery_limit)),
+    )
+    for key in VENUE_QUEUE.routing_keys:
+        await queue.bind(exchanges[BROKER_EXCHANGE], routing_key=key)
+    return queue
+
+
+class VenueSim:
+    """The running venue: ``await run()`` until ``stop()``."""
+
+    def __init__(self, config: VenueConfig) -> None:
+        self.config = config
+        self.ready = asyncio.Event()
+        self.market: Market | None = None
+        self.book: Book | None = None
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._outbound: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
+        self._delayed: asyncio.Queue[tuple[float, AbstractIncomingMessage]] = asyncio.Queue()
+        self._stopping = asyncio.Event()
+        self._tick_pending = False
+        self._answered: OrderedDict[str, list[OutboxMessage]] = OrderedDict()
+        self._publisher: Publisher | None = None
+        self._feed: Publisher | None = None
+        self._feed_task: asyncio.Task[None] | None = None
+
+    def stop(self) -> None:
+        """Finish the batch at hand and return from ``run``."""
+        if not self._stopping.is_set():
+            self._stopping.set()
+            self._events.put_nowait(_STOP)
+
+    async def run(self) -> None:
+        """Load instruments, declare the topology, consume and match until stopped."""
+        config = self.config
+        instruments = config.instruments
+        if instruments is None:
+            instruments = await _instruments_with_retry(config.database_url)
+        self.market = Market(instruments, config.seed, config.volatility, config.mean_reversion)
+        self.book = Book(self.market, config.rules)
+        connection = await connect(config.amqp_url, "oms.venue_sim")
+        background: list[asyncio.Task[None]] = []
+        try:
+            # Reports and the price feed on channels of their own: a busy feed never delays a report.
+            self._publisher = Publisher(connection)
+            self._feed = Publisher(connection)
+            channel = await connection.channel()
+            queue = await declare_venue_topology(channel, config)
+            await channel.set_qos(prefetch_count=config.prefetch)
+            if config.latency_ms > 0:
+                background.append(asyncio.create_task(self._delay_line()))
+            background.append(asyncio.create_task(self._tick_loop()))
+            tag = await queue.consume(self._on_message)
+            log.info(
+                "venue consuming",
+                extra={"queue": queue.name, "instruments": len(instruments), "seed": config.seed},
+            )
+            self.ready.set()
+            try:
+                await self._engine()
+            finally:
+                with contextlib.suppress(Exception):
+                    await queue.cancel(tag)
+        finally:
+            for task in background:
+                task.cancel()
+            if self._feed_task is not None:
+                self._feed_task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await connection.close()
+            log.info("venue stopped")
+
+    # --- intake ------------------------------------------------------------------------------------
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self.config.latency_ms > 0:
+            self._delayed.put_nowait((time.monotonic() + self.config.latency_ms / 1000, message))
+        else:
+            self._events.put_nowait(message)
+
+    async def _delay_line(self) -> None:
+        """Hold each request for the configured latency, keeping arrival order (due times only grow)."""
+        while True:
+            due, message = await self._delayed.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # the simulated venue latency
+            self._events.put_nowait(message)
+
+    async def _tick_loop(self) -> None:
+        interval = self.config.tick_ms / 1000
+        next_at = time.monotonic()
+        while True:
+            next_at += interval
+            await asyncio.sleep(max(next_at - time.monotonic(), 0))  # the price clock
+            if not self._tick_pending:  # a slow engine skips ticks rather than piling them up
+                self._tick_pending = True
+                self._events.put_nowait(_TICK)
+
+    # --- engine ------------------------------------------------------------------------------------
+
+    async def _engine(self) -> None:
+        """Apply events to the book in arrival order; the sender publishes and acks behind it."""
+        sender = asyncio.create_task(self._sender())
+        try:
+            while True:
+                events = [await self._events.get()]
+                while len(events) < self.config.prefetch + 1:
+                    try:
+                        events.append(self._events.get_nowait())
+                    except asyncio.QueueEmpty:
+                        break
+                stop = any(isinstance(e, _Stop) for e in events)
+                # Bounded: when confirms lag, the engine waits rather than running ahead of what is acked.
+                await self._outbound.put(self._apply(events))
+                if stop:
+                    return
+        finally:
+            await self._outbound.put(None)
+            await sender
+
+    def _apply(self, events: list[Event]) -> _Batch:
+        """Run a batch of events through the book (no awaits: the book is never seen half-changed)."""
+        assert self.book is not None and self.market is not None
+        now = datetime.now(UTC)
+        batch = _Batch()
+        ticked = False
+        for event in events:
+            if isinstance(event, _Tick):
+                self._tick_pending = False
+                self.market.step()
+                batch.reports.extend(report_message(r) for r in self.book.on_tick(now))
+                ticked = True
+            elif not isinstance(event, _Stop):
+                decoded = decode(event)
+                if decoded.request is not None:
+                    batch.reports.extend(self._answer(event, decoded, decoded.request, now))
+                batch.deliveries.append((event, decoded))
+        if ticked:
+            self._publish_prices(now)
+        return batch
+
+    async def _sender(self) -> None:
+        """Publish each batch's reports with confirms, dead-letter its bad requests, then ack it."""
+        while (batch := await self._outbound.get()) is not None:
+            if not await self._publish_reports(batch.reports):
+                continue  # stopping with reports unconfirmed: the requests stay unacked and come back
+            last_ok: AbstractIncomingMessage | None = None
+            for message, decoded in batch.deliveries:
+                if decoded.error is None or await self._dead_letter(message, decoded):
+                    last_ok = message
+            if last_ok is not None:
+                # Deliveries are applied in arrival order and everything before this batch is settled,
+                # so one ack with multiple=True settles the batch (a requeued one was nacked already).
+                await _settle(functools.partial(last_ok.ack, multiple=True))
+
+    def _answer(
+        self, message: AbstractIncomingMessage, decoded: Decoded, request: OrderRequest, now: datetime
+    ) -> list[OutboxMessage]:
+        assert self.book is not None
+        key = f"{decoded.routing_key}/{request.request_id}"
+        with log_context(
+            order_id=request.order_id, message_id=decoded.message_id, correlation_id=message.correlation_id
+        ):
+            previous = self._answered.get(key)
+            if previous is not None:
+                log.info("request seen before; its reports are published again", extra={"request_id": key})
+                return previous
+            handle: Callable[[OrderRequest, datetime], list[Report]] = {
+                "orders.new": self.book.new_order,
+                "orders.cancel": self.book.cancel,
+                "orders.replace": self.book.replace,
+            }[decoded.routing_key]
+            reports = handle(request, now)
+            if not reports:
+                log.warning("new order for an order id the venue already has; ignored")
+            for report in reports:
+                if report.reason:
+                    log.info(
+                        "request refused",
+                        extra={"exec_type": report.exec_type.value, "reason": report.reason},
+                    )
+        messages = [report_message(r) for r in reports]
+        self._answered[key] = messages
+        while len(self._answered) > _ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
+        return messages
+
+    async def _publish_reports(self, messages: list[OutboxMessage]) -> bool:
+        """Publish with confirms; what is not confirmed is published again until it is (or we stop)."""
+        assert self._publisher is not None
+        delay = 0.1
+        while True:
+            confirmed = set(await self._publisher.publish(messages))
+            messages = [m for m in messages if m.message_id not in confirmed]
+            if not messages:
+                return True
+            if self._stopping.is_set():
+                log.error(
+                    "reports not confirmed at shutdown; their requests stay unacked",
+                    extra={"count": len(messages)},
+                )
+                return False
+            log.warning("reports not confirmed; publishing again", extra={"count": len(messages), "delay": delay})
+            await asyncio.sleep(delay)  # back-off while the broker refuses
+            delay = min(delay * 2, 5.0)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, decoded: Decoded) -> bool:
+        """Copy a bad request to the dead-letter queue; False if that failed and the request was requeued."""
+        assert self._publisher is not None and decoded.error is not None
+        with log_context(message_id=decoded.message_id, correlation_id=message.correlation_id):
+            log.warning(
+                "bad request dead-lettered",
+                extra={"reason": decoded.error, "routing_key": decoded.routing_key},
+            )
+            try:
+                await dead_letter(self._publisher, VENUE_QUEUE, message, decoded.message_id, decoded.error)
+            except Exception as exc:
+                # Requeued: the broker's delivery limit dead-letters it if this keeps failing.
+                log.error("dead-lettering failed; the request is requeued", extra={"error": repr(exc)})
+                await _settle(functools.partial(message.nack, requeue=True))
+                return False
+        return True
+
+    def _publish_prices(self, now: datetime) -> None:
+        """Send the tick's prices without waiting; skipped while the previous tick's are in flight."""
+        if not self.config.publish_prices or self._feed is None or self.market is None:
+            return
+        if self._feed_task is not None and not self._feed_task.done():
+            return
+        self._feed_task = asyncio.create_task(self._send_prices(self.market.prices(), now))
+
+    async def _send_prices(self, prices: dict[str, Decimal], now: datetime) -> None:
+        assert self._feed is not None
+        messages = [
+            OutboxMessage(
+                message_id=f"price-{symbol}-{now.isoformat()}",
+                exchange=MARKETDATA_EXCHANGE,
+                routing_key=f"prices.{symbol}",
+                type=PRICE_TYPE,
+                correlation_id=None,
+                body=jsonutil.dumps({"symbol": symbol, "price": price, "timestamp": now}),
+                created_at=now,
+            )
+            for symbol, price in prices.items()
+        ]
+        try:
+            await self._feed.publish(messages, timeout=5.0)
+        except Exception as exc:  # the feed is best effort; the next tick sends fresh prices
+            log.warning("price feed publish failed", extra={"error": repr(exc)})
+
+
+async def _settle(action: Callable[[], Awaitable[None]]) -> None:
+    """Ack or nack; if the channel closed meanwhile, the broker redelivers and the copy is answered again."""
+    try:
+        await action()
+    except Exception as exc:
+        log.warning("ack or nack failed; the broker will redeliver", extra={"error": repr(exc)})

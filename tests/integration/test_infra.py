@@ -1,0 +1,47 @@
+"""The test servers answer, and starting them again is harmless."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tools.infra import InfraUrls
+
+
+def test_database_answers_sql(database_url: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("select 1")).scalar_one() == 1
+            assert conn.execute(sa.text("select current_database()")).scalar_one().startswith("oms_test_")
+    finally:
+        engine.dispose()
+
+
+async def test_amqp_round_trip(amqp_url: str) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(exclusive=True)
+        await channel.default_exchange.publish(aio_pika.Message(b"ping"), routing_key=queue.name)
+        message = await queue.get(timeout=5, fail=True)
+        assert message is not None
+        await message.ack()
+        assert message.body == b"ping"
+
+
+def test_ensure_started_twice(infra_urls: InfraUrls) -> None:
+    from tools import infra
+
+    local = infra.Settings.from_env().urls
+    if infra_urls.database_url != local.database_url:
+        pytest.skip("this session's servers are not the local ones that tools.infra manages")
+    assert infra.ensure_started() == local
+    assert infra.ensure_started() == local
+    assert all(server.running for server in infra.status())

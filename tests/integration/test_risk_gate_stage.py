@@ -1,0 +1,248 @@
+"""The risk gate on the real database: approve and hand to the router, reject, or skip a stale check."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from common import jsonutil
+from common.messaging.envelope import Envelope
+from common.runtime.stage import DeadLetter
+from common.store import tables
+from common.store.db import make_engine
+from common.store.uow import UnitOfWork
+from services.intake.commands import OrderRequest, cancel_order, modify_order, submit_order
+from services.risk_gate.checks import DEFAULT_MAX_NOTIONAL, DEFAULT_MAX_ORDER_QUANTITY, RiskLimits
+from services.risk_gate.handlers import check_order, handle_risk_check
+from tools.seed import seed_demo
+
+pytestmark = pytest.mark.integration
+
+D = Decimal
+CLOSING_ACCOUNT = "ACC-RISK-CLOSING"
+
+
+@pytest.fixture(scope="module")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        seed_demo(connection)
+        account = {"id": CLOSING_ACCOUNT, "name": "Closing", "account_type": "CASH", "base_currency": "USD"}
+        connection.execute(
+            insert(tables.accounts)
+            .values(**account, cash_balance=D(0), active=True, created_at=datetime.now(UTC))
+            .on_conflict_do_nothing()
+        )
+    yield engine
+    engine.dispose()
+
+
+def submit(engine: Engine, **changes: Any) -> tuple[str, int]:
+    """Book a NEW order through the intake command; returns its id and version."""
+    fields: dict[str, Any] = {
+        "account_id": "ACC-001",
+        "symbol": "AAPL",
+        "side": "BUY",
+        "type": "LIMIT",
+        "quantity": D("100"),
+        "price": D("190.00"),
+        "client_order_id": str(uuid.uuid4()),
+    }
+    fields.update(changes)
+    with UnitOfWork(engine) as uow:
+        order, _ = submit_order(uow, OrderRequest(**fields), user_id=None, correlation_id=None, message_id=None)
+        uow.commit()
+    assert order.state == "NEW", order.rejection_reason
+    return order.id, order.version
+
+
+def risk_check(order_id: str, version: int) -> Envelope:
+    return Envelope(
+        message_id=str(uuid.uuid4()),
+        routing_key="risk.check",
+        body={"order_id": order_id, "version": version},
+        correlation_id=order_id,
+        type="RiskCheck",
+    )
+
+
+def run(engine: Engine, env: Envelope, limits: RiskLimits | None = None) -> None:
+    with UnitOfWork(engine, claim_outbox=True) as uow:
+        if limits is None:
+            handle_risk_check(uow, env)
+        else:
+            check_order(uow, env, limits)
+        uow.commit()
+
+
+def order_row(engine: Engine, order_id: str) -> dict[str, Any]:
+    with engine.connect() as connection:
+        return dict(connection.execute(select(tables.orders).where(tables.orders.c.id == order_id)).mappings().one())
+
+
+def events_of(engine: Engine, order_id: str) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(tables.order_events)
+            .where(tables.order_events.c.order_id == order_id)
+            .order_by(tables.order_events.c.sequence)
+        )
+        return [dict(r) for r in rows.mappings()]
+
+
+def route_new_rows(engine: Engine, order_id: str) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(tables.outbox)
+            .where(tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == "router.new")
+            .order_by(tables.outbox.c.id)
+        )
+        return [{**dict(r), "body": jsonutil.loads(r["body"])} for r in rows.mappings()]
+
+
+def test_an_order_within_limits_is_approved_and_handed_to_the_router(engine: Engine) -> None:
+    order_id, version = submit(engine)
+    run(engine, risk_check(order_id, version))
+
+    order = order_row(engine, order_id)
+    assert (order["state"], order["status"], order["version"]) == ("APPROVED", "PENDING", version + 1)
+    approved = events_of(engine, order_id)[-1]
+    assert approved["type"] == "RISK_APPROVED"
+    assert approved["payload"]["checks"] == ["account_active", "max_order_quantity", "max_notional"]
+    [route] = route_new_rows(engine, order_id)
+    assert (route["exchange"], route["type"], route["body"]) == ("oms", "RouteNew", {"orderId": order_id})
+
+
+def test_a_check_seen_twice_approves_once(engine: Engine) -> None:
+    order_id, version = submit(engine)
+    run(engine, risk_check(order_id, version))
+    run(engine, risk_check(order_id, version))  # another message id: the order is no longer NEW
+    assert len(route_new_rows(engine, order_id)) == 1
+    assert [e["type"] for e in events_of(engine, order_id)] == ["ORDER_CREATED", "RISK_APPROVED"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "reason"),
+    [
+        (
+            {"quantity": DEFAULT_MAX_ORDER_QUANTITY + 1, "price": D("0.01")},
+            "MAX_ORDER_QUANTITY_EXCEEDED",
+            "quantity 1000001 exceeds the maximum order quantity 1000000",
+        ),
+        (
+            {"quantity": D("263158"), "price": D("190.00")},
+            "MAX_NOTIONAL_EXCEEDED",
+            "notional 50000020 (263158 at 190) exceeds the maximum order notional 50000000",
+        ),
+        (
+            # A MARKET order is valued at the instrument's reference price (AAPL: 190).
+            {"type": "MARKET", "price": None, "quantity": D("263158")},
+            "MAX_NOTIONAL_EXCEEDED",
+            "notional 50000020 (263158 at 190) exceeds",
+        ),
+        (
+            # A stop-market order is valued at its stop price.
+            {"type": "STOP", "price": None, "stop_price": D("200.00"), "quantity": D("250001")},
+            "MAX_NOTIONAL_EXCEEDED",
+            "notional 50000200 (250001 at 200)",
+        ),
+    ],
+)
+def test_default_limits_reject_above_them(engine: Engine, changes: dict[str, Any], code: str, reason: str) -> None:
+    order_id, version = submit(engine, **changes)
+    run(engine, risk_check(order_id, version))
+
+    order = order_row(engine, order_id)
+    assert (order["state"], order["status"], order["rejection_code"]) == ("REJECTED", "REJECTED", code)
+    assert reason in order["rejection_reason"]
+    rejected = events_of(engine, order_id)[-1]
+    assert (rejected["type"], rejected["payload"]["code"]) == ("ORDER_REJECTED", code)
+    assert route_new_rows(engine, order_id) == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"quantity": DEFAULT_MAX_ORDER_QUANTITY, "price": D("0.01")},
+        {"quantity": D("263157"), "price": D("190.00")},  # 49,999,830
+        {"quantity": D("250000"), "price": D("200.00")},  # exactly the limit
+        {"type": "MARKET", "price": None, "quantity": D("263157")},
+    ],
+)
+def test_default_limits_approve_at_them(engine: Engine, changes: dict[str, Any]) -> None:
+    assert DEFAULT_MAX_NOTIONAL == D("50000000")
+    order_id, version = submit(engine, **changes)
+    run(engine, risk_check(order_id, version))
+    assert order_row(engine, order_id)["state"] == "APPROVED"
+
+
+def test_limits_are_configurable(engine: Engine) -> None:
+    limits = RiskLimits(max_order_quantity=D("50"), max_notional=D("1000000"))
+    order_id, version = submit(engine, quantity=D("51"))
+    run(engine, risk_check(order_id, version), limits)
+    assert order_row(engine, order_id)["rejection_code"] == "MAX_ORDER_QUANTITY_EXCEEDED"
+
+
+def test_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert RiskLimits.from_env() == RiskLimits(D("1000000"), D("50000000"))
+    monkeypatch.setenv("OMS_RISK_MAX_ORDER_QTY", "500")
+    monkeypatch.setenv("OMS_RISK_MAX_NOTIONAL", "12345.5")
+    assert RiskLimits.from_env() == RiskLimits(D("500"), D("12345.5"))
+
+
+def test_an_account_closed_after_intake_is_rejected(engine: Engine) -> None:
+    order_id, version = submit(engine, account_id=CLOSING_ACCOUNT)
+    with engine.begin() as connection:
+        connection.execute(update(tables.accounts).where(tables.accounts.c.id == CLOSING_ACCOUNT).values(active=False))
+    try:
+        run(engine, risk_check(order_id, version))
+    finally:
+        with engine.begin() as connection:
+            connection.execute(
+                update(tables.accounts).where(tables.accounts.c.id == CLOSING_ACCOUNT).values(active=True)
+            )
+    order = order_row(engine, order_id)
+    assert (order["state"], order["rejection_code"]) == ("REJECTED", "ACCOUNT_INACTIVE")
+    assert order["rejection_reason"] == f"account {CLOSING_ACCOUNT} is not active"
+
+
+def test_a_check_of_an_older_version_is_skipped(engine: Engine) -> None:
+    order_id, version = submit(engine)
+    with UnitOfWork(engine) as uow:
+        modified = modify_order(
+            uow, order_id, quantity=D("200"), price=None, stop_price=None, notes=None, user_id="trader-1"
+        )
+        uow.commit()
+    assert modified.version > version
+
+    run(engine, risk_check(order_id, version))  # the check intake asked for: stale now
+    order = order_row(engine, order_id)
+    assert (order["state"], order["version"]) == ("NEW", modified.version)
+    assert route_new_rows(engine, order_id) == []
+
+    run(engine, risk_check(order_id, modified.version))
+    assert order_row(engine, order_id)["state"] == "APPROVED"
+    assert len(route_new_rows(engine, order_id)) == 1
+
+
+def test_a_check_of_a_canceled_order_is_skipped(engine: Engine) -> None:
+    order_id, version = submit(engine)
+    with UnitOfWork(engine) as uow:
+        canceled = cancel_order(uow, order_id, reason="changed my mind", user_id=None)
+        uow.commit()
+    run(engine, risk_check(order_id, canceled.version))  # even at the order's version
+    run(engine, risk_check(order_id, version))
+    assert order_row(engine, order_id)["state"] == "CANCELED"
+    assert route_new_rows(engine, order_id) == []
+
+
+def test_an_unknown_order_is_dead_lettered(engine: Engine) -> None:
+    with pytest.raises(DeadLetter, match="unknown order"):
+        run(engine, risk_check(str(uuid.uuid4()), 1))

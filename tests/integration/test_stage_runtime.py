@@ -1,0 +1,173 @@
+"""The stage runtime on the real broker and database: confirms, acks, dead letters, delivery limit, inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from marshmallow import Schema, fields
+from sqlalchemy import Engine, select, text
+
+from common import jsonutil
+from common.config import Settings
+from common.messaging.deadletter import ERROR_HEADER
+from common.messaging.envelope import Envelope
+from common.messaging.publisher import Publisher
+from common.messaging.topology import OMS_EXCHANGE, StageQueue, declare_exchanges
+from common.runtime.stage import StageSpec, StageWorker
+from common.store import tables
+from common.store.db import make_engine
+from common.store.outbox import OutboxMessage
+from common.store.uow import UnitOfWork
+from tests.support.polling import async_wait_until
+
+pytestmark = pytest.mark.integration
+
+DELIVERY_LIMIT = 2
+_CONNECTIONS: dict[int, AbstractRobustConnection] = {}
+
+
+class EchoSchema(Schema):
+    text = fields.String(required=True)
+    fail = fields.Boolean(load_default=False)
+
+
+def echo(uow: UnitOfWork, env: Envelope) -> None:
+    """Echo the text to ``test.echoed``; a body asking to fail raises every time."""
+    if env.body["fail"]:
+        raise RuntimeError("asked to fail")
+    uow.outbox.add(OMS_EXCHANGE, "test.echoed", "Echoed", {"text": env.body["text"]}, env.correlation_id)
+
+
+@pytest.fixture
+async def setup(
+    database_url: str, amqp_url: str
+) -> AsyncIterator[tuple[StageWorker, AbstractChannel, AbstractQueue, Engine, StageQueue]]:
+    stage = f"test_{uuid.uuid4().hex[:8]}"  # a queue of its own per test, so tests share nothing
+    queue_def = StageQueue(stage, (f"{stage}.echo",))
+    settings = Settings(database_url=database_url, amqp_url=amqp_url, delivery_limit=DELIVERY_LIMIT, batch_size=20)
+    engine = make_engine(database_url)
+    spec = StageSpec(stage=queue_def.stage, schemas={"*": EchoSchema()}, handler=echo, queue_override=queue_def)
+    worker = StageWorker(spec, settings, engine)
+    connection = await aio_pika.connect_robust(amqp_url)
+    channel = await connection.channel()
+    _CONNECTIONS[id(channel)] = connection
+    exchanges = await declare_exchanges(channel)
+    echoed = await channel.declare_queue(exclusive=True)
+    await echoed.bind(exchanges[OMS_EXCHANGE], "test.echoed")
+    task = asyncio.create_task(worker.run())
+    await async_wait_until(lambda: _has_consumer(channel, queue_def.name), timeout=20, message="worker consuming")
+    yield worker, channel, echoed, engine, queue_def
+    worker.stop()
+    await asyncio.wait_for(task, 20)
+    await connection.close()
+    engine.dispose()
+
+
+async def _has_consumer(channel: AbstractChannel, name: str) -> bool:
+    try:
+        declared = await channel.declare_queue(name, passive=True)
+    except Exception:
+        return False
+    return (declared.declaration_result.consumer_count or 0) > 0
+
+
+async def _publish(channel: AbstractChannel, routing_key: str, body: bytes, message_id: str) -> None:
+    publisher = Publisher(_CONNECTIONS[id(channel)])
+    confirmed = await publisher.publish(
+        [OutboxMessage(message_id, OMS_EXCHANGE, routing_key, "Echo", message_id, body)]
+    )
+    assert confirmed == [message_id]
+
+
+async def _drain(queue: AbstractQueue) -> list[AbstractIncomingMessage]:
+    got = []
+    while (message := await queue.get(no_ack=True, fail=False)) is not None:
+        got.append(message)
+    return got
+
+
+async def _collect(queue: AbstractQueue, count: int, timeout: float = 20) -> list[AbstractIncomingMessage]:
+    got: list[AbstractIncomingMessage] = []
+
+    async def enough() -> bool:
+        got.extend(await _drain(queue))
+        return len(got) >= count
+
+    await async_wait_until(enough, timeout=timeout, message=f"{count} messages")
+    return got
+
+
+async def test_published_with_confirm_is_consumed_handled_and_acked(setup: Any) -> None:
+    worker, channel, echoed, engine, queue_def = setup
+    ids = [str(uuid.uuid4()) for _ in range(50)]
+    for i, mid in enumerate(ids):
+        await _publish(channel, f"{queue_def.stage}.echo", jsonutil.dumps({"text": f"m{i}"}).encode(), mid)
+    got = await _collect(echoed, 50)
+    assert sorted(jsonutil.loads(m.body)["text"] for m in got) == sorted(f"m{i}" for i in range(50))
+    declared = await channel.declare_queue(queue_def.name, passive=True)
+    assert declared.declaration_result.message_count == 0  # everything acked
+    with engine.connect() as connection:
+        processed = connection.execute(
+            select(tables.inbox.c.message_id).where(tables.inbox.c.stage == queue_def.stage)
+        ).scalars()
+        assert set(processed) == set(ids)
+        unsent = connection.execute(
+            text("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND routing_key = 'test.echoed'")
+        ).scalar()
+        assert unsent == 0
+
+
+async def test_redelivered_message_is_applied_once(setup: Any) -> None:
+    worker, channel, echoed, engine, queue_def = setup
+    mid = str(uuid.uuid4())
+    body = jsonutil.dumps({"text": "once"}).encode()
+    await _publish(channel, f"{queue_def.stage}.echo", body, mid)
+    await _collect(echoed, 1)
+    await _publish(channel, f"{queue_def.stage}.echo", body, mid)  # the same message id again
+    marker = str(uuid.uuid4())
+    await _publish(channel, f"{queue_def.stage}.echo", jsonutil.dumps({"text": "after"}).encode(), marker)
+    got = await _collect(echoed, 1)
+    assert [jsonutil.loads(m.body)["text"] for m in got] == ["after"]
+
+
+async def test_malformed_body_is_dead_lettered_with_reason_and_consumer_goes_on(setup: Any) -> None:
+    worker, channel, echoed, engine, queue_def = setup
+    bad_json, bad_shape = str(uuid.uuid4()), str(uuid.uuid4())
+    await _publish(channel, f"{queue_def.stage}.echo", b"{not json", bad_json)
+    await _publish(channel, f"{queue_def.stage}.echo", jsonutil.dumps({"txet": 1}).encode(), bad_shape)
+    await _publish(channel, f"{queue_def.stage}.echo", jsonutil.dumps({"text": "fine"}).encode(), str(uuid.uuid4()))
+    got = await _collect(echoed, 1)
+    assert jsonutil.loads(got[0].body)["text"] == "fine"
+    dlq = await channel.declare_queue(queue_def.dead_letter_name, passive=True)
+    dead = {m.message_id: m for m in await _collect(dlq, 2)}
+    assert set(dead) == {bad_json, bad_shape}
+    assert "not JSON" in str(dead[bad_json].headers[ERROR_HEADER])
+    assert "text" in str(dead[bad_shape].headers[ERROR_HEADER])
+    assert dead[bad_json].body == b"{not json"  # the original bytes, for replay after a fix
+
+
+async def test_message_failing_every_time_is_dead_lettered_after_delivery_limit(setup: Any) -> None:
+    worker, channel, echoed, engine, queue_def = setup
+    poison = str(uuid.uuid4())
+    body = jsonutil.dumps({"text": "x", "fail": True}).encode()
+    await _publish(channel, f"{queue_def.stage}.echo", body, poison)
+    await _publish(channel, f"{queue_def.stage}.echo", jsonutil.dumps({"text": "neighbour"}).encode(), "n-" + poison)
+    got = await _collect(echoed, 1)
+    assert jsonutil.loads(got[0].body)["text"] == "neighbour"  # its batch-mate was not failed with it
+    dlq = await channel.declare_queue(queue_def.dead_letter_name, passive=True)
+    dead = await _collect(dlq, 1, timeout=30)
+    assert dead[0].message_id == poison
+    deaths = dead[0].headers["x-death"]
+    assert deaths[0]["reason"] == "delivery_limit"  # type: ignore[call-overload,index]
+    with engine.connect() as connection:
+        failure = connection.execute(
+            select(tables.message_failures).where(tables.message_failures.c.message_id == poison)
+        ).one()
+    assert "asked to fail" in failure.error
+    assert failure.attempts == DELIVERY_LIMIT + 1

@@ -1,0 +1,211 @@
+"""The simulated venue on a real broker: requests in on ``broker``, execution reports out on ``oms``."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest_asyncio
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from common import jsonutil
+from common.contracts import ExecutionReportSchema
+from common.messaging.connection import connect
+from common.messaging.publisher import Publisher
+from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE, declare_exchanges
+from common.store.outbox import OutboxMessage
+from services.venue_sim.config import VenueConfig
+from services.venue_sim.prices import InstrumentSpec
+from services.venue_sim.venue import MARKETDATA_EXCHANGE, VENUE_QUEUE, VenueSim
+from tests.support.polling import async_wait_until
+
+INSTRUMENTS = (InstrumentSpec("AAPL", Decimal("190.00"), Decimal("0.01"), Decimal("1")),)
+
+
+@dataclass
+class Broker:
+    """The test's side of the broker: a publisher, and every execution report the venue sent, by order."""
+
+    connection: AbstractRobustConnection
+    channel: AbstractChannel
+    publisher: Publisher
+    reports: dict[str, list[AbstractIncomingMessage]] = field(default_factory=lambda: defaultdict(list))
+
+    def bodies(self, order_id: str) -> list[dict[str, Any]]:
+        return [jsonutil.loads(m.body) for m in self.reports[order_id]]
+
+    def exec_types(self, order_id: str) -> list[str]:
+        return [b["execType"] for b in self.bodies(order_id)]
+
+    async def send(self, routing_key: str, body: dict[str, Any]) -> None:
+        type_ = {"orders.new": "NewOrderRequest", "orders.cancel": "CancelRequest"}[routing_key]
+        await self.publisher.publish_json(BROKER_EXCHANGE, routing_key, type_, body, correlation_id=body["orderId"])
+
+
+@pytest_asyncio.fixture(scope="module")
+async def broker(amqp_url: str) -> AsyncIterator[Broker]:
+    connection = await connect(amqp_url, "test.venue_sim")
+    channel = await connection.channel()
+    exchanges = await declare_exchanges(channel)
+    capture = await channel.declare_queue(exclusive=True)
+    await capture.bind(exchanges[OMS_EXCHANGE], routing_key="execution.report")
+    broker = Broker(connection, channel, Publisher(connection))
+
+    async def on_report(message: AbstractIncomingMessage) -> None:
+        broker.reports[str(message.correlation_id)].append(message)
+        await message.ack()
+
+    await capture.consume(on_report)
+    try:
+        yield broker
+    finally:
+        await connection.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def venue(amqp_url: str, broker: Broker) -> AsyncIterator[VenueSim]:
+    config = VenueConfig(
+        amqp_url=amqp_url,
+        database_url="postgresql+psycopg://unused/unused",  # instruments are given: no database
+        instruments=INSTRUMENTS,
+        tick_ms=50,
+        declare_pipeline=False,  # leave the shared vhost's stage queues to the stage tests
+    )
+    venue = VenueSim(config)
+    task = asyncio.create_task(venue.run())
+    await async_wait_until(lambda: venue.ready.is_set() or task.done(), timeout=30, message="venue ready")
+    if task.done():
+        task.result()  # raises why it did not start
+    try:
+        yield venue
+    finally:
+        venue.stop()
+        await asyncio.wait_for(task, 30)
+
+
+def _new_order(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "orderId": str(uuid.uuid4()),
+        "requestId": str(uuid.uuid4()),
+        "accountId": "ACC-001",
+        "symbol": "AAPL",
+        "side": "BUY",
+        "type": "MARKET",
+        "quantity": Decimal("10"),
+        "price": None,
+        "stopPrice": None,
+        "timeInForce": "DAY",
+    }
+    body.update(fields)
+    return body
+
+
+async def test_market_order_gets_new_then_fill(venue: VenueSim, broker: Broker) -> None:
+    order = _new_order()
+    await broker.send("orders.new", order)
+    oid = order["orderId"]
+    await async_wait_until(lambda: len(broker.reports[oid]) >= 2, message=lambda: f"reports {broker.exec_types(oid)}")
+
+    assert broker.exec_types(oid) == ["NEW", "FILL"]
+    messages = broker.reports[oid]
+    assert {m.type for m in messages} == {"ExecutionReport"}
+    assert {m.correlation_id for m in messages} == {oid}
+    assert len({m.message_id for m in messages}) == 2
+    ack, fill = (ExecutionReportSchema().load(b) for b in broker.bodies(oid))
+    assert ack["execution_id"] != fill["execution_id"]
+    assert ack["request_id"] == fill["request_id"] == order["requestId"]
+    assert ack["broker_order_id"] == fill["broker_order_id"] is not None
+    assert (fill["cum_qty"], fill["leaves_qty"], fill["last_qty"]) == (Decimal("10"), Decimal("0"), Decimal("10"))
+    assert fill["last_px"] > 0 and fill["last_px"] % Decimal("0.01") == 0
+    assert fill["avg_px"] == fill["last_px"]
+    assert fill["fees"] == (Decimal("10") * fill["last_px"] * Decimal("0.0005")).quantize(Decimal("0.01"))
+    assert fill["venue"] == "SIM"
+
+
+async def test_resting_limit_is_only_acknowledged_until_canceled(venue: VenueSim, broker: Broker) -> None:
+    order = _new_order(type="LIMIT", price=Decimal("1.00"))  # far below AAPL: never marketable
+    oid = order["orderId"]
+    await broker.send("orders.new", order)
+    await async_wait_until(lambda: broker.exec_types(oid) == ["NEW"], message=lambda: f"{broker.exec_types(oid)}")
+    cancel = {**order, "requestId": str(uuid.uuid4())}
+    await broker.send("orders.cancel", cancel)
+    await async_wait_until(lambda: len(broker.reports[oid]) >= 3, message=lambda: f"{broker.exec_types(oid)}")
+
+    # Reports leave in order, so nothing traded between the acknowledgement and the cancel.
+    assert broker.exec_types(oid) == ["NEW", "PENDING_CANCEL", "CANCELED"]
+    canceled = broker.bodies(oid)[-1]
+    assert canceled["requestId"] == cancel["requestId"]
+    assert (canceled["cumQty"], canceled["leavesQty"]) == (0, 0)
+
+
+async def test_cancel_of_an_unknown_order_is_rejected(venue: VenueSim, broker: Broker) -> None:
+    cancel = _new_order()
+    await broker.send("orders.cancel", cancel)
+    oid = cancel["orderId"]
+    await async_wait_until(lambda: broker.reports[oid], message="cancel answer")
+    assert broker.exec_types(oid) == ["CANCEL_REJECTED"]
+    assert broker.bodies(oid)[0]["reason"] == "unknown order"
+
+
+async def test_malformed_request_is_dead_lettered_with_the_reason(venue: VenueSim, broker: Broker) -> None:
+    message_id = str(uuid.uuid4())
+    raw = '{"orderId": "only-an-id", "quantity": "lots"}'
+    bad = OutboxMessage(
+        message_id=message_id,
+        exchange=BROKER_EXCHANGE,
+        routing_key="orders.new",
+        type="NewOrderRequest",
+        correlation_id=None,
+        body=raw,
+    )
+    assert await broker.publisher.publish([bad]) == [message_id]
+
+    channel = await broker.connection.channel()
+    dead: list[AbstractIncomingMessage] = []
+
+    async def on_dead(message: AbstractIncomingMessage) -> None:
+        if message.message_id == message_id:
+            dead.append(message)
+            await message.ack()
+        # others stay unacked and go back to the queue when this channel closes
+
+    dlq = await channel.get_queue(VENUE_QUEUE.dead_letter_name)
+    await dlq.consume(on_dead)
+    try:
+        await async_wait_until(lambda: dead, message="the bad request in venue_sim.orders.dlq")
+    finally:
+        await channel.close()
+    headers = dead[0].headers
+    assert headers["x-oms-stage"] == "venue_sim"
+    assert headers["x-oms-original-routing-key"] == "orders.new"
+    reason = str(headers["x-oms-error"])
+    assert reason.startswith("invalid body:")
+    assert "requestId" in reason and "quantity" in reason
+    assert dead[0].body == raw.encode()  # unchanged
+    # And the venue keeps working.
+    await test_market_order_gets_new_then_fill(venue, broker)
+
+
+async def test_prices_are_published_on_every_tick(venue: VenueSim, broker: Broker) -> None:
+    channel = await broker.connection.channel()
+    exchange = await channel.get_exchange(MARKETDATA_EXCHANGE)
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(exchange, routing_key="prices.AAPL")
+    prices: list[dict[str, Any]] = []
+
+    async def on_price(message: AbstractIncomingMessage) -> None:
+        prices.append(jsonutil.loads(message.body))
+        await message.ack()
+
+    await queue.consume(on_price)
+    try:
+        await async_wait_until(lambda: len(prices) >= 3, message="three price ticks")
+    finally:
+        await channel.close()
+    assert {p["symbol"] for p in prices} == {"AAPL"}
+    assert all(p["price"] > 0 and p["price"] % Decimal("0.01") == 0 for p in prices)

@@ -1,0 +1,143 @@
+"""Helpers for the front-end tests: tokens, fresh accounts, and orders written straight into the store.
+
+Orders are written with the store's own repository (so the row is exactly what the pipeline writes) and
+then moved to the state a test needs with the domain's commands and execution reports.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import Engine, insert, update
+
+from common.domain import ExecType, ExecutionReportData, Order, OrderType, Side, TimeInForce
+from common.store import tables
+from common.store.executions_repo import ExecutionReportRepository
+from common.store.uow import UnitOfWork
+from services.api.auth import SCOPE_OPERATIONS, SCOPE_READ, SCOPE_WRITE, TokenService
+
+TEST_SECRET = "front-end-tests-secret-0123456789abcdef"
+ALL_SCOPES = (SCOPE_READ, SCOPE_WRITE, SCOPE_OPERATIONS)
+
+
+def token_service() -> TokenService:
+    """The token service the tests' servers trust."""
+    return TokenService(TEST_SECRET, "oms")
+
+
+def bearer(
+    accounts: Iterable[str] = ("*",),
+    scopes: Iterable[str] = (SCOPE_READ, SCOPE_WRITE),
+    subject: str = "tester",
+    ttl: timedelta = timedelta(minutes=10),
+) -> str:
+    """An ``Authorization`` header value."""
+    return "Bearer " + token_service().issue(subject, accounts, scopes, ttl=ttl)
+
+
+def new_account(engine: Engine, active: bool = True) -> str:
+    """A fresh account of its own, so a test's counts are not disturbed by other tests' orders."""
+    account_id = f"T-{uuid.uuid4().hex[:12]}"
+    with engine.begin() as connection:
+        connection.execute(
+            insert(tables.accounts).values(
+                id=account_id,
+                name=f"Test account {account_id}",
+                account_type="MARGIN",
+                base_currency="USD",
+                cash_balance=Decimal("1000000"),
+                active=active,
+                created_at=datetime.now(UTC),
+            )
+        )
+    return account_id
+
+
+def _report(order: Order, exec_type: ExecType, **values: object) -> ExecutionReportData:
+    defaults: dict[str, object] = {
+        "execution_id": str(uuid.uuid4()),
+        "order_id": order.id,
+        "broker_order_id": f"B-{order.id[:8]}",
+        "exec_type": exec_type,
+        "cum_qty": order.filled_quantity,
+        "leaves_qty": order.quantity - order.filled_quantity,
+        "order_qty": order.quantity,
+        "price": order.price,
+        "venue": "SIM",
+        "timestamp": datetime.now(UTC),
+    }
+    defaults.update(values)
+    return ExecutionReportData(**defaults)  # type: ignore[arg-type]
+
+
+def store_order(
+    engine: Engine,
+    account_id: str,
+    symbol: str = "AAPL",
+    *,
+    quantity: Decimal = Decimal("100"),
+    price: Decimal | None = Decimal("190.00"),
+    order_type: OrderType = OrderType.LIMIT,
+    side: Side = Side.BUY,
+    status: str = "PENDING",
+    created_at: datetime | None = None,
+    fill_price: Decimal = Decimal("190.00"),
+) -> str:
+    """Book an order and walk it to ``status`` (PENDING, OPEN, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED)."""
+    now = datetime.now(UTC)
+    order = Order.create(
+        id=str(uuid.uuid4()),
+        account_id=account_id,
+        symbol=symbol,
+        side=side,
+        type=order_type,
+        quantity=quantity,
+        price=price,
+        stop_price=None,
+        time_in_force=TimeInForce.DAY,
+        strategy_id="test-strategy",
+        notes=None,
+        client_order_id=None,
+        now=now,
+        user_id="tests",
+    )
+    reports: list[ExecutionReportData] = []
+    if status == "REJECTED":
+        order.reject("TEST_RULE", "rejected by the test", now)
+    elif status == "CANCELED":
+        order.cancel_unrouted("canceled by the test", now, "tests")
+    elif status != "PENDING":
+        order.approve(["test"], now)
+        order.mark_routed(str(uuid.uuid4()), now)
+        reports.append(_report(order, ExecType.NEW))
+        if status in ("PARTIALLY_FILLED", "FILLED"):
+            half = quantity / 2 if status == "PARTIALLY_FILLED" else quantity
+            reports.append(
+                _report(
+                    order,
+                    ExecType.FILL if status == "FILLED" else ExecType.PARTIAL_FILL,
+                    last_qty=half,
+                    last_px=fill_price,
+                    cum_qty=half,
+                    leaves_qty=quantity - half,
+                    avg_px=fill_price,
+                    fees=Decimal("1.25"),
+                )
+            )
+    with UnitOfWork(engine) as uow:
+        executions = ExecutionReportRepository(uow.connection)
+        uow.orders.add(order, correlation_id=order.id, message_id=None)
+        for report in reports:
+            order.apply_report(report, now)
+            executions.record(report, quantity=report.last_qty, price=report.last_px or Decimal(0), received_at=now)
+        uow.orders.save(order, correlation_id=order.id, message_id=None)
+        if created_at is not None:
+            uow.connection.execute(
+                update(tables.orders).where(tables.orders.c.id == order.id).values(created_at=created_at)
+            )
+        uow.commit()
+    assert order.status.value == status, (order.status, status)
+    return order.id
