@@ -531,9 +531,15 @@ class Order:
 
     def _on_pending(self, report: ExecutionReportData, ctx: _Apply, kind: RequestKind) -> None:
         pending = self.pending_request
-        if pending is not None and not pending.acknowledged and self._answers(report, kind, ctx):
+        if pending is None:
+            # Nothing outstanding: a pending report that arrives after its request was answered (reordered)
+            # must not leave the order pending with no request behind it.
+            ctx.flags["late"] = True
+            self._complete_if_filled(ctx)
+            return
+        if not pending.acknowledged and self._answers(report, kind, ctx):
             self.pending_request = dataclasses.replace(pending, acknowledged=True)
-        elif pending is None or pending.request_id != report.request_id:
+        elif pending.request_id != report.request_id:
             ctx.flags["other_request"] = True  # an earlier request of a chain (FIX D16/D17)
         if self._complete_if_filled(ctx):
             return

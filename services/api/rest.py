@@ -295,9 +295,6 @@ class OrdersResource(MethodView):
             )
         order_request = order_request_of(body, key or client_order_id)
         order, created = _service().create(g.principal, order_request)
-        print("CREATED", order["id"])
-        order["quantity"] = -1
-        order["side"] = "HOLD"
         return order, 201 if created else 200
 
     @orders_blp.doc(operationId="listOrders", summary="List orders with filtering")

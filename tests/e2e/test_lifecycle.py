@@ -37,25 +37,29 @@ D = Decimal
 MARKETABLE_BUY, RESTING_BUY = D("250.00"), D("100.00")
 STOP_TRIGGERED, STOP_NOT_TRIGGERED = D("100.00"), D("300.00")
 
-# (type, price, stop price) -> expected final state per time in force. STOP and STOP_LIMIT orders rest until
-# triggered, so only DAY and GTC are accepted for them (the intake's rule).
-CASES: list[tuple[str, Decimal | None, Decimal | None, dict[str, str]]] = [
-    ("MARKET", None, None, {"DAY": "FILLED", "GTC": "FILLED", "IOC": "FILLED", "FOK": "FILLED"}),
-    ("LIMIT", MARKETABLE_BUY, None, {"DAY": "FILLED", "GTC": "FILLED", "IOC": "FILLED", "FOK": "FILLED"}),
-    ("LIMIT", RESTING_BUY, None, {"DAY": "OPEN", "GTC": "OPEN", "IOC": "CANCELED", "FOK": "CANCELED"}),
-    ("STOP", None, STOP_TRIGGERED, {"DAY": "FILLED", "GTC": "FILLED", "IOC": "REJECTED", "FOK": "REJECTED"}),
-    ("STOP", None, STOP_NOT_TRIGGERED, {"DAY": "OPEN", "GTC": "OPEN"}),
-    ("STOP_LIMIT", MARKETABLE_BUY, STOP_TRIGGERED, {"DAY": "FILLED", "GTC": "FILLED", "IOC": "REJECTED"}),
-    ("STOP_LIMIT", RESTING_BUY, STOP_TRIGGERED, {"DAY": "OPEN", "GTC": "OPEN"}),
+# (type, price, stop price) -> expected final state and filled quantity (of 10) per time in force. The venue
+# fills in two slices, one per matching opportunity: an IOC order gets one chance, so it fills one slice and its
+# remainder is canceled; FOK fills whole or not at all. STOP and STOP_LIMIT orders rest until triggered, so the
+# intake accepts only DAY and GTC for them.
+FILLED, OPEN, NONE = ("FILLED", D(10)), ("OPEN", D(0)), ("CANCELED", D(0))
+IOC_REMAINDER, REJECTED = ("CANCELED", D(5)), ("REJECTED", D(0))
+CASES: list[tuple[str, Decimal | None, Decimal | None, dict[str, tuple[str, Decimal]]]] = [
+    ("MARKET", None, None, {"DAY": FILLED, "GTC": FILLED, "IOC": IOC_REMAINDER, "FOK": FILLED}),
+    ("LIMIT", MARKETABLE_BUY, None, {"DAY": FILLED, "GTC": FILLED, "IOC": IOC_REMAINDER, "FOK": FILLED}),
+    ("LIMIT", RESTING_BUY, None, {"DAY": OPEN, "GTC": OPEN, "IOC": NONE, "FOK": NONE}),
+    ("STOP", None, STOP_TRIGGERED, {"DAY": FILLED, "GTC": FILLED, "IOC": REJECTED, "FOK": REJECTED}),
+    ("STOP", None, STOP_NOT_TRIGGERED, {"DAY": OPEN, "GTC": OPEN}),
+    ("STOP_LIMIT", MARKETABLE_BUY, STOP_TRIGGERED, {"DAY": FILLED, "GTC": FILLED, "IOC": REJECTED}),
+    ("STOP_LIMIT", RESTING_BUY, STOP_TRIGGERED, {"DAY": OPEN, "GTC": OPEN, "FOK": REJECTED}),
 ]
 MATRIX = [
-    pytest.param(kind, price, stop, tif, state, id=f"{kind}-{price}-{stop}-{tif}")
+    pytest.param(kind, price, stop, tif, state, filled, id=f"{kind}-{price}-{stop}-{tif}")
     for kind, price, stop, outcomes in CASES
-    for tif, state in outcomes.items()
+    for tif, (state, filled) in outcomes.items()
 ]
 
 
-@pytest.mark.parametrize(("kind", "price", "stop", "tif", "final"), MATRIX)
+@pytest.mark.parametrize(("kind", "price", "stop", "tif", "final", "filled"), MATRIX)
 async def test_order_type_and_time_in_force_reach_their_state(
     pipeline_with_venue: RunningSystem,
     amqp: AbstractRobustConnection,
@@ -64,19 +68,18 @@ async def test_order_type_and_time_in_force_reach_their_state(
     stop: Decimal | None,
     tif: str,
     final: str,
+    filled: Decimal,
 ) -> None:
     engine = pipeline_with_venue.engine
     body = decision(type=kind, price=price, stopPrice=stop, timeInForce=tif, quantity=D("10"))
     await send_decision(amqp, body)
     order = await wait_for_order(engine, "ACC-001", body["decisionId"])
     row = await wait_for_state(engine, order.id, final)
-    if final == "FILLED":
-        assert row.filled_quantity == D("10")
+    assert row.filled_quantity == filled
+    if filled:
         assert row.average_execution_price is not None
         if price is not None:
             assert row.average_execution_price <= price  # a buy limit fills at its price or better
-    if final == "CANCELED":
-        assert row.filled_quantity == 0  # IOC/FOK that could not trade: nothing left working
     if final == "REJECTED":
         assert row.rejection_code and row.rejection_reason
 
@@ -226,6 +229,8 @@ async def test_every_order_history_tells_its_story_in_order(
     types = [e.type for e in events]
     assert types[:4] == ["ORDER_CREATED", "RISK_APPROVED", "ORDER_ROUTED", "ORDER_ACKNOWLEDGED"]
     assert types[-1] == "ORDER_FILLED" and "ORDER_PARTIALLY_FILLED" in types
-    assert all(e.correlation_id == order.id for e in events)
+    # The strategy's correlation id (its decision id) on the booking, the order id on everything after it.
+    assert events[0].correlation_id == body["decisionId"]
+    assert all(e.correlation_id == order.id for e in events[1:])
     timestamps = [e.timestamp for e in events]
     assert timestamps == sorted(timestamps)

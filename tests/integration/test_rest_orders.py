@@ -180,7 +180,10 @@ def test_rule_violations_are_400_and_book_nothing(
 def test_malformed_json_is_400(client: FlaskClient) -> None:
     response = client.post("/orders", data="{not json", content_type="application/json", headers=AUTH)
     assert response.status_code == 400
-    assert _json(response) == {"message": "Malformed JSON body", "errors": [{"field": "body", "message": "Invalid JSON."}]}
+    assert _json(response) == {
+        "message": "Malformed JSON body",
+        "errors": [{"field": "body", "message": "Invalid JSON."}],
+    }
 
 
 def test_body_that_is_not_an_object_is_400(client: FlaskClient) -> None:
@@ -218,7 +221,9 @@ def test_header_and_body_keys_must_agree(client: FlaskClient, account: str) -> N
     assert _json(response)["errors"][0]["field"] == "clientOrderId"
 
 
-def test_concurrent_submissions_with_one_key_book_one_order(client: FlaskClient, engine: Engine, account: str, app: Flask) -> None:
+def test_concurrent_submissions_with_one_key_book_one_order(
+    client: FlaskClient, engine: Engine, account: str, app: Flask
+) -> None:
     key = {"Idempotency-Key": f"race-{uuid.uuid4()}"}
 
     def submit(_: int) -> tuple[int, str]:

@@ -6,10 +6,12 @@ then moved to the state a test needs with the domain's commands and execution re
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, insert, update
 
@@ -18,6 +20,9 @@ from common.store import tables
 from common.store.executions_repo import ExecutionReportRepository
 from common.store.uow import UnitOfWork
 from services.api.auth import SCOPE_OPERATIONS, SCOPE_READ, SCOPE_WRITE, TokenService
+
+if TYPE_CHECKING:
+    from tools.infra import InfraUrls
 
 TEST_SECRET = "front-end-tests-secret-0123456789abcdef"
 ALL_SCOPES = (SCOPE_READ, SCOPE_WRITE, SCOPE_OPERATIONS)
@@ -141,3 +146,26 @@ def store_order(
         uow.commit()
     assert order.status.value == status, (order.status, status)
     return order.id
+
+
+@contextlib.contextmanager
+def private_vhost(infra_urls: InfraUrls, fallback_url: str) -> Iterator[str]:
+    """A vhost of the caller's own (so stage queues it declares meet no other test's workers)."""
+    from tools import infra
+
+    if not infra_urls.management_url:
+        yield fallback_url
+        return
+    name = f"oms_api_{uuid.uuid4().hex[:10]}"
+    infra.create_vhost(name, infra_urls.management_url)
+    try:
+        yield infra.amqp_url_for_vhost(infra_urls.amqp_url, name)
+    finally:
+        infra.delete_vhost(name, infra_urls.management_url)
+
+
+def grpc_metadata(authorization: str | None = None, **extra: str) -> tuple[tuple[str, str], ...]:
+    """gRPC call metadata with a bearer token (every scope, every account, unless given)."""
+    pairs = [("authorization", authorization or bearer(scopes=ALL_SCOPES))]
+    pairs += [(key.replace("_", "-"), value) for key, value in extra.items()]
+    return tuple(pairs)

@@ -473,3 +473,18 @@ def test_stop_limit_replace_terms_follow_the_venue() -> None:
     order.request_replace("r-1", D(100), D("109"), None, T0, None)
     order.apply_report(venue.report(X.REPLACED, 0, 100, order_qty=100, price="109", request_id="r-1"), T0)
     assert order.price == D("109") and order.pending_request is None
+
+
+def test_a_pending_report_arriving_after_its_answer_leaves_the_order_working() -> None:
+    order = routed_order()
+    venue = Venue()
+    order.apply_report(venue.report(X.NEW, 0, 10000), T0)
+    order.request_replace("r-1", D(12000), D("110"), None, T0, "u-1")
+    order.apply_report(venue.report(X.REPLACED, 0, 12000, order_qty=12000, price="110", request_id="r-1"), T0)
+    assert (order.state, order.quantity, order.pending_request) == (S.OPEN, D(12000), None)
+    order.apply_report(venue.report(X.PENDING_REPLACE, 0, 12000, request_id="r-1"), T0)  # overtaken on the way
+    assert order.state is S.OPEN
+    order.request_cancel("c-1", "done", T0, "u-1")
+    order.apply_report(venue.report(X.CANCELED, 0, 0, request_id="c-1"), T0)
+    order.apply_report(venue.report(X.PENDING_CANCEL, 0, 0, request_id="c-1"), T0)
+    assert order.state is S.CANCELED
