@@ -7,8 +7,8 @@ from functools import lru_cache
 from sqlalchemy import Engine
 
 from common.config import Settings, load_settings
+from common.health import dependency_checks, serve_process_endpoints
 from common.logging import configure_logging
-from common.metrics import serve_metrics
 from common.runtime.stage import StageSpec, StageWorker, run_stage_forever
 from common.store.db import make_engine
 
@@ -35,5 +35,10 @@ def run_stage(spec: StageSpec) -> None:
     """Entry point of ``python -m services.<stage>``."""
     config = settings()
     configure_logging(f"oms.{spec.stage}", config.log_level)
-    serve_metrics(config.metrics_port)
+    # /metrics, /health/live and /health/ready (database and broker answer) on OMS_METRICS_PORT.
+    serve_process_endpoints(
+        config.metrics_port,
+        f"oms.{spec.stage}",
+        dependency_checks(engine(config.database_url), config.amqp_url, f"oms.{spec.stage}"),
+    )
     run_stage_forever(spec, lambda s: stage_worker(s, config))

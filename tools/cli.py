@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "token": ("tools.token", "main", "issue an API token"),
     "dlq": ("tools.dlq", "main", "inspect and replay dead-lettered messages"),
     "bench": ("tools.bench", "main", "measure throughput"),
+    "risk": ("tools.risk", "main", "risk limits, restricted symbols and the kill switch (show | set | halt ...)"),
+    "bench-risk": ("tools.bench_risk", "main", "measure the cost of the risk checks per order"),
 }
 
 

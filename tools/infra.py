@@ -401,9 +401,7 @@ def _pg_create_role_and_database(settings: Settings, sql: Any) -> None:
             )
         if not conn.execute("select 1 from pg_database where datname = %s", [PG_DATABASE]).fetchone():
             conn.execute(
-                sql.SQL("create database {} owner {}").format(
-                    sql.Identifier(PG_DATABASE), sql.Identifier(PG_USER)
-                )
+                sql.SQL("create database {} owner {}").format(sql.Identifier(PG_DATABASE), sql.Identifier(PG_USER))
             )
 
 
@@ -587,9 +585,7 @@ def _rabbit_start(settings: Settings) -> str:
         return "already running"
     if _pid_alive(settings.rabbit_pid_file, "beam"):
         # Booting (started by another process): wait for it rather than start a second node.
-        _wait_until(
-            lambda: _rabbit_ready(settings), what="rabbitmq", deadline=deadline, log=settings.rabbit_log
-        )
+        _wait_until(lambda: _rabbit_ready(settings), what="rabbitmq", deadline=deadline, log=settings.rabbit_log)
         return "already running"
     for port, name in (
         (settings.amqp_port, "OMS_AMQP_PORT"),
@@ -685,9 +681,7 @@ def docker_engine_answers() -> bool:
 def _use_docker(docker: bool | None) -> bool:
     wanted = docker if docker is not None else os.environ.get("OMS_INFRA", "").lower() == "docker"
     if wanted and not docker_engine_answers():
-        raise InfraError(
-            "--docker / OMS_INFRA=docker asked for Docker, but no Docker engine answers `docker info`"
-        )
+        raise InfraError("--docker / OMS_INFRA=docker asked for Docker, but no Docker engine answers `docker info`")
     return wanted
 
 

@@ -10,36 +10,16 @@ import time
 import urllib.parse
 from pathlib import Path
 
-import requests
-
 from common.config import REPO_ROOT, load_settings
 from tools import infra, migrate, seed
 from tools.processes import STAGES, ProcessSpec, Supervisor, system
+from tools.sandbox import consumers_ready
 
 FIRST_METRICS_PORT = 9101
 
 
 def _pid_file() -> Path:
     return load_settings().data_dir / "run" / "pids.json"
-
-
-def _wait_for_consumers(management_url: str, amqp_url: str, queues: list[str], deadline: float) -> list[str]:
-    vhost = urllib.parse.unquote(urllib.parse.urlparse(amqp_url).path.lstrip("/")) or "/"
-    missing = list(queues)
-    while missing and time.monotonic() < deadline:
-        still = []
-        for queue in missing:
-            url = f"{management_url.rstrip('/')}/api/queues/{urllib.parse.quote(vhost, safe='')}/{queue}"
-            try:
-                answer = requests.get(url, auth=("guest", "guest"), timeout=2)
-                if answer.status_code != 200 or not answer.json().get("consumers"):
-                    still.append(queue)
-            except requests.RequestException:
-                still.append(queue)
-        missing = still
-        if missing:
-            time.sleep(0.25)  # polling the broker for consumers, with a deadline
-    return missing
 
 
 def _specs(args: argparse.Namespace) -> list[ProcessSpec]:
@@ -68,15 +48,13 @@ def main(argv: list[str]) -> int:
     supervisor = Supervisor(env, log_dir, REPO_ROOT)
     specs = _specs(args)
     supervisor.start_all(specs)
-    missing = _wait_for_consumers(
-        urls.management_url, urls.amqp_url, [f"oms.{s}" for s in STAGES], time.monotonic() + 60
-    )
+    vhost = urllib.parse.unquote(urllib.parse.urlparse(urls.amqp_url).path.lstrip("/")) or "/"
+    missing = consumers_ready(urls.management_url, vhost, [f"oms.{s}" for s in STAGES], timeout=60)
     dead = supervisor.dead()
     if missing or dead:
         for running in dead:
-            print(
-                f"!! {running.spec.name} exited; last lines of {running.log_path}:\n{supervisor.tail(running.spec.name)}"
-            )
+            tail = supervisor.tail(running.spec.name)
+            print(f"!! {running.spec.name} exited; last lines of {running.log_path}:\n{tail}")
         print(f"!! stage queues without a consumer: {', '.join(missing) or 'none'}")
         supervisor.stop_all()
         return 1

@@ -266,7 +266,9 @@ class StageWorker:
         self._connection = await connect(self.settings.amqp_url, f"oms.{self.spec.stage}")
         self._publisher = Publisher(self._connection)
         channel = await self._connection.channel()
-        await declare_topology(channel, self.settings.delivery_limit)
+        if self.spec.queue_override is None:
+            # Every stage queue, so a hand-over to a stage that has not started yet is queued, not returned.
+            await declare_topology(channel, self.settings.delivery_limit)
         # Two batches' worth in flight: one being handled while the next arrives.
         await channel.set_qos(prefetch_count=self.settings.batch_size * 2)
         queue = await declare_stage_queue(channel, self.spec.queue, self.settings.delivery_limit)

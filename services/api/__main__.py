@@ -10,7 +10,6 @@ a child process. When either ends, the other is stopped too, so a supervisor see
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -19,47 +18,27 @@ import signal
 import sys
 import threading
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
-from common import bootstrap
-from common.config import Settings
+from common.config import Settings, load_settings
 from common.logging import configure_logging
 
 log = logging.getLogger("services.api")
 
 
-def _prepare_metrics_dir(settings: Settings) -> None:
-    # gunicorn's workers are separate processes: prometheus_client aggregates them through files in this
-    # folder (it must be set before prometheus_client is first imported, hence here).
+def _prepare_metrics_dir(settings: Settings) -> Path | None:
+    """A fresh folder through which prometheus_client sums the metrics of gunicorn's worker processes.
+
+    It must be named before prometheus_client is first imported, hence here; None when the caller named one.
+    """
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        return
+        return None
     folder = settings.data_dir / "prometheus" / f"api-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-
-
-# ---- gRPC ---------------------------------------------------------------------------------------------------
-
-
-async def _serve_grpc(host: str, port: int) -> None:
-    from services.api.grpc_server import GrpcServer
-
-    server = GrpcServer(bootstrap.settings(), bootstrap.engine(), host=host, port=port)
-    await server.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    log.info("gRPC server stopping")
-    await server.stop()
-
-
-def run_grpc(host: str, port: int) -> None:
-    """Run the gRPC server until SIGTERM/SIGINT."""
-    configure_logging("oms.api.grpc", bootstrap.settings().log_level)
-    asyncio.run(_serve_grpc(host, port))
+    return folder
 
 
 # ---- REST ---------------------------------------------------------------------------------------------------
@@ -79,6 +58,8 @@ def _gunicorn_app(options: dict[str, Any], on_exit: Any) -> Any:
 
         def load(self) -> Any:
             from services.api.rest import create_app
+
+            from common import bootstrap
 
             configure_logging("oms.api.rest", bootstrap.settings().log_level)
             return create_app(bootstrap.settings(), bootstrap.engine())
@@ -101,12 +82,13 @@ def _watch(child: BaseProcess, stopping: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    settings = bootstrap.settings()
+    # Not common.bootstrap here: it imports prometheus_client, which must wait for _prepare_metrics_dir.
+    settings = load_settings()
     parser = argparse.ArgumentParser(prog="python -m services.api", description=__doc__.splitlines()[0])
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--rest-only", action="store_true", help="serve REST only")
     only.add_argument("--grpc-only", action="store_true", help="serve gRPC only")
-    parser.add_argument("--host", default=os.environ.get("OMS_API_HOST", "0.0.0.0"), help="address to listen on")  # noqa: S104
+    parser.add_argument("--host", default=os.environ.get("OMS_API_HOST", "0.0.0.0"), help="address to listen on")
     parser.add_argument("--rest-port", type=int, default=settings.rest_port)
     parser.add_argument("--grpc-port", type=int, default=settings.grpc_port)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("OMS_API_WORKERS", "2")))
@@ -115,15 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("oms.api", settings.log_level)
 
     if args.grpc_only:
-        run_grpc(args.host, args.grpc_port)
+        from services.api.grpc_server import run_in_child
+
+        run_in_child(args.host, args.grpc_port)
         return 0
 
-    _prepare_metrics_dir(settings)
+    metrics_dir = _prepare_metrics_dir(settings)
     stopping = threading.Event()
     child: BaseProcess | None = None
     if not args.rest_only:
+        from services.api.grpc_server import run_in_child
+
         child = multiprocessing.get_context("spawn").Process(
-            target=run_grpc, args=(args.host, args.grpc_port), name="oms-api-grpc"
+            target=run_in_child, args=(args.host, args.grpc_port), name="oms-api-grpc"
         )
         child.start()
         threading.Thread(target=_watch, args=(child, stopping), daemon=True, name="grpc-watch").start()
@@ -133,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         if child is not None and child.is_alive():
             child.terminate()
             child.join(timeout=10)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
     options = {
         "bind": f"{args.host}:{args.rest_port}",

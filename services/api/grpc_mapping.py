@@ -96,8 +96,8 @@ def status_of(value: int, field: str = "status") -> str | None:
     return _enum_name(pb.OrderStatus, value, _STATUS_PREFIX, field, False)
 
 
-def _status_pb(status: str) -> int:
-    return int(pb.OrderStatus.Value(_STATUS_PREFIX + status))
+def _status_pb(status: str) -> pb.OrderStatus:
+    return pb.OrderStatus.Value(_STATUS_PREFIX + status)
 
 
 def create_request_body(request: pb.CreateOrderRequest) -> dict[str, Any]:

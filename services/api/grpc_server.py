@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
@@ -107,6 +108,13 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             return await call()
         except ApiError as error:
             await _abort(context, error)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            # The caller gets a plain INTERNAL; the details stay in the log, not on the wire.
+            log.exception("gRPC call failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise
 
     # ---- unary calls ----------------------------------------------------------------------------------
 
@@ -361,3 +369,25 @@ class GrpcServer:
             await self._server.stop(grace)
         if self._amqp is not None:
             await self._amqp.close()
+
+
+async def serve_forever(settings: Settings, engine: Engine, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    server = GrpcServer(settings, engine, host=host, port=port)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("gRPC server stopping")
+    await server.stop()
+
+
+def run_in_child(host: str, port: int) -> None:
+    """Entry point of the gRPC child process that ``python -m services.api`` starts beside gunicorn."""
+    from common import bootstrap
+    from common.logging import configure_logging
+
+    configure_logging("oms.api.grpc", bootstrap.settings().log_level)
+    asyncio.run(serve_forever(bootstrap.settings(), bootstrap.engine(), host, port))

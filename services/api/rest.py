@@ -467,6 +467,9 @@ def create_app(
     _register_components(api)
     api.register_blueprint(orders_blp)
     api.register_blueprint(health_blp)
+    from services.api import risk_admin  # late import: risk_admin builds on this module
+
+    risk_admin.register(app, engine)
     _install_error_handlers(app)
     _install_metrics(app)
     return app

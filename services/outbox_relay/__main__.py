@@ -6,8 +6,8 @@ import asyncio
 import signal
 
 from common import bootstrap
+from common.health import dependency_checks, serve_process_endpoints
 from common.logging import configure_logging
-from common.metrics import serve_metrics
 from common.runtime.outbox_relay import OutboxRelay
 
 
@@ -22,5 +22,10 @@ async def _main() -> None:
 
 if __name__ == "__main__":
     configure_logging("oms.outbox_relay", bootstrap.settings().log_level)
-    serve_metrics(bootstrap.settings().metrics_port)
+    settings = bootstrap.settings()
+    serve_process_endpoints(
+        settings.metrics_port,
+        "oms.outbox_relay",
+        dependency_checks(bootstrap.engine(), settings.amqp_url, "oms.outbox_relay"),
+    )
     asyncio.run(_main())

@@ -17,6 +17,7 @@ Every method returns the execution reports it produced, in the order they happen
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -128,10 +129,12 @@ class SimOrder:
     quantity: Decimal
     price: Decimal | None
     stop_price: Decimal | None
+    sequence: int = 0  # arrival order: time priority among orders due on the same tick
     cum_qty: Decimal = _ZERO
     notional: Decimal = _ZERO
     triggered: bool = False
     done: bool = False
+    epoch: int = 0  # bumped whenever the order is re-indexed; older index entries are then stale
 
     @property
     def leaves_qty(self) -> Decimal:
@@ -158,11 +161,45 @@ class BookRules:
     max_qty: Decimal | None = None
     fee_rate: Decimal = Decimal("0.0005")
     # Finished orders are remembered (to answer "too late to cancel") up to this many, oldest forgotten first.
-    finished_memory: int = 200_000
+    finished_memory: int = 100_000
 
 
 def _new_execution_id() -> str:
     return str(uuid.uuid4())
+
+
+# A heap entry: (sort key, arrival sequence, epoch, order). The sequence is unique, so orders never compare.
+_Entry = tuple[Decimal, int, int, SimOrder]
+
+
+@dataclass
+class _SymbolBook:
+    """One symbol's working orders, indexed so a tick touches only the orders that may trade.
+
+    Heaps with lazy deletion: an entry is live while its order is working and the epochs match.
+    """
+
+    working: dict[str, SimOrder] = field(default_factory=dict)
+    bids: list[_Entry] = field(default_factory=list)  # buy limits, key -limit (highest first)
+    asks: list[_Entry] = field(default_factory=list)  # sell limits, key limit (lowest first)
+    buy_stops: list[_Entry] = field(default_factory=list)  # key stop (lowest first: price >= stop)
+    sell_stops: list[_Entry] = field(default_factory=list)  # key -stop (highest first: price <= stop)
+    markets: dict[str, SimOrder] = field(default_factory=dict)  # active MARKET orders with slices to go
+
+    def entries(self) -> int:
+        return len(self.bids) + len(self.asks) + len(self.buy_stops) + len(self.sell_stops)
+
+
+def _pop_due(heap: list[_Entry], bound: Decimal, into: list[SimOrder]) -> None:
+    """Take the live orders whose key is at or below ``bound``."""
+    while heap and heap[0][0] <= bound:
+        _, _, epoch, order = heapq.heappop(heap)
+        if not order.done and order.epoch == epoch:
+            into.append(order)
+
+
+def _is_live(entry: _Entry) -> bool:
+    return not entry[3].done and entry[3].epoch == entry[2]
 
 
 @dataclass
@@ -175,6 +212,7 @@ class Book:
     working: dict[str, SimOrder] = field(default_factory=dict)
     finished: OrderedDict[str, SimOrder] = field(default_factory=OrderedDict)
     _sequence: int = 0
+    _symbols: dict[str, _SymbolBook] = field(default_factory=dict)
 
     def order(self, order_id: str) -> SimOrder | None:
         """The order, working or finished (while remembered)."""
@@ -205,8 +243,10 @@ class Book:
             quantity=request.quantity,
             price=request.price if request.type in _LIMIT_TYPES else None,
             stop_price=request.stop_price if request.type in _STOP_TYPES else None,
+            sequence=self._sequence,
         )
         self.working[order.order_id] = order
+        self._symbol(order.symbol).working[order.order_id] = order
         reports = [self._report(order, ExecType.NEW, order.request_id, now)]
         self._match(order, now, reports)
         return reports
@@ -248,10 +288,26 @@ class Book:
         return reports
 
     def on_tick(self, now: datetime) -> list[Report]:
-        """Try every working order against the current prices (stops trigger, limits trade, slices go on)."""
+        """Try the working orders the current prices reach (stops trigger, limits trade, slices go on)."""
         reports: list[Report] = []
-        for order in list(self.working.values()):
-            self._match(order, now, reports)
+        for symbol, book in self._symbols.items():
+            if not book.working:
+                if book.entries():
+                    self._compact(book)  # every entry is stale
+                continue
+            price = self.market.price(symbol)
+            due: list[SimOrder] = list(book.markets.values())
+            book.markets.clear()
+            # Keys are signed so that "due" is always "key <= bound" (see _SymbolBook).
+            _pop_due(book.buy_stops, price, due)  # stop <= price
+            _pop_due(book.sell_stops, -price, due)  # stop >= price
+            _pop_due(book.bids, -price, due)  # limit >= price
+            _pop_due(book.asks, price, due)  # limit <= price
+            # Each order is due once per tick (one live entry each), in arrival order.
+            for order in sorted(due, key=lambda o: o.sequence):
+                self._match(order, now, reports)
+            if book.entries() > 2 * len(book.working) + 64:
+                self._compact(book)
         return reports
 
     # --- matching ----------------------------------------------------------------------------------
@@ -261,6 +317,7 @@ class Book:
         price = self.market.price(order.symbol)
         if not order.active:
             if order.stop_price is None or not _stop_reached(order.side, order.stop_price, price):
+                self._index(order)
                 return
             order.triggered = True
         if order.type in _LIMIT_TYPES:
@@ -273,6 +330,8 @@ class Book:
         if not order.done and order.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
             self._finish(order)
             reports.append(self._report(order, ExecType.CANCELED, order.request_id, now))
+        if not order.done:
+            self._index(order)
 
     def _fill_quantity(self, order: SimOrder) -> Decimal:
         leaves = order.leaves_qty
@@ -294,9 +353,41 @@ class Book:
             self._report(order, exec_type, order.request_id, now, last_qty=quantity, last_px=price, fees=fees)
         )
 
+    def _symbol(self, symbol: str) -> _SymbolBook:
+        book = self._symbols.get(symbol)
+        if book is None:
+            book = self._symbols[symbol] = _SymbolBook()
+        return book
+
+    def _index(self, order: SimOrder) -> None:
+        """File a working order where the next tick looks for it (its earlier entries go stale)."""
+        book = self._symbol(order.symbol)
+        order.epoch += 1
+        buy = order.side is Side.BUY
+        if not order.active:
+            assert order.stop_price is not None
+            heap, key = (book.buy_stops, order.stop_price) if buy else (book.sell_stops, -order.stop_price)
+        elif order.type in _LIMIT_TYPES:
+            assert order.price is not None
+            heap, key = (book.bids, -order.price) if buy else (book.asks, order.price)
+        else:
+            book.markets[order.order_id] = order
+            return
+        heapq.heappush(heap, (key, order.sequence, order.epoch, order))
+
+    def _compact(self, book: _SymbolBook) -> None:
+        """Drop stale entries (canceled, filled, replaced orders) so the heaps do not grow without bound."""
+        for heap in (book.bids, book.asks, book.buy_stops, book.sell_stops):
+            heap[:] = [entry for entry in heap if _is_live(entry)]
+            heapq.heapify(heap)
+
     def _finish(self, order: SimOrder) -> None:
         order.done = True
         self.working.pop(order.order_id, None)
+        book = self._symbols.get(order.symbol)
+        if book is not None:
+            book.working.pop(order.order_id, None)
+            book.markets.pop(order.order_id, None)
         self.finished[order.order_id] = order
         while len(self.finished) > self.rules.finished_memory:
             self.finished.popitem(last=False)

@@ -1,9 +1,10 @@
 """The simulated venue's I/O: consume OMS requests, run them through the book, publish execution reports.
 
 One engine task owns the book. Requests (from the queue ``venue_sim.orders``) and price ticks go through one
-event queue in arrival order; the engine takes what is waiting as a batch, applies each event to the book,
-publishes the batch's reports with pipelined confirms, and only then acks the batch's requests. So each
-order's reports leave in the order they happened, and a request is acked only once its answer is safe.
+event queue in arrival order; the engine takes what is waiting as a batch and applies each event to the
+book. A sender task, one batch behind, publishes each batch's reports with pipelined confirms and only then
+acks the batch's requests (one ack with ``multiple``). So each order's reports leave in the order they
+happened, and a request is acked only once its answer is safe with the broker.
 
 State is in memory only: working orders are lost when the process stops, and a restarted venue answers a
 cancel for an order it no longer knows with CANCEL_REJECTED "unknown order".
@@ -60,7 +61,7 @@ REPORT_ROUTING_KEY = "execution.report"
 REPORT_TYPE = "ExecutionReport"
 PRICE_TYPE = "Price"
 # Requests answered recently, by routing key and request id: a redelivery republishes the same reports.
-_ANSWERED_MEMORY = 100_000
+_ANSWERED_MEMORY = 10_000
 _DB_WAIT_SECONDS = 30.0
 
 SCHEMAS: Mapping[str, Schema] = {
@@ -341,7 +342,11 @@ class VenueSim:
             elif not isinstance(event, _Stop):
                 decoded = decode(event)
                 if decoded.request is not None:
-                    batch.reports.extend(self._answer(event, decoded, decoded.request, now))
+                    try:
+                        batch.reports.extend(self._answer(event, decoded, decoded.request, now))
+                    except Exception as exc:  # a bug, not the broker: retrying the same request cannot help
+                        log.exception("request failed", extra={"message_id": decoded.message_id})
+                        decoded = Decoded(decoded.message_id, decoded.routing_key, error=f"venue failed: {exc!r}")
                 batch.deliveries.append((event, decoded))
         if ticked:
             self._publish_prices(now)
@@ -398,7 +403,11 @@ class VenueSim:
         assert self._publisher is not None
         delay = 0.1
         while True:
-            confirmed = set(await self._publisher.publish(messages))
+            try:
+                confirmed = set(await self._publisher.publish(messages))
+            except Exception as exc:  # no channel while the robust connection reconnects
+                log.warning("publish failed", extra={"error": repr(exc)})
+                confirmed = set()
             messages = [m for m in messages if m.message_id not in confirmed]
             if not messages:
                 return True

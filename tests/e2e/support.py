@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-import urllib.parse
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import requests
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from sqlalchemy import Engine, select, text
 
@@ -19,27 +16,6 @@ from common.messaging.publisher import Publisher
 from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE
 from common.store import tables
 from tests.support.polling import async_wait_until
-
-
-def consumers_ready(management_url: str, vhost: str, queues: list[str], timeout: float) -> list[str]:
-    """Poll the management API until every queue has a consumer; returns those that never got one."""
-    missing = list(queues)
-    deadline = time.monotonic() + timeout
-    while missing and time.monotonic() < deadline:
-        still = []
-        for queue in missing:
-            url = f"{management_url.rstrip('/')}/api/queues/{urllib.parse.quote(vhost, safe='')}/{queue}"
-            try:
-                answer = requests.get(url, auth=("guest", "guest"), timeout=2)
-                ok = answer.status_code == 200 and answer.json().get("consumers", 0) > 0
-            except requests.RequestException:
-                ok = False
-            if not ok:
-                still.append(queue)
-        missing = still
-        if missing:
-            time.sleep(0.2)  # polling the broker with a deadline
-    return missing
 
 
 def decision(**fields: Any) -> dict[str, Any]:

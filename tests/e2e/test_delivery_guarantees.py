@@ -67,23 +67,24 @@ async def test_the_same_decision_twice_makes_one_order(
     body = decision(quantity=D("5"))
     # Two publishes, two message ids (so the inbox cannot help): only the decision id is the same.
     publisher = Publisher(amqp)
-    ids = [
-        await publisher.publish_json(OMS_EXCHANGE, "intake.decision", "TradeDecision", body) for _ in range(2)
-    ]
+    ids = [await publisher.publish_json(OMS_EXCHANGE, "intake.decision", "TradeDecision", body) for _ in range(2)]
     order = await wait_for_order(running.engine, "ACC-001", body["decisionId"])
     await player.next_request(order.id, "new")
     await async_wait_until(
-        lambda: count(
-            running.engine, "SELECT count(*) FROM inbox WHERE stage = 'intake' AND message_id = ANY(:ids)", ids=ids
-        )
-        == 2,
+        lambda: (
+            count(
+                running.engine, "SELECT count(*) FROM inbox WHERE stage = 'intake' AND message_id = ANY(:ids)", ids=ids
+            )
+            == 2
+        ),
         timeout=30,
         message="intake took both copies",
     )
     assert count(running.engine, "SELECT count(*) FROM orders WHERE client_order_id = :d", d=body["decisionId"]) == 1
-    assert count(
-        running.engine, "SELECT count(*) FROM order_requests WHERE order_id = :o AND kind = 'NEW'", o=order.id
-    ) == 1
+    assert (
+        count(running.engine, "SELECT count(*) FROM order_requests WHERE order_id = :o AND kind = 'NEW'", o=order.id)
+        == 1
+    )
 
 
 async def test_the_same_execution_report_twice_is_applied_once(

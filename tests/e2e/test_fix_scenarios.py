@@ -33,7 +33,12 @@ def _issue(running: RunningSystem, order_id: str, request: Request) -> None:
             cancel_order(uow, order_id, reason="scenario", user_id="fix-test")
         else:
             modify_order(
-                uow, order_id, quantity=request.quantity, price=request.price, stop_price=None, notes=None,
+                uow,
+                order_id,
+                quantity=request.quantity,
+                price=request.price,
+                stop_price=None,
+                notes=None,
                 user_id="fix-test",
             )
         uow.commit()
@@ -108,5 +113,5 @@ async def test_fix_appendix_d_scenario(
                     assert (sent["quantity"], sent["price"]) == (action.quantity, action.price), where
         else:
             execution_id = await player.report(order_id, action.exec_type.value, **_report_fields(action, request_ids))
-            await async_wait_until(lambda: _applied(running, execution_id), timeout=30, message=where)
+            await async_wait_until(lambda eid=execution_id: _applied(running, eid), timeout=30, message=where)
         _check(running, order_id, step.expect, where)

@@ -238,7 +238,12 @@ async def reports(vhost_url: str, server: GrpcServer) -> AsyncIterator[aio_pika.
 
 
 async def _next_report(queue: aio_pika.abc.AbstractQueue) -> tuple[aio_pika.abc.AbstractIncomingMessage, Any]:
-    message = await async_wait_until(lambda: queue.get(fail=False), timeout=10, message="an execution report")
+    async def next_message() -> aio_pika.abc.AbstractIncomingMessage | None:
+        return await queue.get(fail=False)
+
+    message: aio_pika.abc.AbstractIncomingMessage = await async_wait_until(
+        next_message, timeout=10, message="an execution report"
+    )
     await message.ack()
     return message, jsonutil.loads(message.body)
 
@@ -293,7 +298,7 @@ async def test_update_order_status_carries_an_explicit_report(
     ],
 )
 async def test_update_order_status_invalid(
-    stub: pb_grpc.OrderServiceStub, engine: Engine, account: str, request_fields: dict[str, Any], code: Code
+    stub: pb_grpc.OrderServiceStub, engine: Engine, account: str, request_fields: dict[str, Any], code: grpc.StatusCode
 ) -> None:
     order_id = store_order(engine, account, status="OPEN")
     request = pb.UpdateOrderStatusRequest(order_id=order_id, **request_fields)

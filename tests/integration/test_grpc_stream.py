@@ -231,14 +231,15 @@ async def test_latest_execution_is_carried(
 async def test_stream_ends_cleanly_when_the_client_goes_away(
     stub: pb_grpc.OrderServiceStub, server: GrpcServer, settings: Settings, engine: Engine
 ) -> None:
-    assert server.servicer is not None
-    before = set(server.servicer.active_streams)
+    servicer = server.servicer
+    assert servicer is not None
+    before = set(servicer.active_streams)
     subscription = Subscription(stub.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(), metadata=grpc_metadata()))
     await subscription.ready()
-    (queue_name,) = set(server.servicer.active_streams) - before
+    (queue_name,) = set(servicer.active_streams) - before
     await subscription.close()
     assert subscription.call.cancelled()
-    await async_wait_until(lambda: queue_name not in server.servicer.active_streams, message="the stream to end")
+    await async_wait_until(lambda: queue_name not in servicer.active_streams, message="the stream to end")
 
     async def queue_gone() -> bool:
         connection = await aio_pika.connect(settings.amqp_url)
@@ -251,7 +252,7 @@ async def test_stream_ends_cleanly_when_the_client_goes_away(
             await connection.close()
         return False
 
-    await async_wait_until(queue_gone, message="the stream's queue to be deleted")
+    assert await async_wait_until(queue_gone, message="the stream's queue to be deleted")
 
 
 @pytest.mark.parametrize(
@@ -319,7 +320,7 @@ async def test_an_order_streams_from_pending_to_filled_while_it_happens(
         await asyncio.to_thread(_route, engine, order.id)
         await subscription.until(3)  # PENDING (APPROVED), PENDING (ROUTED)
 
-        async def report(status: int, **fields: Any) -> None:
+        async def report(status: pb.OrderStatus, **fields: Any) -> None:
             await stub.UpdateOrderStatus(
                 pb.UpdateOrderStatusRequest(
                     order_id=order.id, status=status, execution_report=pb.ExecutionReport(venue="SIM", **fields)

@@ -51,7 +51,7 @@ schema = schemathesis.openapi.from_wsgi("/openapi.json", _document_app())
 
 
 @schema.parametrize()
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_served_document_holds(case: Any, app: Flask) -> None:
     case.call_and_validate(
         app=app, headers={"Authorization": TOKEN}, checks=[not_a_server_error, response_schema_conformance]

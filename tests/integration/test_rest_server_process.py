@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -39,7 +40,7 @@ def _free_port() -> int:
 def _get(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
     request = urllib.request.Request(url, headers={"Authorization": token} if token else {})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - a local test URL
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
@@ -95,18 +96,18 @@ def test_rest_under_gunicorn(service: dict[str, int]) -> None:
             return False
 
     wait_until(ready, timeout=30, message="the REST server to be ready")
-    with urllib.request.urlopen(f"{base}/health/live", timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(f"{base}/health/live", timeout=5) as response:
         assert "gunicorn" in response.headers.get("Server", "")
     status, page = _get(f"{base}/orders?accountId=ACC-001&size=1", bearer())
     assert status == 200 and page["size"] == 1
     assert _get(f"{base}/orders")[0] == 401
-    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
         assert b"oms_http_requests_total" in response.read()
 
 
 async def test_grpc_beside_it(service: dict[str, int]) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service['grpc']}") as channel:
-        await channel.channel_ready()
+        await asyncio.wait_for(channel.channel_ready(), timeout=30)
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         order = await pb_grpc.OrderServiceStub(channel).CreateOrder(

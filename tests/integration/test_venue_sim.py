@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest_asyncio
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from sqlalchemy import create_engine
 
 from common import jsonutil
 from common.contracts import ExecutionReportSchema
@@ -21,8 +22,9 @@ from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE, declare_exc
 from common.store.outbox import OutboxMessage
 from services.venue_sim.config import VenueConfig
 from services.venue_sim.prices import InstrumentSpec
-from services.venue_sim.venue import MARKETDATA_EXCHANGE, VENUE_QUEUE, VenueSim
+from services.venue_sim.venue import MARKETDATA_EXCHANGE, VENUE_QUEUE, VenueSim, load_instruments
 from tests.support.polling import async_wait_until
+from tools.seed import seed_demo
 
 INSTRUMENTS = (InstrumentSpec("AAPL", Decimal("190.00"), Decimal("0.01"), Decimal("1")),)
 
@@ -209,3 +211,14 @@ async def test_prices_are_published_on_every_tick(venue: VenueSim, broker: Broke
         await channel.close()
     assert {p["symbol"] for p in prices} == {"AAPL"}
     assert all(p["price"] > 0 and p["price"] % Decimal("0.01") == 0 for p in prices)
+
+
+def test_instruments_are_read_from_the_database(database_url: str) -> None:
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        seed_demo(connection)
+    engine.dispose()
+    specs = {spec.symbol: spec for spec in load_instruments(database_url)}
+    vod = specs["VOD"]
+    assert (vod.reference_price, vod.tick_size, vod.lot_size) == (Decimal("70"), Decimal("0.02"), Decimal("100"))
+    assert specs["BTCUSD"].lot_size == Decimal("0.0001")

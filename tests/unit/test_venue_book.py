@@ -332,3 +332,54 @@ def test_every_report_body_satisfies_the_public_contract() -> None:
         assert loaded["cum_qty"] == report.cum_qty
         assert loaded["timestamp"] == NOW
         assert wire["venue"] == "SIM"
+
+
+def _filled_ids(reports: list[Report]) -> list[str]:
+    return [r.order_id for r in reports if r.exec_type in (E.FILL, E.PARTIAL_FILL)]
+
+
+def test_a_tick_trades_exactly_the_orders_the_price_reaches_in_arrival_order() -> None:
+    book = _book()
+    for limit in (189, 180, 186, 184, 188, 185, 187, 181, 183, 182):
+        book.new_order(_request(order_id=f"B{limit}", type=OrderType.LIMIT, price=D(limit)), NOW)
+    for limit in (191, 195):
+        book.new_order(_request(order_id=f"S{limit}", side=Side.SELL, type=OrderType.LIMIT, price=D(limit)), NOW)
+    for stop in (185, 184, 183):
+        book.new_order(_request(order_id=f"SS{stop}", side=Side.SELL, type=OrderType.STOP, stop_price=D(stop)), NOW)
+    book.new_order(_request(order_id="BS193", type=OrderType.STOP, stop_price=D("193")), NOW)
+    assert book.on_tick(NOW) == []
+
+    book.market.set_price("AAPL", D("186.00"))
+    assert _filled_ids(book.on_tick(NOW)) == ["B189", "B186", "B188", "B187"]
+    book.market.set_price("AAPL", D("184.00"))
+    assert _filled_ids(book.on_tick(NOW)) == ["B184", "B185", "SS185", "SS184"]
+    book.market.set_price("AAPL", D("193.00"))
+    assert _filled_ids(book.on_tick(NOW)) == ["S191", "BS193"]
+    assert sorted(book.working) == ["B180", "B181", "B182", "B183", "S195", "SS183"]
+
+
+def test_a_replaced_price_is_the_only_one_that_counts() -> None:
+    book = _book()
+    book.new_order(_request(order_id="UP", type=OrderType.LIMIT, price=D("150.00")), NOW)
+    book.new_order(_request(order_id="DOWN", type=OrderType.LIMIT, price=D("180.00")), NOW)
+    book.replace(_request(order_id="UP", type=OrderType.LIMIT, price=D("170.00")), NOW)
+    book.replace(_request(order_id="DOWN", type=OrderType.LIMIT, price=D("160.00")), NOW)
+    book.market.set_price("AAPL", D("175.00"))
+    assert book.on_tick(NOW) == []  # DOWN's old 180 no longer trades
+    book.market.set_price("AAPL", D("165.00"))
+    assert _filled_ids(book.on_tick(NOW)) == ["UP"]
+    book.market.set_price("AAPL", D("155.00"))
+    assert _filled_ids(book.on_tick(NOW)) == ["DOWN"]
+    assert book.on_tick(NOW) == []
+
+
+def test_canceled_orders_do_not_pile_up_in_the_index() -> None:
+    book = _book()
+    for n in range(1000):
+        book.new_order(_request(order_id=f"O{n}", type=OrderType.LIMIT, price=D("100.00")), NOW)
+        book.cancel(_request(order_id=f"O{n}"), NOW)
+    book.new_order(_request(order_id="LIVE", type=OrderType.LIMIT, price=D("100.00")), NOW)
+    book.on_tick(NOW)
+    assert book._symbols["AAPL"].entries() <= 2 * len(book.working) + 64
+    book.market.set_price("AAPL", D("99.00"))
+    assert _filled_ids(book.on_tick(NOW)) == ["LIVE"]

@@ -1,0 +1,168 @@
+"""Liveness, readiness and Prometheus metrics of a worker process, on one small HTTP server.
+
+    GET /health/live   200 while the process runs
+    GET /health/ready  200 when every dependency answers, 503 with the reasons otherwise
+    GET /metrics       the process's Prometheus metrics
+
+Each worker (stages, relay, jobs worker, scheduler) serves these on ``OMS_METRICS_PORT``; the front end has
+its own under the REST port.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pika
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from sqlalchemy import Engine, text
+
+log = logging.getLogger(__name__)
+
+UP = "UP"
+DOWN = "DOWN"
+CHECK_TIMEOUT_SECONDS = 2.0
+
+Check = Callable[[], None]  # returns when the dependency answers, raises otherwise
+
+
+def database_check(engine: Engine) -> Check:
+    """A check that ``SELECT 1`` answers within two seconds."""
+
+    def check() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SET LOCAL statement_timeout = 2000"))
+            connection.execute(text("SELECT 1")).scalar_one()
+
+    return check
+
+
+def broker_check(amqp_url: str, name: str = "oms.readiness") -> Check:
+    """A check that RabbitMQ accepts an AMQP connection and answers on it."""
+
+    def check() -> None:
+        parameters = pika.URLParameters(amqp_url)
+        parameters.socket_timeout = CHECK_TIMEOUT_SECONDS
+        parameters.stack_timeout = CHECK_TIMEOUT_SECONDS
+        parameters.blocked_connection_timeout = CHECK_TIMEOUT_SECONDS
+        parameters.connection_attempts = 1
+        parameters.client_properties = {"connection_name": name}
+        connection = pika.BlockingConnection(parameters)
+        try:
+            connection.process_data_events(time_limit=0)
+        finally:
+            connection.close()
+
+    return check
+
+
+class Readiness:
+    """Runs the checks, caching the answer briefly so a busy prober cannot flood the dependencies."""
+
+    def __init__(self, checks: Mapping[str, Check], cache_seconds: float = 2.0) -> None:
+        self._checks = dict(checks)
+        self._cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._last: tuple[float, dict[str, str]] | None = None
+
+    def results(self) -> dict[str, str]:
+        """Each dependency: ``UP`` or ``DOWN: <reason>``."""
+        with self._lock:
+            now = time.monotonic()
+            if self._last is not None and now - self._last[0] < self._cache_seconds:
+                return self._last[1]
+            results: dict[str, str] = {}
+            for name, check in self._checks.items():
+                try:
+                    check()
+                except Exception as exc:  # any failure means "not ready"; the reason is reported
+                    results[name] = f"{DOWN}: {type(exc).__name__}: {exc}"[:300]
+                else:
+                    results[name] = UP
+            self._last = (time.monotonic(), results)
+            return results
+
+
+def _handler(service: str, readiness: Readiness) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, payload: Mapping[str, Any]) -> None:
+            self._send(status, json.dumps(payload).encode(), "application/json")
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0].rstrip("/")
+            if path == "/metrics":
+                self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            elif path == "/health/live":
+                self._json(200, {"status": UP, "service": service})
+            elif path == "/health/ready":
+                checks = readiness.results()
+                ready = all(value == UP for value in checks.values())
+                self._json(
+                    200 if ready else 503, {"status": UP if ready else DOWN, "service": service, "checks": checks}
+                )
+            else:
+                self._json(404, {"message": f"no such path {path!r}; try /metrics, /health/live, /health/ready"})
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # probes every few seconds would drown the service's own log lines
+
+    return Handler
+
+
+class ProcessEndpoints:
+    """The running HTTP server; ``stop`` closes it."""
+
+    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve_process_endpoints(
+    port: int,
+    service: str,
+    checks: Mapping[str, Check] | None = None,
+    host: str | None = None,
+) -> ProcessEndpoints | None:
+    """Serve /metrics, /health/live and /health/ready on ``port`` in a daemon thread (0 means: do not serve)."""
+    if not port:
+        return None
+    address = host or os.environ.get("OMS_METRICS_HOST", "0.0.0.0")
+    server = ThreadingHTTPServer((address, port), _handler(service, Readiness(checks or {})))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name=f"{service}-endpoints", daemon=True)
+    thread.start()
+    log.info("serving /metrics and /health", extra={"port": port})
+    return ProcessEndpoints(server, thread)
+
+
+def dependency_checks(engine: Engine | None, amqp_url: str | None, name: str) -> dict[str, Check]:
+    """The usual readiness of a worker: its database and its broker."""
+    checks: dict[str, Check] = {}
+    if engine is not None:
+        checks["database"] = database_check(engine)
+    if amqp_url:
+        checks["broker"] = broker_check(amqp_url, f"{name}.readiness")
+    return checks

@@ -1,0 +1,660 @@
+"""Dead-letter queues: list them, show their messages with the reasons, replay or purge a selection.
+
+Used by ``oms dlq`` and by the ``replay_dead_letters`` job alike. One pass over a queue takes at most the
+number of messages the queue held when the pass began (``basic.get``, manual acks), so a pass ends even though
+messages it leaves alone stay in the queue. Messages a pass leaves alone are held unacknowledged until the end
+and then handed back (nack, requeue), so the pass never sees one twice.
+
+A replayed message goes back to the exchange and routing key it was first published to, with the same
+``message_id`` (the stage's inbox makes a second application a no-op), with publisher confirms and
+``mandatory`` (an unroutable replay fails instead of vanishing). Order of events per message: republish,
+confirmed; audit row committed; only then ack in the dead-letter queue. Killed anywhere, the broker gives the
+unacked message back to the dead-letter queue: nothing is lost, and a message republished but not yet acked
+is at worst replayed again, which its stage's inbox absorbs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
+from aiormq.exceptions import AMQPError
+from sqlalchemy import Engine, insert, select
+
+from common import jsonutil
+from common.logging import log_context
+from common.messaging.deadletter import (
+    DEAD_LETTERED_AT_HEADER,
+    ERROR_HEADER,
+    ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+    STAGE_HEADER,
+)
+from common.messaging.envelope import message_id_of
+from common.messaging.topology import STAGE_QUEUES
+from common.store import tables as core_tables
+from services.jobs.tables import dlq_replays
+
+log = logging.getLogger(__name__)
+
+# The simulated venue's own queue dead-letters here (services/venue_sim: ``venue_sim.orders`` + ``.dlq``).
+VENUE_DEAD_LETTER_QUEUE = "venue_sim.orders.dlq"
+REPLAYED_AT_HEADER = "x-oms-replayed-at"
+REPLAY_RUN_HEADER = "x-oms-replay-run"
+# Headers that describe the dead-lettering; a replayed message starts clean (the audit table keeps the story).
+_DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        ERROR_HEADER,
+        STAGE_HEADER,
+        ORIGINAL_EXCHANGE_HEADER,
+        ORIGINAL_ROUTING_KEY_HEADER,
+        DEAD_LETTERED_AT_HEADER,
+    }
+)
+# The stage runtime's own words for a body it could not read (common/runtime/stage.py ``decode``).
+_INVALID_PREFIXES = ("invalid body", "body is not JSON", "body is not a JSON object", "no schema for routing key")
+
+
+def dead_letter_queues() -> list[str]:
+    """Every dead-letter queue of the system: one per stage, and the simulated venue's."""
+    return [queue.dead_letter_name for queue in STAGE_QUEUES.values()] + [VENUE_DEAD_LETTER_QUEUE]
+
+
+def queue_for_stage(stage: str) -> str:
+    """The dead-letter queue of ``stage`` (``intake`` -> ``oms.intake.dlq``; ``venue_sim`` -> the venue's)."""
+    if stage == "venue_sim":
+        return VENUE_DEAD_LETTER_QUEUE
+    if stage not in STAGE_QUEUES:
+        raise ValueError(f"unknown stage {stage!r} (one of {', '.join([*STAGE_QUEUES, 'venue_sim'])})")
+    return STAGE_QUEUES[stage].dead_letter_name
+
+
+# ------------------------------------------------------------------------------------------------ messages
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def to_plain(value: Any) -> Any:
+    """Header values as JSON-friendly values (x-death holds tables, lists, timestamps and bytes)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return _text(value)
+    return value
+
+
+@dataclass(frozen=True)
+class DeadLetterMessage:
+    """One dead-lettered message and what is known about why and from where."""
+
+    queue: str
+    message_id: str
+    type: str | None
+    correlation_id: str | None
+    order_id: str | None
+    reason: str  # invalid | refused | delivery_limit | rejected | expired | maxlen | unknown
+    detail: str
+    stage: str | None
+    original_exchange: str | None
+    original_routing_key: str | None
+    dead_lettered_at: str | None
+    deaths: int
+    headers: dict[str, Any]
+    body: bytes = field(repr=False)
+
+    @property
+    def body_text(self) -> str:
+        """The body as text (the pipeline's messages are JSON)."""
+        return _text(self.body)
+
+    def as_dict(self, body_chars: int | None = None) -> dict[str, Any]:
+        """JSON-friendly form for ``oms dlq show --json``."""
+        data = asdict(self)
+        data["headers"] = to_plain(self.headers)
+        body = self.body_text
+        data["body"] = body if body_chars is None else body[:body_chars]
+        return data
+
+
+def _deaths(headers: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    value = headers.get("x-death")
+    return [d for d in value if isinstance(d, Mapping)] if isinstance(value, list | tuple) else []
+
+
+def _stage_of_queue(queue: str) -> str | None:
+    for stage, stage_queue in STAGE_QUEUES.items():
+        if stage_queue.name == queue:
+            return stage
+    return "venue_sim" if queue.startswith("venue_sim.") else None
+
+
+def _order_id_of(body: bytes) -> str | None:
+    try:
+        data = jsonutil.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict):
+        value = data.get("orderId")
+        return None if value is None else str(value)
+    return None
+
+
+def original_destination(headers: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Where the message was first published: the OMS's own headers, else the broker's oldest x-death."""
+    exchange, routing_key = headers.get(ORIGINAL_EXCHANGE_HEADER), headers.get(ORIGINAL_ROUTING_KEY_HEADER)
+    if exchange is not None and routing_key:
+        return _text(exchange), _text(routing_key)
+    deaths = _deaths(headers)
+    if deaths:
+        first = deaths[-1]  # x-death lists the most recent death first
+        keys = first.get("routing-keys") or []
+        if keys:
+            return _text(first.get("exchange", "")), _text(keys[0])
+    return None
+
+
+def describe(
+    queue: str, message: AbstractIncomingMessage, failures: Mapping[str, str] | None = None
+) -> DeadLetterMessage:
+    """Read a dead-lettered delivery: ids, the reason (the OMS's header or the broker's x-death), the origin.
+
+    ``failures`` maps message ids to the last handler error (``message_failures``) for messages the broker
+    dead-lettered after too many failed deliveries.
+    """
+    headers = dict(message.headers or {})
+    message_id = message_id_of(message)
+    error = headers.get(ERROR_HEADER)
+    deaths = _deaths(headers)
+    stage = _text(headers[STAGE_HEADER]) if headers.get(STAGE_HEADER) else None
+    if error:
+        detail = _text(error)
+        reason = "invalid" if detail.startswith(_INVALID_PREFIXES) else "refused"
+    elif deaths:
+        latest = deaths[0]
+        reason = _text(latest.get("reason", "unknown"))
+        dead_queue = _text(latest.get("queue", ""))
+        stage = stage or _stage_of_queue(dead_queue)
+        detail = f"{reason} in {dead_queue}"
+        last_error = (failures or {}).get(message_id)
+        if last_error:
+            detail += f"; last error: {last_error}"
+    else:
+        reason, detail = "unknown", "no x-death and no x-oms-error header"
+    destination = original_destination(headers)
+    dead_at = headers.get(DEAD_LETTERED_AT_HEADER)
+    if dead_at is None and deaths and isinstance(deaths[0].get("time"), datetime):
+        dead_at = deaths[0]["time"]
+    return DeadLetterMessage(
+        queue=queue,
+        message_id=message_id,
+        type=message.type,
+        correlation_id=message.correlation_id,
+        order_id=_order_id_of(message.body),
+        reason=reason,
+        detail=detail,
+        stage=stage,
+        original_exchange=destination[0] if destination else None,
+        original_routing_key=destination[1] if destination else None,
+        dead_lettered_at=None if dead_at is None else to_plain(dead_at),
+        deaths=sum(int(d.get("count", 1) or 1) for d in deaths),
+        headers=headers,
+        body=message.body,
+    )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which messages of a queue to act on; every given filter must match (none given: all)."""
+
+    reason: str | None = None  # a reason code, or text found in the reason's detail (case-insensitive)
+    type: str | None = None
+    order_id: str | None = None  # the correlation id or the body's orderId
+    message_ids: frozenset[str] = frozenset()
+    limit: int | None = None
+
+    def matches(self, message: DeadLetterMessage) -> bool:
+        """True when the message passes every filter (the limit is counted by the caller)."""
+        if self.message_ids and message.message_id not in self.message_ids:
+            return False
+        if self.type and (message.type or "").lower() != self.type.lower():
+            return False
+        if self.order_id and self.order_id not in (message.correlation_id, message.order_id):
+            return False
+        if self.reason:
+            wanted = self.reason.lower()
+            if wanted != message.reason.lower() and wanted not in message.detail.lower():
+                return False
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        """The filters, for the audit rows."""
+        data: dict[str, Any] = {
+            "reason": self.reason,
+            "type": self.type,
+            "order_id": self.order_id,
+            "limit": self.limit,
+        }
+        if self.message_ids:
+            data["message_ids"] = sorted(self.message_ids)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+# ------------------------------------------------------------------------------------------------ broker side
+
+
+async def connect(amqp_url: str) -> AbstractConnection:
+    """A plain (not robust) connection: a pass that loses its connection stops; its messages go back."""
+    return await aio_pika.connect(amqp_url, client_properties={"connection_name": "oms.dlq"})
+
+
+async def queue_depth(connection: AbstractConnection, queue: str) -> int | None:
+    """Messages ready in ``queue``; None when it does not exist (a passive declare, on a channel of its own)."""
+    channel = await connection.channel()
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+    except AMQPError:
+        return None  # the broker closed the channel: no such queue
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    count = declared.declaration_result.message_count
+    return int(count or 0)
+
+
+async def queue_depths(connection: AbstractConnection, queues: Iterable[str]) -> dict[str, int | None]:
+    """Depth of each queue (None: the queue does not exist)."""
+    return {queue: await queue_depth(connection, queue) for queue in queues}
+
+
+async def _take(channel: AbstractChannel, queue: str, depth: int) -> AsyncIterator[AbstractIncomingMessage]:
+    source = await channel.get_queue(queue, ensure=False)
+    for _ in range(depth):
+        message = await source.get(no_ack=False, fail=False, timeout=30)
+        if message is None:
+            return
+        yield message
+
+
+async def _release(held: Sequence[AbstractIncomingMessage]) -> None:
+    """Hand back every held message in one frame (nack, multiple, requeue)."""
+    if held:
+        last = max(held, key=lambda m: m.delivery_tag or 0)
+        await last.nack(multiple=True, requeue=True)
+
+
+def _failures(engine: Engine | None, messages: Sequence[AbstractIncomingMessage]) -> dict[str, str]:
+    if engine is None or not messages:
+        return {}
+    ids = [message_id_of(m) for m in messages]
+    failures = core_tables.message_failures
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(failures.c.message_id, failures.c.error).where(failures.c.message_id.in_(ids))
+            )
+            return {row.message_id: row.error for row in rows}
+    except Exception as exc:  # the reasons are a nicety of ``show``; the broker's copy is what matters
+        log.warning("could not read message_failures", extra={"error": repr(exc)})
+        return {}
+
+
+async def _take_described(
+    channel: AbstractChannel, queue: str, depth: int, engine: Engine | None, chunk: int = 100
+) -> AsyncIterator[tuple[AbstractIncomingMessage, DeadLetterMessage]]:
+    """Take up to ``depth`` messages, each with its description (the last handler errors read per chunk)."""
+    pending: list[AbstractIncomingMessage] = []
+
+    async def described() -> list[tuple[AbstractIncomingMessage, DeadLetterMessage]]:
+        failures = await asyncio.to_thread(_failures, engine, pending)
+        return [(m, describe(queue, m, failures)) for m in pending]
+
+    async for message in _take(channel, queue, depth):
+        pending.append(message)
+        if len(pending) >= chunk:
+            for pair in await described():
+                yield pair
+            pending = []
+    if pending:
+        for pair in await described():
+            yield pair
+
+
+async def show(
+    amqp_url: str, queue: str, selection: Selection, engine: Engine | None = None
+) -> tuple[int | None, list[DeadLetterMessage]]:
+    """The queue's depth and its messages that match ``selection`` (nothing is removed)."""
+    connection = await connect(amqp_url)
+    try:
+        depth = await queue_depth(connection, queue)
+        if not depth:
+            return depth, []
+        channel = await connection.channel()
+        held: list[AbstractIncomingMessage] = []
+        matching: list[DeadLetterMessage] = []
+        try:
+            async for message, item in _take_described(channel, queue, depth, engine):
+                held.append(message)
+                if selection.matches(item):
+                    matching.append(item)
+                    if selection.limit is not None and len(matching) >= selection.limit:
+                        break
+            return depth, matching
+        finally:
+            await _release(held)
+            await channel.close()
+    finally:
+        await connection.close()
+
+
+# ------------------------------------------------------------------------------------------------ replay, purge
+
+
+@dataclass
+class PassReport:
+    """What one replay or purge pass did."""
+
+    run_id: str
+    queue: str
+    action: str
+    dry_run: bool
+    depth: int = 0
+    examined: int = 0
+    selected: int = 0
+    done: int = 0
+    failed: int = 0
+    messages: list[DeadLetterMessage] = field(default_factory=list)  # the selected ones (dry run: the plan)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A summary without the message bodies (job results, ``--json`` output)."""
+        return {
+            "run_id": self.run_id,
+            "queue": self.queue,
+            "action": self.action,
+            "dry_run": self.dry_run,
+            "depth": self.depth,
+            "examined": self.examined,
+            "selected": self.selected,
+            "done": self.done,
+            "failed": self.failed,
+            "errors": self.errors,
+        }
+
+
+# Called with the number of messages just examined (a progress bar's ``update``).
+Progress = Callable[[int], None]
+
+
+def _audit_rows(
+    report: PassReport, actor: str, selection: Selection, items: Sequence[tuple[DeadLetterMessage, str, str | None]]
+) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    return [
+        {
+            "run_id": report.run_id,
+            "action": report.action,
+            "actor": actor[:100],
+            "queue": report.queue,
+            "message_id": m.message_id[:100],
+            "message_type": m.type,
+            "correlation_id": m.correlation_id,
+            "reason": f"{m.reason}: {m.detail}"[:4000],
+            "target_exchange": m.original_exchange,
+            "target_routing_key": m.original_routing_key,
+            "outcome": outcome,
+            "detail": detail,
+            "filters": selection.as_dict(),
+            "created_at": now,
+        }
+        for m, outcome, detail in items
+    ]
+
+
+def _write_audit(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        with engine.begin() as connection:
+            connection.execute(insert(dlq_replays), rows)
+
+
+def replay_message(message: AbstractIncomingMessage, run_id: str) -> aio_pika.Message:
+    """The message as it was first published: same id, body and properties, without the death headers."""
+    headers = {k: v for k, v in (message.headers or {}).items() if k not in _DEATH_HEADERS}
+    headers[REPLAYED_AT_HEADER] = datetime.now(UTC).isoformat()
+    headers[REPLAY_RUN_HEADER] = run_id
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type or "application/json",
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
+
+
+class _Pass:
+    """The machinery shared by replay and purge: take, select, act in batches, audit, ack, release."""
+
+    def __init__(
+        self,
+        connection: AbstractConnection,
+        engine: Engine,
+        queue: str,
+        selection: Selection,
+        actor: str,
+        action: str,
+        dry_run: bool,
+        batch_size: int,
+        progress: Progress | None,
+    ) -> None:
+        self.connection = connection
+        self.engine = engine
+        self.selection = selection
+        self.actor = actor
+        self.dry_run = dry_run
+        self.batch_size = max(batch_size, 1)
+        self.progress = progress
+        self.report = PassReport(run_id=str(uuid.uuid4()), queue=queue, action=action, dry_run=dry_run)
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def _exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
+        if name not in self._exchanges:
+            self._exchanges[name] = (
+                channel.default_exchange if name == "" else await channel.get_exchange(name, ensure=False)
+            )
+        return self._exchanges[name]
+
+    async def run(self, depth: int) -> PassReport:
+        report = self.report
+        report.depth = depth
+        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        held: list[AbstractIncomingMessage] = []
+        batch: list[tuple[AbstractIncomingMessage, DeadLetterMessage]] = []
+        try:
+            async for message, item in _take_described(channel, report.queue, depth, self.engine):
+                report.examined += 1
+                if self.progress is not None:
+                    self.progress(1)
+                wanted = self.selection.limit is None or report.selected < self.selection.limit
+                if not wanted or not self.selection.matches(item):
+                    held.append(message)
+                    continue
+                report.selected += 1
+                report.messages.append(item)
+                if self.dry_run:
+                    held.append(message)
+                    continue
+                batch.append((message, item))
+                if len(batch) >= self.batch_size:
+                    held.extend(await self._settle(channel, batch))
+                    batch = []
+            if batch:
+                held.extend(await self._settle(channel, batch))
+        finally:
+            if not channel.is_closed:
+                await _release(held)
+                await channel.close()
+        return report
+
+    async def _publish(
+        self, channel: AbstractChannel, batch: Sequence[tuple[AbstractIncomingMessage, DeadLetterMessage]]
+    ) -> list[BaseException | None]:
+        async def one(message: AbstractIncomingMessage, item: DeadLetterMessage) -> None:
+            if item.original_routing_key is None or item.original_exchange is None:
+                raise LookupError("no original exchange/routing key in its headers")
+            exchange = await self._exchange(channel, item.original_exchange)
+            await exchange.publish(
+                replay_message(message, self.report.run_id),
+                routing_key=item.original_routing_key,
+                mandatory=True,
+                timeout=30,
+            )
+
+        results = await asyncio.gather(*(one(m, i) for m, i in batch), return_exceptions=True)
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    async def _settle(
+        self, channel: AbstractChannel, batch: Sequence[tuple[AbstractIncomingMessage, DeadLetterMessage]]
+    ) -> list[AbstractIncomingMessage]:
+        """Act on a batch; returns the messages to hand back (their republish failed)."""
+        report = self.report
+        if report.action == "REPLAY":
+            errors = await self._publish(channel, batch)
+        else:
+            errors = [None] * len(batch)
+        audit: list[tuple[DeadLetterMessage, str, str | None]] = []
+        for (_, item), error in zip(batch, errors, strict=True):
+            if error is None:
+                audit.append((item, "REPLAYED" if report.action == "REPLAY" else "PURGED", None))
+            else:
+                detail = f"{type(error).__name__}: {error}"[:1000]
+                audit.append((item, "FAILED", detail))
+                report.errors[item.message_id] = detail
+        # The audit row is committed before the ack: a message gone from the queue always has its record.
+        await asyncio.to_thread(_write_audit, self.engine, _audit_rows(report, self.actor, self.selection, audit))
+        keep: list[AbstractIncomingMessage] = []
+        for (message, item), error in zip(batch, errors, strict=True):
+            with log_context(message_id=item.message_id, correlation_id=item.correlation_id, order_id=item.order_id):
+                if error is None:
+                    await message.ack()
+                    report.done += 1
+                    log.info(
+                        "dead letter %s",
+                        "replayed" if report.action == "REPLAY" else "purged",
+                        extra={"queue": report.queue, "run_id": report.run_id, "reason": item.reason},
+                    )
+                else:
+                    keep.append(message)
+                    report.failed += 1
+                    log.warning("dead letter not replayed", extra={"queue": report.queue, "error": error})
+        return keep
+
+
+async def _run_pass(
+    amqp_url: str,
+    engine: Engine,
+    queue: str,
+    selection: Selection,
+    *,
+    actor: str,
+    action: str,
+    dry_run: bool,
+    batch_size: int,
+    progress: Progress | None,
+    on_depth: Callable[[int], None] | None,
+) -> PassReport:
+    connection = await connect(amqp_url)
+    try:
+        depth = await queue_depth(connection, queue)
+        if depth is None:
+            raise LookupError(f"queue {queue!r} does not exist")
+        if on_depth is not None:
+            on_depth(depth)
+        worker = _Pass(connection, engine, queue, selection, actor, action, dry_run, batch_size, progress)
+        report = await worker.run(depth)
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.close()
+    log.info("dead-letter pass finished", extra=report.as_dict() | {"actor": actor})
+    return report
+
+
+async def replay(
+    amqp_url: str,
+    engine: Engine,
+    queue: str,
+    selection: Selection = Selection(),
+    *,
+    actor: str,
+    dry_run: bool = False,
+    batch_size: int = 100,
+    progress: Progress | None = None,
+    on_depth: Callable[[int], None] | None = None,
+) -> PassReport:
+    """Send the selected messages of ``queue`` back to where they were first published; see the module doc."""
+    return await _run_pass(
+        amqp_url,
+        engine,
+        queue,
+        selection,
+        actor=actor,
+        action="REPLAY",
+        dry_run=dry_run,
+        batch_size=batch_size,
+        progress=progress,
+        on_depth=on_depth,
+    )
+
+
+async def purge(
+    amqp_url: str,
+    engine: Engine,
+    queue: str,
+    selection: Selection = Selection(),
+    *,
+    actor: str,
+    dry_run: bool = False,
+    batch_size: int = 500,
+    progress: Progress | None = None,
+    on_depth: Callable[[int], None] | None = None,
+) -> PassReport:
+    """Remove the selected messages of ``queue`` for good, each with an audit row (written before its ack)."""
+    return await _run_pass(
+        amqp_url,
+        engine,
+        queue,
+        selection,
+        actor=actor,
+        action="PURGE",
+        dry_run=dry_run,
+        batch_size=batch_size,
+        progress=progress,
+        on_depth=on_depth,
+    )

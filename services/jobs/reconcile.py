@@ -1,0 +1,178 @@
+"""Reconcile orders that made no progress: hand them on again, or ask the venue again.
+
+An order is stuck when it has not changed for ``OMS_RECONCILE_AFTER_SECONDS`` while something is owed to it:
+
+- NEW: a RiskCheck at the order's version again (the risk gate ignores a check it already did).
+- APPROVED: a RouteNew again (the router ignores an order it already routed).
+- ROUTED: the venue's NewOrderRequest again, same ``requestId`` (the venue answers a request it knows again).
+- a cancel or replace outstanding (PENDING_CANCEL, PENDING_REPLACE, or OPEN/PARTIALLY_FILLED with a request
+  unanswered): that request again, to the router when it never left (still PENDING), else to the venue,
+  same ``requestId``.
+
+Every message the job sends is one its receiver already treats as a possible duplicate, so a reconcile that
+races the real answer is harmless. Each action is recorded in ``order_reconciliations`` and the order is left
+alone for another ``OMS_RECONCILE_AFTER_SECONDS`` before it is tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, exists, insert, or_, select
+
+from common.domain import Order, OrderState, RequestKind
+from common.logging import log_context
+from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE
+from common.store import tables
+from common.store.uow import UnitOfWork
+from services.intake.commands import (
+    REQUEST_NEW,
+    REQUEST_PENDING,
+    ROUTE_CANCEL_KEY,
+    ROUTE_NEW_KEY,
+    ROUTE_REPLACE_KEY,
+    ask_risk,
+    load_request,
+    terms_of,
+)
+from services.jobs.metrics import ORDERS_RECONCILED
+from services.jobs.tables import order_reconciliations
+from services.router.handlers import CANCEL_KEY, NEW_ORDER_KEY, REPLACE_KEY, broker_body
+
+log = logging.getLogger(__name__)
+
+S = OrderState
+WAITING_STATES = (S.NEW, S.APPROVED, S.ROUTED, S.PENDING_CANCEL, S.PENDING_REPLACE)
+# OPEN/PARTIALLY_FILLED orders are only stuck when a cancel or replace they sent is unanswered.
+WORKING_STATES = (S.OPEN, S.PARTIALLY_FILLED)
+
+
+def stuck_orders(
+    engine: Engine, after_seconds: float, now: datetime, accounts: Collection[str] | None = None, limit: int = 500
+) -> list[str]:
+    """Ids of orders unchanged for ``after_seconds`` with something owed to them, not reconciled lately."""
+    orders = tables.orders
+    cutoff = now - timedelta(seconds=after_seconds)
+    recently = exists().where(
+        order_reconciliations.c.order_id == orders.c.id, order_reconciliations.c.created_at > cutoff
+    )
+    query = (
+        select(orders.c.id)
+        .where(
+            orders.c.updated_at < cutoff,
+            or_(
+                orders.c.state.in_([s.value for s in WAITING_STATES]),
+                and_(orders.c.state.in_([s.value for s in WORKING_STATES]), orders.c.pending_request.is_not(None)),
+            ),
+            ~recently,
+        )
+        .order_by(orders.c.updated_at)
+        .limit(limit)
+    )
+    if accounts is not None:
+        query = query.where(orders.c.account_id.in_(list(accounts)))
+    with engine.connect() as connection:
+        return [row.id for row in connection.execute(query)]
+
+
+def _latest_new_request(uow: UnitOfWork, order_id: str) -> str | None:
+    requests = tables.order_requests
+    return uow.connection.execute(
+        select(requests.c.request_id)
+        .where(requests.c.order_id == order_id, requests.c.kind == REQUEST_NEW)
+        .order_by(requests.c.created_at.desc())
+        .limit(1)
+    ).scalar()
+
+
+def _resend_request(uow: UnitOfWork, order: Order, actions: list[tuple[str, dict[str, Any]]]) -> None:
+    pending = order.pending_request
+    if pending is None:
+        return
+    request = load_request(uow.connection, pending.request_id)
+    if request is None:
+        actions.append(("request_missing", {"request_id": pending.request_id}))
+        return
+    cancel = pending.kind is RequestKind.CANCEL
+    if request.status == REQUEST_PENDING:
+        # The router never handled it: hand it to the router again, which sends it and marks it SENT.
+        body: dict[str, Any] = {"orderId": order.id, "requestId": request.request_id}
+        if cancel:
+            body["reason"] = request.reason
+            uow.outbox.add(OMS_EXCHANGE, ROUTE_CANCEL_KEY, "RouteCancel", body, order.id)
+        else:
+            quantity, price, stop_price = terms_of(request)
+            body.update({"quantity": quantity, "price": price, "stopPrice": stop_price})
+            uow.outbox.add(OMS_EXCHANGE, ROUTE_REPLACE_KEY, "RouteReplace", body, order.id)
+        actions.append(
+            ("route_cancel_resent" if cancel else "route_replace_resent", {"request_id": request.request_id})
+        )
+        return
+    if cancel:
+        uow.outbox.add(BROKER_EXCHANGE, CANCEL_KEY, "CancelRequest", broker_body(order, request.request_id), order.id)
+    else:
+        body = broker_body(order, request.request_id, terms_of(request))
+        uow.outbox.add(BROKER_EXCHANGE, REPLACE_KEY, "ReplaceRequest", body, order.id)
+    actions.append(("cancel_resent" if cancel else "replace_resent", {"request_id": request.request_id}))
+
+
+def _reconcile_one(engine: Engine, order_id: str, cutoff: datetime) -> list[str]:
+    with UnitOfWork(engine) as uow, log_context(order_id=order_id, correlation_id=order_id):
+        order = uow.orders.get(order_id, for_update=True)
+        if order is None or order.is_terminal or order.updated_at >= cutoff:
+            return []  # it moved on while we looked
+        actions: list[tuple[str, dict[str, Any]]] = []
+        if order.state is S.NEW:
+            ask_risk(uow, order)
+            actions.append(("risk_check_resent", {"version": order.version}))
+        elif order.state is S.APPROVED:
+            uow.outbox.add(OMS_EXCHANGE, ROUTE_NEW_KEY, "RouteNew", {"orderId": order.id}, order.id)
+            actions.append(("route_new_resent", {}))
+        else:
+            if order.state is S.ROUTED:
+                request_id = _latest_new_request(uow, order.id)
+                if request_id is None:
+                    actions.append(("request_missing", {"kind": REQUEST_NEW}))
+                else:
+                    body = broker_body(order, request_id)
+                    uow.outbox.add(BROKER_EXCHANGE, NEW_ORDER_KEY, "NewOrderRequest", body, order.id)
+                    actions.append(("new_order_resent", {"request_id": request_id}))
+            _resend_request(uow, order, actions)
+        if not actions:
+            actions.append(("nothing_to_resend", {}))
+        now = datetime.now(UTC)
+        uow.connection.execute(
+            insert(order_reconciliations),
+            [
+                {
+                    "order_id": order.id,
+                    "state": order.state.value,
+                    "action": action,
+                    "detail": {**detail, "stuck_since": order.updated_at.isoformat()},
+                    "created_at": now,
+                }
+                for action, detail in actions
+            ],
+        )
+        uow.commit()
+        names = [action for action, _ in actions]
+        log.warning("order made no progress; reconciled", extra={"state": order.state.value, "actions": names})
+        return names
+
+
+def reconcile_stuck_orders(
+    engine: Engine, after_seconds: float, now: datetime | None = None, accounts: Collection[str] | None = None
+) -> dict[str, int]:
+    """Re-drive or re-ask every stuck order (see the module doc); returns counts by action."""
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(seconds=after_seconds)
+    counts: Counter[str] = Counter()
+    for order_id in stuck_orders(engine, after_seconds, now, accounts):
+        for action in _reconcile_one(engine, order_id, cutoff):
+            counts[action] += 1
+            ORDERS_RECONCILED.labels(action).inc()
+    return dict(counts)

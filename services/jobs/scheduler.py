@@ -1,0 +1,158 @@
+"""``python -m services.jobs.scheduler``: enqueues the periodic jobs; the jobs worker runs them.
+
+- ``expire_day_orders``: at every session close (the configured one and each instrument's own), and every
+  ``OMS_EXPIRY_CHECK_EVERY_SECONDS`` (300) as a sweep;
+- ``refresh_statistics``: every ``OMS_STATISTICS_EVERY_SECONDS`` (300);
+- ``purge_retention``: every ``OMS_RETENTION_EVERY_SECONDS`` (3600);
+- ``reconcile_stuck_orders``: every ``OMS_RECONCILE_EVERY_SECONDS`` (60).
+
+Every job also runs once when the scheduler starts, so a scheduler that was down catches up. The jobs judge by
+the state of the database (expiry: the latest close that has passed), so a late or repeated run is harmless;
+run one scheduler all the same, since two do the work twice. A small loop rather than a scheduling library:
+the only calendar-aware entry needs the session calendar below anyway, the rest are fixed intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+
+from sqlalchemy import Engine, select
+
+from common import bootstrap
+from common.health import dependency_checks, serve_process_endpoints
+from common.logging import configure_logging
+from common.store import tables
+from services.jobs.config import JobsConfig
+from services.jobs.metrics import JOBS_ENQUEUED
+from services.jobs.session import SessionCalendar
+
+log = logging.getLogger(__name__)
+
+SERVICE = "oms.jobs_scheduler"
+EXPIRY_JOB = "expire_day_orders"
+# After a close, wait a moment so that "the latest close that has passed" is that close on every clock.
+_AFTER_CLOSE = timedelta(seconds=1)
+_RETRY_ENQUEUE = timedelta(seconds=5)
+
+Send = Callable[[str], None]
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class _Entry:
+    job: str
+    every: timedelta | None  # None: calendar-driven (the session close)
+    next_at: datetime
+
+
+def session_calendars(engine: Engine | None, default: SessionCalendar) -> list[SessionCalendar]:
+    """The default calendar and every instrument session that differs from it."""
+    calendars = [default]
+    if engine is None:
+        return calendars
+    instruments = tables.instruments
+    query = select(instruments.c.session_close, instruments.c.session_timezone).distinct()
+    try:
+        with engine.connect() as connection:
+            rows = list(connection.execute(query))
+    except Exception as exc:  # the default close still works; instrument closes come back with the database
+        log.warning("could not read instrument sessions", extra={"error": repr(exc)})
+        return calendars
+    for row in rows:
+        calendar = default.for_instrument(row.session_close, row.session_timezone)
+        if calendar not in calendars:
+            calendars.append(calendar)
+    return calendars
+
+
+class Scheduler:
+    """Decides which jobs are due; ``run`` enqueues them until stopped."""
+
+    def __init__(self, config: JobsConfig, send: Send, engine: Engine | None = None, clock: Clock | None = None):
+        self.config = config
+        self.send = send
+        self.engine = engine
+        self.clock = clock or (lambda: datetime.now(UTC))
+        now = self.clock()
+        every = {
+            EXPIRY_JOB: config.expiry_check_every_seconds,
+            "refresh_statistics": config.statistics_every_seconds,
+            "purge_retention": config.retention_every_seconds,
+            "reconcile_stuck_orders": config.reconcile_every_seconds,
+        }
+        # Everything once at start (catch-up), then on its interval; the expiry also at each close.
+        self.entries = [_Entry(job, timedelta(seconds=seconds), now) for job, seconds in every.items()]
+        self.entries.append(_Entry(EXPIRY_JOB, None, self._next_close(now)))
+
+    def _next_close(self, now: datetime) -> datetime:
+        closes = [c for c in (cal.next_close(now) for cal in session_calendars(self.engine, self.config.calendar)) if c]
+        # No trading day in the search window (a calendar of holidays only): look again in a day.
+        return min(closes) + _AFTER_CLOSE if closes else now + timedelta(days=1)
+
+    def next_wakeup(self) -> datetime:
+        """When the next job is due."""
+        return min(entry.next_at for entry in self.entries)
+
+    def tick(self) -> list[str]:
+        """Enqueue every job that is due; returns the jobs enqueued (one enqueue per job per tick)."""
+        now = self.clock()
+        sent: list[str] = []
+        for entry in self.entries:
+            if entry.next_at > now:
+                continue
+            if entry.job not in sent:
+                try:
+                    self.send(entry.job)
+                except Exception as exc:  # the broker is away: try again shortly, keep the schedule
+                    log.error("could not enqueue job", extra={"job": entry.job, "error": repr(exc)})
+                    entry.next_at = now + _RETRY_ENQUEUE
+                    continue
+                sent.append(entry.job)
+                JOBS_ENQUEUED.labels(entry.job).inc()
+                log.info("job enqueued", extra={"job": entry.job})
+            entry.next_at = now + entry.every if entry.every is not None else self._next_close(now)
+        return sent
+
+    def run(self, stop: threading.Event) -> None:
+        """Enqueue due jobs until ``stop`` is set."""
+        log.info("scheduler running", extra={"next_close": self.entries[-1].next_at.isoformat()})
+        while not stop.is_set():
+            self.tick()
+            wait = (self.next_wakeup() - self.clock()).total_seconds()
+            # Wake at least once a minute, so a clock change or a suspended host cannot stall the schedule.
+            stop.wait(min(max(wait, 0.05), 60.0))
+
+
+def _send_with_dramatiq(job: str) -> None:
+    from services.jobs.actors import PERIODIC_ACTORS
+
+    PERIODIC_ACTORS[job].send()
+
+
+def main() -> int:
+    """Entry point."""
+    settings = bootstrap.settings()
+    configure_logging(SERVICE, settings.log_level)
+    config = JobsConfig.from_env(settings)
+    engine = bootstrap.engine(config.database_url)
+    serve_process_endpoints(settings.metrics_port, SERVICE, dependency_checks(engine, config.amqp_url, SERVICE))
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    Scheduler(config, _send_with_dramatiq, engine).run(stop)
+    log.info("scheduler stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

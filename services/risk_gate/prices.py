@@ -1,0 +1,216 @@
+"""Reference prices: which price an order is checked against, and the feed consumer that keeps them fresh.
+
+The simulated venue publishes ``{symbol, price, timestamp}`` on the ``marketdata`` topic exchange (routing
+key ``prices.<SYMBOL>``). The risk gate process consumes it on an exclusive queue of its own and writes the
+latest price per symbol to ``reference_prices``, where every process (the gate's checks, the API) reads it.
+
+A feed price older than ``OMS_RISK_PRICE_STALENESS_SECONDS`` (default 30) is stale. With no fresh price,
+``OMS_RISK_NO_PRICE`` decides: ``instrument_reference`` (default) falls back to ``instruments.reference_price``
+and the approval says so; ``reject`` rejects orders whose checks need a price.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from sqlalchemy import Engine
+from sqlalchemy.dialects.postgresql import insert
+
+from common import jsonutil
+from common.domain.validation import plain
+from common.messaging.connection import connect
+from services.risk_gate.rules import Quote
+from services.risk_gate.schema import reference_prices
+
+log = logging.getLogger(__name__)
+
+MARKETDATA_EXCHANGE = "marketdata"
+PRICES_BINDING = "prices.*"
+FEED_SOURCE = "feed"
+INSTRUMENT_SOURCE = "instrument"
+DEFAULT_STALENESS_SECONDS = Decimal(30)
+
+
+class NoPriceBehaviour(StrEnum):
+    """What to do when a symbol has no fresh feed price."""
+
+    REJECT = "reject"
+    INSTRUMENT_REFERENCE = "instrument_reference"
+
+
+@dataclass(frozen=True)
+class PriceSettings:
+    """How old a feed price may be, and what to do without a fresh one."""
+
+    staleness: timedelta = timedelta(seconds=30)
+    no_price: NoPriceBehaviour = NoPriceBehaviour.INSTRUMENT_REFERENCE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PriceSettings:
+        """``OMS_RISK_PRICE_STALENESS_SECONDS`` and ``OMS_RISK_NO_PRICE`` (reject | instrument_reference)."""
+        source = os.environ if env is None else env
+        seconds = Decimal(source.get("OMS_RISK_PRICE_STALENESS_SECONDS", str(DEFAULT_STALENESS_SECONDS)))
+        if not seconds.is_finite() or seconds < 0:
+            raise ValueError(f"OMS_RISK_PRICE_STALENESS_SECONDS must be a number >= 0, got {seconds}")
+        behaviour = source.get("OMS_RISK_NO_PRICE", NoPriceBehaviour.INSTRUMENT_REFERENCE.value).strip().lower()
+        try:
+            no_price = NoPriceBehaviour(behaviour)
+        except ValueError as exc:
+            allowed = " | ".join(b.value for b in NoPriceBehaviour)
+            raise ValueError(f"OMS_RISK_NO_PRICE must be {allowed}, got {behaviour!r}") from exc
+        return cls(staleness=timedelta(seconds=float(seconds)), no_price=no_price)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPrice:
+    """The latest feed price of a symbol, as stored."""
+
+    symbol: str
+    price: Decimal
+    as_of: datetime
+    source: str = FEED_SOURCE
+
+
+def choose_quote(
+    symbol: str,
+    feed: FeedPrice | None,
+    instrument_reference: Decimal | None,
+    now: datetime,
+    settings: PriceSettings,
+) -> tuple[Quote | None, str | None]:
+    """The reference price to check an order against, or None and the reason there is none.
+
+    A feed price exactly ``staleness`` old is still fresh; one from the future (clock skew) is fresh.
+    """
+    if feed is not None and now - feed.as_of <= settings.staleness:
+        return Quote(feed.price, feed.source, feed.as_of), None
+    limit = plain(Decimal(str(settings.staleness.total_seconds())))
+    if feed is None:
+        why = f"no feed price for {symbol}"
+    else:
+        age = plain(Decimal(str(round((now - feed.as_of).total_seconds(), 3))))
+        why = f"the feed price of {symbol} is {age}s old (limit {limit}s)"
+    if settings.no_price is NoPriceBehaviour.REJECT:
+        return None, f"no fresh reference price: {why}, and the configured behaviour is to reject"
+    if instrument_reference is None:
+        return None, f"no reference price: {why}, and instrument {symbol} has no reference price"
+    return Quote(instrument_reference, INSTRUMENT_SOURCE, None, f"{why}; used the instrument's reference price"), None
+
+
+def best_price(feed: FeedPrice | None, instrument_reference: Decimal | None) -> Decimal | None:
+    """Any price to value a position at (exposure of symbols other than the order's): feed, else instrument."""
+    return feed.price if feed is not None else instrument_reference
+
+
+# --------------------------------------------------------------------------- the feed consumer
+
+
+def parse_price(body: bytes) -> FeedPrice | None:
+    """A feed message as a price, or None when it is not one (logged and dropped: the next tick follows)."""
+    try:
+        data: Any = jsonutil.loads(body)
+        symbol, price, stamp = data["symbol"], Decimal(str(data["price"])), data["timestamp"]
+        as_of = datetime.fromisoformat(str(stamp))
+    except (ValueError, KeyError, TypeError, InvalidOperation, UnicodeDecodeError):
+        return None
+    if not isinstance(symbol, str) or not 0 < len(symbol) <= 20 or not price.is_finite() or price <= 0:
+        return None
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    return FeedPrice(symbol, price, as_of)
+
+
+def store_prices(engine: Engine, prices: Mapping[str, FeedPrice], received_at: datetime) -> None:
+    """Upsert the latest price per symbol; an older price never overwrites a newer one."""
+    if not prices:
+        return
+    rows = [
+        {"symbol": p.symbol, "price": p.price, "source": p.source, "as_of": p.as_of, "received_at": received_at}
+        for p in sorted(prices.values(), key=lambda p: p.symbol)  # a fixed order: concurrent writers never deadlock
+    ]
+    stmt = insert(reference_prices).values(rows)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["symbol"],
+        set_={
+            "price": stmt.excluded.price,
+            "source": stmt.excluded.source,
+            "as_of": stmt.excluded.as_of,
+            "received_at": stmt.excluded.received_at,
+        },
+        where=reference_prices.c.as_of <= stmt.excluded.as_of,
+    )
+    with engine.begin() as connection:
+        connection.execute(stmt)
+
+
+class ReferencePriceConsumer:
+    """Consumes ``marketdata``/``prices.*`` and writes the latest prices, at most every ``flush_seconds``."""
+
+    def __init__(self, engine: Engine, amqp_url: str, flush_seconds: float = 0.25) -> None:
+        self.engine = engine
+        self.amqp_url = amqp_url
+        self.flush_seconds = flush_seconds
+        self._latest: dict[str, FeedPrice] = {}
+        self._stopping = asyncio.Event()
+        self._ready = asyncio.Event()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        price = parse_price(message.body)
+        if price is None:
+            log.warning(
+                "price message dropped: not {symbol, price, timestamp}", extra={"routing_key": message.routing_key}
+            )
+            return
+        current = self._latest.get(price.symbol)
+        if current is None or current.as_of <= price.as_of:
+            self._latest[price.symbol] = price
+
+    async def flush(self) -> None:
+        """Write what arrived since the last flush (kept for the next flush if the database is down)."""
+        if not self._latest:
+            return
+        batch, self._latest = self._latest, {}
+        try:
+            await asyncio.to_thread(store_prices, self.engine, batch, datetime.now(UTC))
+        except Exception as exc:
+            log.warning("reference prices not stored; retrying", extra={"error": repr(exc)})
+            for symbol, price in batch.items():
+                self._latest.setdefault(symbol, price)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until the queue is bound and consuming (tests)."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def run(self) -> None:
+        """Consume until ``stop``; the robust connection reconnects and restores the consumer by itself."""
+        connection: AbstractRobustConnection = await connect(self.amqp_url, "oms.risk_gate.prices")
+        try:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(MARKETDATA_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+            # Exclusive and auto-deleted: prices are only worth having while this process runs.
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(exchange, PRICES_BINDING)
+            await queue.consume(self._on_message, no_ack=True)
+            self._ready.set()
+            log.info("reference price feed consuming", extra={"queue": queue.name})
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.flush_seconds)
+                await self.flush()
+        finally:
+            await connection.close()
+
+    def stop(self) -> None:
+        """Flush what is pending and return from ``run``."""
+        self._stopping.set()

@@ -1,0 +1,95 @@
+"""A whole system on a database and vhost of its own: for end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import requests
+from sqlalchemy import Engine
+
+from common.config import REPO_ROOT
+from common.store.db import make_engine
+from tools import infra, migrate
+from tools.infra import InfraUrls
+from tools.processes import STAGES, ProcessSpec, Supervisor, system
+from tools.seed import seed_demo
+
+
+@dataclass
+class Sandbox:
+    """A running pipeline and how to reach it."""
+
+    database_url: str
+    amqp_url: str
+    management_url: str
+    vhost: str
+    supervisor: Supervisor
+    engine: Engine
+    specs: list[ProcessSpec]
+
+    def restart(self, name: str) -> None:
+        """Start a process again (after a test stopped or killed it) and wait until its queue has a consumer."""
+        self.supervisor.start(next(s for s in self.specs if s.name == name))
+        if name in STAGES:
+            missing = consumers_ready(self.management_url, self.vhost, [f"oms.{name}"], timeout=60)
+            if missing:
+                raise RuntimeError(f"{name} did not come back:\n{self.supervisor.tail(name)}")
+
+
+def consumers_ready(management_url: str, vhost: str, queues: list[str], timeout: float) -> list[str]:
+    """Poll the management API until every queue has a consumer; returns those that never got one."""
+    missing = list(queues)
+    deadline = time.monotonic() + timeout
+    while missing and time.monotonic() < deadline:
+        still = []
+        for queue in missing:
+            url = f"{management_url.rstrip('/')}/api/queues/{urllib.parse.quote(vhost, safe='')}/{queue}"
+            try:
+                answer = requests.get(url, auth=("guest", "guest"), timeout=2)
+                ok = answer.status_code == 200 and answer.json().get("consumers", 0) > 0
+            except requests.RequestException:
+                ok = False
+            if not ok:
+                still.append(queue)
+        missing = still
+        if missing:
+            time.sleep(0.2)  # polling the broker, with a deadline
+    return missing
+
+
+@contextlib.contextmanager
+def sandbox(
+    infra_urls: InfraUrls, *, with_venue: bool, env: Mapping[str, str] | None = None, label: str = "oms_sbx"
+) -> Iterator[Sandbox]:
+    """Create a database and vhost, migrate and seed, start every worker; tear it all down afterwards."""
+    name = f"{label}_{uuid.uuid4().hex[:10]}"
+    database_url = infra.create_database(name, infra_urls.database_url)
+    infra.create_vhost(name, infra_urls.management_url)
+    amqp_url = infra.amqp_url_for_vhost(infra_urls.amqp_url, name)
+    engine = make_engine(database_url)
+    supervisor = Supervisor(
+        {"OMS_DATABASE_URL": database_url, "OMS_AMQP_URL": amqp_url, **(env or {})},
+        REPO_ROOT / ".data" / "logs" / name,
+        REPO_ROOT,
+    )
+    try:
+        migrate.upgrade(database_url)
+        with engine.begin() as connection:
+            seed_demo(connection)
+        specs = system(with_venue=with_venue, with_api=False)
+        supervisor.start_all(specs)
+        missing = consumers_ready(infra_urls.management_url, name, [f"oms.{s}" for s in STAGES], timeout=90)
+        if missing or supervisor.dead():
+            logs = "\n".join(f"--- {r.spec.name}\n{supervisor.tail(r.spec.name)}" for r in supervisor.dead())
+            raise RuntimeError(f"pipeline did not start: no consumer on {missing}\n{logs}")
+        yield Sandbox(database_url, amqp_url, infra_urls.management_url, name, supervisor, engine, specs)
+    finally:
+        supervisor.stop_all()
+        engine.dispose()
+        infra.delete_vhost(name, infra_urls.management_url)
+        infra.drop_database(name, infra_urls.database_url)
