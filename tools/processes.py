@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -30,15 +32,24 @@ PIPELINE = tuple(ProcessSpec(stage, f"services.{stage}") for stage in STAGES) + 
 )
 VENUE = ProcessSpec("venue_sim", "services.venue_sim")
 FRONT_END = ProcessSpec("api", "services.api")
+# The background jobs: the dramatiq worker and the scheduler that enqueues the periodic jobs.
+JOBS = (
+    ProcessSpec("jobs_worker", "services.jobs.worker"),
+    ProcessSpec("jobs_scheduler", "services.jobs.scheduler"),
+)
 
 
-def system(with_venue: bool = True, with_api: bool = True, extra: Iterable[ProcessSpec] = ()) -> list[ProcessSpec]:
-    """Every process of the system, in start order."""
+def system(
+    with_venue: bool = True, with_api: bool = True, extra: Iterable[ProcessSpec] = (), with_jobs: bool = False
+) -> list[ProcessSpec]:
+    """Every process of the system, in start order (the jobs only when asked: tests start them themselves)."""
     specs = list(PIPELINE)
     if with_venue:
         specs.append(VENUE)
     if with_api:
         specs.append(FRONT_END)
+    if with_jobs:
+        specs.extend(JOBS)
     specs.extend(extra)
     return specs
 
@@ -53,13 +64,24 @@ class Running:
     log_file: IO[bytes]
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM when the process that started it dies, so a killed test run or
+    # benchmark leaves no orphan workers behind.
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Supervisor:
     """Starts processes with a shared environment, logs each to a file, stops them all."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path, cwd: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_dir: Path, cwd: Path, die_with_parent: bool = False) -> None:
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.cwd = cwd
+        self.die_with_parent = die_with_parent and sys.platform == "linux"
         self.running: dict[str, Running] = {}
         log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -74,6 +96,7 @@ class Supervisor:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         running = Running(spec, popen, log_path, log_file)
         self.running[spec.name] = running

@@ -76,6 +76,7 @@ def sandbox(
         {"OMS_DATABASE_URL": database_url, "OMS_AMQP_URL": amqp_url, **(env or {})},
         REPO_ROOT / ".data" / "logs" / name,
         REPO_ROOT,
+        die_with_parent=True,
     )
     try:
         migrate.upgrade(database_url)

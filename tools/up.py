@@ -23,7 +23,7 @@ def _pid_file() -> Path:
 
 
 def _specs(args: argparse.Namespace) -> list[ProcessSpec]:
-    specs = system(with_venue=not args.no_venue, with_api=not args.no_api)
+    specs = system(with_venue=not args.no_venue, with_api=not args.no_api, with_jobs=not args.no_jobs)
     return [
         ProcessSpec(s.name, s.module, s.args, {**s.env, "OMS_METRICS_PORT": str(FIRST_METRICS_PORT + i)})
         for i, s in enumerate(specs)
@@ -35,6 +35,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="oms up", description="bring up the whole system locally")
     parser.add_argument("--no-venue", action="store_true", help="leave the broker exchange to a real broker service")
     parser.add_argument("--no-api", action="store_true", help="do not start the REST/gRPC front end")
+    parser.add_argument("--no-jobs", action="store_true", help="do not start the jobs worker and scheduler")
     parser.add_argument("--detach", action="store_true", help="start in the background and return (oms down)")
     args = parser.parse_args(argv)
 

@@ -1,4 +1,4 @@
-"""Execution reports and the OMS requests they answer, in the caller's transaction."""
+"""Execution reports, one row per ``execution_id``, in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -12,15 +12,9 @@ from sqlalchemy.dialects.postgresql import insert
 from common.domain import ExecutionReportData
 from common.store import tables
 
-# order_requests.status values this module writes; a final one is never changed again.
-REQUEST_ACCEPTED = "ACCEPTED"
-REQUEST_DONE = "DONE"
-REQUEST_REJECTED = "REJECTED"
-FINAL_REQUEST_STATUSES = (REQUEST_DONE, REQUEST_REJECTED)
-
 
 class ExecutionReportRepository:
-    """Records venue execution reports (one row per ``execution_id``) and answers ``order_requests``."""
+    """Records venue execution reports (one row per ``execution_id``) and flags busted ones."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -72,21 +66,3 @@ class ExecutionReportRepository:
             select(e.id).where(e.order_id == order_id, e.execution_id == execution_id)
         ).first()
         return False if known is not None else None
-
-    def answer_request(self, order_id: str, request_id: str, status: str, reason: str | None, now: datetime) -> bool:
-        """Move this order's ``order_requests`` row to ``status``; False if unknown or already final."""
-        r = tables.order_requests.c
-        values: dict[str, object] = {"status": status, "updated_at": now}
-        if reason is not None:
-            values["reason"] = reason
-        result = self._connection.execute(
-            update(tables.order_requests)
-            .where(
-                r.request_id == request_id,
-                r.order_id == order_id,
-                r.status.not_in(FINAL_REQUEST_STATUSES),
-            )
-            .values(**values)
-            .returning(r.request_id)
-        )
-        return result.first() is not None

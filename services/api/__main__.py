@@ -57,9 +57,8 @@ def _gunicorn_app(options: dict[str, Any], on_exit: Any) -> Any:
             self.cfg.set("on_exit", on_exit)
 
         def load(self) -> Any:
-            from services.api.rest import create_app
-
             from common import bootstrap
+            from services.api.rest import create_app
 
             configure_logging("oms.api.rest", bootstrap.settings().log_level)
             return create_app(bootstrap.settings(), bootstrap.engine())

@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
@@ -80,6 +81,36 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ApiError) -
     code = next(code for kind, code in _CODES.items() if isinstance(error, kind))
     await context.abort(code, _details(error))
     raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What a StreamOrderUpdates call asked for (None: any), within what its token grants."""
+
+    principal: Principal
+    accounts: frozenset[str] | None
+    symbols: frozenset[str] | None
+    statuses: frozenset[str] | None
+
+    def binding_keys(self) -> list[str]:
+        """Bindings on ``oms.order_updates`` (``<account>.<symbol>.<STATUS>``) that take at least what is wanted.
+
+        '#' stands for any account or symbol because either may itself contain dots; ``wants`` then decides.
+        """
+        accounts = sorted(self.accounts) if self.accounts is not None else ["#"]
+        symbols = sorted(self.symbols) if self.symbols is not None else ["#"]
+        statuses = sorted(self.statuses) if self.statuses is not None else ["*"]
+        return [f"{a}.{s}.{st}" for a in accounts for s in symbols for st in statuses]
+
+    def wants(self, body: Mapping[str, Any]) -> bool:
+        """Whether an OrderUpdate body is for this subscriber (and one its token may see)."""
+        account = str(body.get("accountId", ""))
+        return (
+            self.principal.may_use(account)
+            and (self.accounts is None or account in self.accounts)
+            and (self.symbols is None or body.get("symbol") in self.symbols)
+            and (self.statuses is None or body.get("status") in self.statuses)
+        )
 
 
 class OrderServicer(pb_grpc.OrderServiceServicer):
@@ -213,14 +244,15 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
 
     # ---- streaming ------------------------------------------------------------------------------------
 
-    def _binding_keys(self, principal: Principal, request: pb.StreamOrderUpdatesRequest) -> list[str]:
+    def _subscription(self, principal: Principal, request: pb.StreamOrderUpdatesRequest) -> Subscription:
         OrderService.require_scope(principal, SCOPE_READ)
+        accounts: frozenset[str] | None
         if request.account_id:
             self._check_identifier("account_id", request.account_id, 36)
             OrderService.require_account(principal, request.account_id)
-            accounts = [request.account_id]
+            accounts = frozenset({request.account_id})
         else:
-            accounts = ["*"] if principal.all_accounts else sorted(principal.accounts)
+            accounts = principal.account_filter()
         for symbol in request.symbols:
             self._check_identifier("symbols", symbol, 20)
         try:
@@ -229,12 +261,15 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             raise InvalidRequest(str(exc), [FieldError(exc.field, exc.message)]) from exc
         if any(status is None for status in statuses):
             raise InvalidRequest("statuses: ORDER_STATUS_UNSPECIFIED is not a status")
-        symbols = sorted(set(request.symbols)) or ["*"]
-        status_keys = sorted({str(s) for s in statuses}) or ["*"]
-        keys = [f"{a}.{s}.{st}" for a in accounts for s in symbols for st in status_keys]
-        if len(keys) > MAX_BINDINGS:
+        subscription = Subscription(
+            principal=principal,
+            accounts=accounts,
+            symbols=frozenset(request.symbols) or None,
+            statuses=frozenset(str(s) for s in statuses) or None,
+        )
+        if len(subscription.binding_keys()) > MAX_BINDINGS:
             raise InvalidRequest(f"too many combinations of accounts, symbols and statuses (limit {MAX_BINDINGS})")
-        return keys
+        return subscription
 
     @staticmethod
     def _check_identifier(field: str, value: str, max_length: int) -> None:
@@ -249,7 +284,7 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
         """Live order updates for the caller's accounts, filtered by account, symbols and statuses."""
         try:
             principal = self._principal(context)
-            keys = self._binding_keys(principal, request)
+            subscription = self._subscription(principal, request)
         except ApiError as error:
             await _abort(context, error)
         channel = await self._amqp.channel()
@@ -259,7 +294,7 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             queue_name = queue.name
             exchange = await channel.get_exchange(ORDER_UPDATES_EXCHANGE, ensure=False)
-            for key in keys:
+            for key in subscription.binding_keys():
                 await queue.bind(exchange, routing_key=key)
             self.active_streams.add(queue_name)
             log.info("order update stream opened", extra={"queue": queue_name, "user_id": principal.subject})
@@ -267,7 +302,7 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             async with queue.iterator() as messages:
                 async for message in messages:
                     async with message.process():
-                        update = self._update_of(principal, message.body)
+                        update = self._update_of(subscription, message.body)
                     if update is not None:
                         yield update
         finally:
@@ -277,11 +312,10 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             log.info("order update stream closed", extra={"queue": queue_name})
 
     @staticmethod
-    def _update_of(principal: Principal, raw: bytes) -> pb.OrderUpdate | None:
+    def _update_of(subscription: Subscription, raw: bytes) -> pb.OrderUpdate | None:
         try:
             body = jsonutil.loads(raw)
-            # The binding already filters by account; this keeps isolation independent of routing keys.
-            if not principal.may_use(str(body.get("accountId", ""))):
+            if not subscription.wants(body):
                 return None
             return mapping.order_update(body)
         except Exception as exc:  # a malformed update must not end the caller's stream

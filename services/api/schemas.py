@@ -67,13 +67,16 @@ class Text(fields.String):
 
 
 class Identifier(Text):
-    """An id-like string: no whitespace at the ends, and none of the AMQP routing-key metacharacters."""
+    """An id-like string: no whitespace at the ends, and no AMQP wildcard ('*', '#').
 
-    default_error_messages = {"identifier": "Must not contain spaces at the ends or any of '.', '*', '#'."}
+    Subscriptions turn account ids and symbols into routing-key bindings, where a wildcard would widen them.
+    """
+
+    default_error_messages = {"identifier": "Must not have spaces at the ends or contain '*' or '#'."}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
-        if text != text.strip() or any(ch in text for ch in ".*#"):
+        if text != text.strip() or "*" in text or "#" in text:
             raise self.make_error("identifier")
         return text
 

@@ -23,12 +23,8 @@ from common.domain import ExecType, ExecutionReportData, FillDelta, Order
 from common.messaging.envelope import Envelope
 from common.messaging.topology import OMS_EXCHANGE
 from common.runtime.stage import DeadLetter
-from common.store.executions_repo import (
-    REQUEST_ACCEPTED,
-    REQUEST_DONE,
-    REQUEST_REJECTED,
-    ExecutionReportRepository,
-)
+from common.store.executions_repo import ExecutionReportRepository
+from common.store.requests_repo import REQUEST_ACCEPTED, REQUEST_DONE, REQUEST_REJECTED, answer_request
 from common.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -107,7 +103,7 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
     if outcome.fill is not None:
         _hand_to_settlement(uow, order, report, outcome.fill)
     if report.request_id is not None and report.exec_type in _REQUEST_STATUS:
-        _answer_request(executions, report, now)
+        _answer_request(uow, report, now)
     if outcome.anomalies:
         log.warning(
             "execution report anomaly",
@@ -181,11 +177,11 @@ def _hand_to_settlement(uow: UnitOfWork, order: Order, report: ExecutionReportDa
     uow.outbox.add(OMS_EXCHANGE, SETTLEMENT_FILL_KEY, "FillBooked", fill_booked_body(order, report, fill), order.id)
 
 
-def _answer_request(executions: ExecutionReportRepository, report: ExecutionReportData, now: datetime) -> None:
+def _answer_request(uow: UnitOfWork, report: ExecutionReportData, now: datetime) -> None:
     assert report.request_id is not None
     status = _REQUEST_STATUS[report.exec_type]
     reason = report.reason if status == REQUEST_REJECTED else None
-    if not executions.answer_request(report.order_id, report.request_id, status, reason, now):
+    if not answer_request(uow.connection, report.order_id, report.request_id, status, reason, now):
         log.info(
             "no open order request to answer",
             extra={"request_id": report.request_id, "exec_type": report.exec_type.value},

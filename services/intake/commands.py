@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-
-from sqlalchemy import Connection, insert, select, update
 
 from common.domain import (
     InvalidCommand,
@@ -40,7 +38,10 @@ from common.domain.validation import (
 )
 from common.logging import log_context
 from common.messaging.topology import OMS_EXCHANGE
-from common.store import tables
+from common.store.requests_repo import (
+    REQUEST_PENDING,
+    record_request,
+)
 from common.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,6 @@ RISK_CHECK_KEY = "risk.check"
 ROUTE_NEW_KEY = "router.new"
 ROUTE_CANCEL_KEY = "router.cancel"
 ROUTE_REPLACE_KEY = "router.replace"
-
-# order_requests.kind: the domain's RequestKind plus the router's NEW.
-REQUEST_NEW = "NEW"
-# order_requests.status: PENDING (written, not yet handed to the broker), SENT (in the router's outbox),
-# SKIPPED (not sent: the order ended or another request superseded it; the reason says which).
-REQUEST_PENDING = "PENDING"
-REQUEST_SENT = "SENT"
-REQUEST_SKIPPED = "SKIPPED"
 
 
 @dataclass(frozen=True)
@@ -102,95 +95,6 @@ class InvalidOrderTerms(InvalidCommand):
     def __init__(self, violations: Sequence[RuleViolation]) -> None:
         self.violations = list(violations)
         super().__init__("; ".join(v.message for v in self.violations))
-
-
-# --------------------------------------------------------------------------- venue requests (order_requests)
-
-
-@dataclass(frozen=True)
-class VenueRequest:
-    """An ``order_requests`` row: one new/cancel/replace request for the venue."""
-
-    request_id: str
-    order_id: str
-    kind: str
-    terms: Mapping[str, Any]
-    status: str
-    reason: str | None
-    created_by: str | None
-
-
-def _decimal(value: object) -> Decimal | None:
-    # JSONB may come back as float through an engine without the Decimal-exact deserialiser.
-    return None if value is None else Decimal(str(value))
-
-
-def terms_of(request: VenueRequest) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
-    """The (quantity, price, stop price) a replace request asks for."""
-    terms = request.terms
-    return _decimal(terms.get("quantity")), _decimal(terms.get("price")), _decimal(terms.get("stopPrice"))
-
-
-def record_request(
-    connection: Connection,
-    *,
-    request_id: str,
-    order_id: str,
-    kind: str,
-    terms: Mapping[str, Any],
-    status: str,
-    reason: str | None,
-    created_by: str | None,
-    now: datetime,
-) -> None:
-    """Insert an ``order_requests`` row."""
-    connection.execute(
-        insert(tables.order_requests).values(
-            request_id=request_id,
-            order_id=order_id,
-            kind=kind,
-            terms=dict(terms),
-            status=status,
-            reason=reason,
-            created_by=created_by,
-            created_at=now,
-            updated_at=now,
-        )
-    )
-
-
-def load_request(connection: Connection, request_id: str) -> VenueRequest | None:
-    """The request row, locked for this transaction (the router updates it)."""
-    row = (
-        connection.execute(
-            select(tables.order_requests).where(tables.order_requests.c.request_id == request_id).with_for_update()
-        )
-        .mappings()
-        .first()
-    )
-    if row is None:
-        return None
-    return VenueRequest(
-        request_id=row["request_id"],
-        order_id=row["order_id"],
-        kind=row["kind"],
-        terms=row["terms"] or {},
-        status=row["status"],
-        reason=row["reason"],
-        created_by=row["created_by"],
-    )
-
-
-def set_request_status(
-    connection: Connection, request_id: str, status: str, now: datetime, reason: str | None = None
-) -> None:
-    """Move a request row to ``status`` (keeping its reason unless a new one is given)."""
-    values: dict[str, Any] = {"status": status, "updated_at": now}
-    if reason is not None:
-        values["reason"] = reason
-    connection.execute(
-        update(tables.order_requests).where(tables.order_requests.c.request_id == request_id).values(**values)
-    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -420,13 +324,8 @@ __all__ = [
     "OrderNotFound",
     "OrderRequest",
     "UnknownAccount",
-    "VenueRequest",
     "ask_risk",
     "cancel_order",
-    "load_request",
     "modify_order",
-    "record_request",
-    "set_request_status",
     "submit_order",
-    "terms_of",
 ]

@@ -145,10 +145,10 @@ def _deaths(headers: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _stage_of_queue(queue: str) -> str | None:
-    for stage, stage_queue in STAGE_QUEUES.items():
-        if stage_queue.name == queue:
-            return stage
-    return "venue_sim" if queue.startswith("venue_sim.") else None
+    # Stage queues are ``oms.<stage>``; the venue's is ``venue_sim.orders``.
+    if queue.startswith("oms.") and queue.count(".") == 1:
+        return queue.removeprefix("oms.")
+    return queue.split(".", 1)[0] if queue else None
 
 
 def _order_id_of(body: bytes) -> str | None:

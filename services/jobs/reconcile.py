@@ -22,7 +22,7 @@ from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, insert, or_, select
+from sqlalchemy import Engine, and_, exists, func, insert, or_, select
 
 from common.domain import Order, OrderState, RequestKind
 from common.logging import log_context
@@ -66,7 +66,11 @@ def stuck_orders(
             orders.c.updated_at < cutoff,
             or_(
                 orders.c.state.in_([s.value for s in WAITING_STATES]),
-                and_(orders.c.state.in_([s.value for s in WORKING_STATES]), orders.c.pending_request.is_not(None)),
+                and_(
+                    orders.c.state.in_([s.value for s in WORKING_STATES]),
+                    # JSONB 'null' (no request) is not SQL NULL: ask for an object.
+                    func.jsonb_typeof(orders.c.pending_request) == "object",
+                ),
             ),
             ~recently,
         )

@@ -20,7 +20,6 @@ from common.store import tables
 from services.risk_gate.limits import LIMIT_NAMES, Limits, LimitValue, parse_changes, resolve
 from services.risk_gate.rules import Halt, Restriction
 from services.risk_gate.schema import (
-    reference_prices,
     restricted_symbols,
     risk_limit_changes,
     risk_limits,
@@ -162,7 +161,8 @@ def set_limits(
         )
     current = _row(connection, account_id, for_update=True) or {}
     done: list[LimitChange] = []
-    for name, new in parsed.items():
+    for name in sorted(parsed, key=LIMIT_NAMES.index):  # one order for the audit trail, whatever the input's
+        new = parsed[name]
         old = current.get(name)
         if _same(old, new):
             continue
@@ -325,7 +325,7 @@ def resume(connection: Connection, account_id: str | None, *, by: str | None, re
     return True
 
 
-# --------------------------------------------------------------------------- audit and prices
+# --------------------------------------------------------------------------- audit
 
 
 def recent_changes(connection: Connection, account_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
@@ -335,9 +335,3 @@ def recent_changes(connection: Connection, account_id: str | None = None, limit:
     if account_id is not None:
         stmt = stmt.where(c.account_id == account_id)
     return [dict(row) for row in connection.execute(stmt).mappings()]
-
-
-def latest_prices(connection: Connection) -> list[dict[str, Any]]:
-    """The stored reference prices, by symbol."""
-    p = reference_prices.c
-    return [dict(row) for row in connection.execute(select(reference_prices).order_by(p.symbol)).mappings()]

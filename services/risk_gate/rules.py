@@ -391,8 +391,10 @@ def duplicate_order(ri: RiskInput) -> RiskViolation | None:
             and other.price == order.price
             and other.stop_price == order.stop_price
         )
+        if not same:
+            continue
         apart = _seconds(abs(order.created_at - other.created_at))
-        if same and apart <= window_seconds:
+        if apart <= window_seconds:
             price = f" at {plain(order.price)}" if order.price is not None else ""
             return _violation(
                 "duplicate_order",

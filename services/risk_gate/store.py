@@ -258,9 +258,10 @@ def prepare_batch(
     symbols = {m.symbol for m in metas.values()}
     _load_restrictions(connection, batch, account_ids, symbols)
     symbols |= _load_positions(connection, batch, account_ids)
-    symbols |= _load_open_orders(connection, batch, account_ids)
+    market_buys = _load_open_orders(connection, batch, account_ids)
+    symbols |= {symbol for by_symbol in batch.states.values() for symbol in by_symbol.books}
     _load_prices(connection, batch, symbols)
-    _price_open_market_buys(connection, batch, account_ids, now)
+    _price_open_market_buys(batch, market_buys, now)
     _load_unsettled_cash(connection, batch)
     _load_recent(connection, batch, metas, throttled)
     return batch
@@ -315,24 +316,28 @@ def _load_positions(connection: Connection, batch: RiskBatch, account_ids: list[
 _LEAVES = tables.orders.c.quantity - tables.orders.c.filled_quantity
 
 
-def _load_open_orders(connection: Connection, batch: RiskBatch, account_ids: list[str]) -> set[str]:
+def _load_open_orders(
+    connection: Connection, batch: RiskBatch, account_ids: list[str]
+) -> dict[tuple[str, str], Decimal]:
+    """Open orders per account, symbol and side; returns the leaves of open MARKET buys, which have no price
+    of their own and are costed at the reference price once prices are loaded."""
     o = tables.orders.c
     priced = func.coalesce(o.price, o.stop_price)
+    leaves = func.greatest(_LEAVES, 0)
     rows = connection.execute(
         select(
             o.account_id,
             o.symbol,
             o.side,
             func.count().label("orders"),
-            func.coalesce(func.sum(func.greatest(_LEAVES, 0)), 0).label("leaves"),
-            func.coalesce(func.sum(case((priced.is_not(None), func.greatest(_LEAVES, 0) * priced))), 0).label(
-                "priced_cost"
-            ),
+            func.coalesce(func.sum(leaves), 0).label("leaves"),
+            func.coalesce(func.sum(case((priced.is_not(None), leaves * priced))), 0).label("priced_cost"),
+            func.coalesce(func.sum(case((priced.is_(None), leaves))), 0).label("market_leaves"),
         )
         .where(o.account_id.in_(account_ids), o.state.in_(OPEN_STATES))
         .group_by(o.account_id, o.symbol, o.side)
     )
-    symbols: set[str] = set()
+    market_buys: dict[tuple[str, str], Decimal] = {}
     for row in rows:
         state = batch.states[row.account_id]
         book = state.books[row.symbol]
@@ -340,33 +345,19 @@ def _load_open_orders(connection: Connection, batch: RiskBatch, account_ids: lis
         if row.side == Side.BUY.value:
             book.open_buy += row.leaves
             state.open_buy_cost += row.priced_cost
+            if row.market_leaves:
+                market_buys[(row.account_id, row.symbol)] = row.market_leaves
         else:
             book.open_sell += row.leaves
-        symbols.add(row.symbol)
-    return symbols
+    return market_buys
 
 
-def _price_open_market_buys(connection: Connection, batch: RiskBatch, account_ids: list[str], now: datetime) -> None:
-    """Open MARKET buys of cash accounts cost their leaves at the reference price (they have no price)."""
-    cash_accounts = [a for a in account_ids if (info := batch.accounts.get(a)) is not None and info.is_cash]
-    if not cash_accounts:
-        return
-    o = tables.orders.c
-    rows = connection.execute(
-        select(o.account_id, o.symbol, func.sum(func.greatest(_LEAVES, 0)).label("leaves"))
-        .where(
-            o.account_id.in_(cash_accounts),
-            o.state.in_(OPEN_STATES),
-            o.side == Side.BUY.value,
-            o.price.is_(None),
-            o.stop_price.is_(None),
-        )
-        .group_by(o.account_id, o.symbol)
-    )
-    for row in rows:
-        quote, _ = batch.quote_for(row.symbol, now)
-        price = quote.price if quote is not None else batch._price_of(row.symbol)
-        batch.states[row.account_id].open_buy_cost += row.leaves * (price or _ZERO)
+def _price_open_market_buys(batch: RiskBatch, market_buys: Mapping[tuple[str, str], Decimal], now: datetime) -> None:
+    """Open MARKET buys cost their leaves at the reference price (what buying power counts)."""
+    for (account_id, symbol), leaves in market_buys.items():
+        quote, _ = batch.quote_for(symbol, now)
+        price = quote.price if quote is not None else batch._price_of(symbol)
+        batch.states[account_id].open_buy_cost += leaves * (price or _ZERO)
 
 
 def _load_unsettled_cash(connection: Connection, batch: RiskBatch) -> None:

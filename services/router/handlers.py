@@ -17,20 +17,18 @@ from common.domain.validation import plain
 from common.messaging.envelope import Envelope
 from common.messaging.topology import BROKER_EXCHANGE
 from common.runtime.stage import DeadLetter
-from common.store.uow import UnitOfWork
-from services.intake.commands import (
+from common.store.requests_repo import (
     REQUEST_NEW,
     REQUEST_PENDING,
     REQUEST_SENT,
     REQUEST_SKIPPED,
-    ROUTE_CANCEL_KEY,
-    ROUTE_NEW_KEY,
-    ROUTE_REPLACE_KEY,
     load_request,
     record_request,
     set_request_status,
     terms_of,
 )
+from common.store.uow import UnitOfWork
+from services.intake.commands import ROUTE_CANCEL_KEY, ROUTE_NEW_KEY, ROUTE_REPLACE_KEY
 
 log = logging.getLogger(__name__)
 

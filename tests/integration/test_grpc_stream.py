@@ -193,13 +193,32 @@ async def test_without_filters_streams_every_update_of_the_callers_accounts(
             _order(other, "AAPL", OrderState.NEW),
             _order(mine, "MSFT", OrderState.NEW),
             _order(other, "MSFT", OrderState.OPEN),
+            _order(mine, "VOD.L", OrderState.OPEN),  # a symbol with a dot: more words in the routing key
             _order(mine, "BTCUSD", OrderState.PARTIALLY_FILLED, filled="0.5"),
         ]
         for order in orders:
             await _publish(publisher, order)
+        received = await subscription.until(3)
+    assert [u.order_id for u in received] == [orders[1].id, orders[3].id, orders[4].id]
+    assert received[1].symbol == "VOD.L" and received[2].filled_quantity == 0.5
+
+
+async def test_symbols_with_dots_filter_exactly(
+    stub: pb_grpc.OrderServiceStub, publisher: Publisher, engine: Engine
+) -> None:
+    mine = new_account(engine)
+    request = pb.StreamOrderUpdatesRequest(account_id=mine, symbols=["BRK.B"])
+    async with subscribe(stub, request) as subscription:
+        orders = [
+            _order(mine, "BRK.B", OrderState.OPEN),
+            _order(mine, "BRK", OrderState.OPEN),
+            _order(mine, "BRK.B.X", OrderState.OPEN),
+            _order(mine, "BRK.B", OrderState.FILLED, filled="100"),
+        ]
+        for order in orders:
+            await _publish(publisher, order)
         received = await subscription.until(2)
-    assert [u.order_id for u in received] == [orders[1].id, orders[3].id]
-    assert received[1].filled_quantity == 0.5
+    assert [u.order_id for u in received] == [orders[0].id, orders[3].id]
 
 
 async def test_latest_execution_is_carried(

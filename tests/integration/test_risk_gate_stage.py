@@ -19,14 +19,18 @@ from common.store import tables
 from common.store.db import make_engine
 from common.store.uow import UnitOfWork
 from services.intake.commands import OrderRequest, cancel_order, modify_order, submit_order
-from services.risk_gate.checks import DEFAULT_MAX_NOTIONAL, DEFAULT_MAX_ORDER_QUANTITY, RiskLimits
-from services.risk_gate.handlers import check_order, handle_risk_check
+from services.risk_gate import admin
+from services.risk_gate.handlers import handle_risk_check
 from tools.seed import seed_demo
 
 pytestmark = pytest.mark.integration
 
 D = Decimal
 CLOSING_ACCOUNT = "ACC-RISK-CLOSING"
+LIMITED_ACCOUNT = "ACC-RISK-LIMITED"
+# The global defaults migration 0002 installs (the per-order limits of the basic gate).
+DEFAULT_MAX_ORDER_QUANTITY = D("1000000")
+DEFAULT_MAX_NOTIONAL = D("50000000")
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +38,13 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     with engine.begin() as connection:
         seed_demo(connection)
-        account = {"id": CLOSING_ACCOUNT, "name": "Closing", "account_type": "CASH", "base_currency": "USD"}
-        connection.execute(
-            insert(tables.accounts)
-            .values(**account, cash_balance=D(0), active=True, created_at=datetime.now(UTC))
-            .on_conflict_do_nothing()
-        )
+        for account_id in (CLOSING_ACCOUNT, LIMITED_ACCOUNT):
+            account = {"id": account_id, "name": account_id, "account_type": "MARGIN", "base_currency": "USD"}
+            connection.execute(
+                insert(tables.accounts)
+                .values(**account, cash_balance=D(0), active=True, created_at=datetime.now(UTC))
+                .on_conflict_do_nothing()
+            )
     yield engine
     engine.dispose()
 
@@ -73,12 +78,9 @@ def risk_check(order_id: str, version: int) -> Envelope:
     )
 
 
-def run(engine: Engine, env: Envelope, limits: RiskLimits | None = None) -> None:
+def run(engine: Engine, env: Envelope) -> None:
     with UnitOfWork(engine, claim_outbox=True) as uow:
-        if limits is None:
-            handle_risk_check(uow, env)
-        else:
-            check_order(uow, env, limits)
+        handle_risk_check(uow, env)
         uow.commit()
 
 
@@ -115,7 +117,14 @@ def test_an_order_within_limits_is_approved_and_handed_to_the_router(engine: Eng
     assert (order["state"], order["status"], order["version"]) == ("APPROVED", "PENDING", version + 1)
     approved = events_of(engine, order_id)[-1]
     assert approved["type"] == "RISK_APPROVED"
-    assert approved["payload"]["checks"] == ["account_active", "max_order_quantity", "max_notional"]
+    assert approved["payload"]["checks"] == [
+        "account_active",
+        "kill_switch",
+        "instrument_tradable",
+        "restricted_symbol",
+        "max_order_quantity",
+        "max_order_notional",
+    ]
     [route] = route_new_rows(engine, order_id)
     assert (route["exchange"], route["type"], route["body"]) == ("oms", "RouteNew", {"orderId": order_id})
 
@@ -184,17 +193,17 @@ def test_default_limits_approve_at_them(engine: Engine, changes: dict[str, Any])
 
 
 def test_limits_are_configurable(engine: Engine) -> None:
-    limits = RiskLimits(max_order_quantity=D("50"), max_notional=D("1000000"))
-    order_id, version = submit(engine, quantity=D("51"))
-    run(engine, risk_check(order_id, version), limits)
+    with engine.begin() as connection:
+        admin.set_limits(connection, LIMITED_ACCOUNT, {"max_order_quantity": "50"}, by="tester")
+    order_id, version = submit(engine, account_id=LIMITED_ACCOUNT, quantity=D("51"))
+    run(engine, risk_check(order_id, version))
     assert order_row(engine, order_id)["rejection_code"] == "MAX_ORDER_QUANTITY_EXCEEDED"
 
 
-def test_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert RiskLimits.from_env() == RiskLimits(D("1000000"), D("50000000"))
-    monkeypatch.setenv("OMS_RISK_MAX_ORDER_QTY", "500")
-    monkeypatch.setenv("OMS_RISK_MAX_NOTIONAL", "12345.5")
-    assert RiskLimits.from_env() == RiskLimits(D("500"), D("12345.5"))
+def test_the_global_defaults_come_with_the_schema(engine: Engine) -> None:
+    with engine.connect() as connection:
+        limits = admin.show_limits(connection, None).effective
+    assert (limits.max_order_quantity, limits.max_order_notional) == (DEFAULT_MAX_ORDER_QUANTITY, DEFAULT_MAX_NOTIONAL)
 
 
 def test_an_account_closed_after_intake_is_rejected(engine: Engine) -> None:

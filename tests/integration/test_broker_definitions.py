@@ -1,0 +1,117 @@
+"""``ops/rabbitmq-definitions.json`` (loaded by the broker at start) agrees with what the workers declare.
+
+A queue declared with other arguments than it already has fails with PRECONDITION_FAILED and the worker
+cannot start, so the file must say exactly what the code says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+from common.config import REPO_ROOT
+from common.messaging.connection import connect
+from common.messaging.topology import (
+    BROKER_EXCHANGE,
+    DEAD_LETTER_EXCHANGE,
+    OMS_EXCHANGE,
+    STAGE_QUEUES,
+    TOPIC_EXCHANGES,
+    declare_topology,
+    stage_queue_arguments,
+)
+from services.jobs.config import JOBS_QUEUE
+from services.venue_sim.config import VenueConfig
+from services.venue_sim.venue import MARKETDATA_EXCHANGE, VENUE_QUEUE, declare_venue_topology
+from tools import infra
+
+if TYPE_CHECKING:
+    from tools.infra import InfraUrls
+
+pytestmark = pytest.mark.integration
+
+DEFINITIONS = json.loads((REPO_ROOT / "ops" / "rabbitmq-definitions.json").read_text())
+DEFAULT_DELIVERY_LIMIT = 5  # OMS_DELIVERY_LIMIT's default; a deployment that changes it changes the file too
+
+
+def _queues() -> dict[str, dict[str, Any]]:
+    return {q["name"]: q for q in DEFINITIONS["queues"]}
+
+
+def test_definitions_declare_every_queue_with_the_workers_arguments() -> None:
+    queues = _queues()
+    for stage_queue in [*STAGE_QUEUES.values(), VENUE_QUEUE]:
+        assert queues[stage_queue.name]["arguments"] == dict(stage_queue_arguments(stage_queue, DEFAULT_DELIVERY_LIMIT))
+        assert queues[stage_queue.dead_letter_name]["arguments"] == {"x-queue-type": "quorum"}
+        source = BROKER_EXCHANGE if stage_queue is VENUE_QUEUE else OMS_EXCHANGE
+        bound = {
+            (b["source"], b["routing_key"]) for b in DEFINITIONS["bindings"] if b["destination"] == stage_queue.name
+        }
+        assert bound == {(source, key) for key in stage_queue.routing_keys}
+        dlq_bound = {
+            (b["source"], b["routing_key"])
+            for b in DEFINITIONS["bindings"]
+            if b["destination"] == stage_queue.dead_letter_name
+        }
+        assert dlq_bound == {(DEAD_LETTER_EXCHANGE, stage_queue.dead_letter_name)}
+    exchanges = {e["name"]: e["type"] for e in DEFINITIONS["exchanges"]}
+    assert exchanges == {
+        **dict.fromkeys(TOPIC_EXCHANGES, "topic"),
+        MARKETDATA_EXCHANGE: "topic",
+        DEAD_LETTER_EXCHANGE: "direct",
+    }
+    assert {JOBS_QUEUE, f"{JOBS_QUEUE}.DQ", f"{JOBS_QUEUE}.XQ"} <= set(queues)
+    # A node that loads definitions at first boot creates no default user: the file brings guest along.
+    assert [u["name"] for u in DEFINITIONS["users"]] == ["guest"]
+
+
+@pytest.fixture
+def loaded_vhost(infra_urls: InfraUrls) -> Iterator[str]:
+    """A fresh vhost with the definitions imported into it (as the broker imports them at start)."""
+    if not infra_urls.management_url:
+        pytest.skip("needs the management API")
+    name = f"defs_{uuid.uuid4().hex[:10]}"
+    infra.create_vhost(name, infra_urls.management_url)
+    scoped = {key: DEFINITIONS[key] for key in ("queues", "exchanges", "bindings", "policies")}
+    answer = requests.post(
+        f"{infra_urls.management_url.rstrip('/')}/api/definitions/{urllib.parse.quote(name, safe='')}",
+        json=scoped,
+        auth=("guest", "guest"),
+        timeout=30,
+    )
+    assert answer.status_code in (200, 201, 204), answer.text
+    try:
+        yield name
+    finally:
+        infra.delete_vhost(name, infra_urls.management_url)
+
+
+async def test_workers_declare_their_queues_on_a_broker_that_loaded_the_definitions(
+    infra_urls: InfraUrls, loaded_vhost: str
+) -> None:
+    management = infra_urls.management_url.rstrip("/")
+    url = f"{management}/api/queues/{urllib.parse.quote(loaded_vhost, safe='')}"
+    answer = await asyncio.to_thread(requests.get, url, auth=("guest", "guest"), timeout=10)
+    queues = answer.json()
+    assert {q["name"] for q in queues} == set(_queues())
+    amqp_url = infra.amqp_url_for_vhost(infra_urls.amqp_url, loaded_vhost)
+    connection = await connect(amqp_url, "oms.definitions-test")
+    try:
+        channel = await connection.channel()
+        await declare_topology(channel, DEFAULT_DELIVERY_LIMIT)  # raises PRECONDITION_FAILED on any mismatch
+        await declare_venue_topology(channel, VenueConfig(amqp_url=amqp_url, database_url=""))
+    finally:
+        await connection.close()
+    broker = RabbitmqBroker(url=amqp_url, confirm_delivery=True)
+    try:
+        broker.declare_queue(JOBS_QUEUE, ensure=True)  # dramatiq's own queue, delay queue and dead-letter queue
+    finally:
+        broker.close()

@@ -1,0 +1,302 @@
+"""``oms dlq`` on the real broker and database, against a real stage worker that dead-letters for three reasons.
+
+The stage here is a test stage of its own (queue ``oms.<stage>``, dead letters in ``oms.<stage>.dlq``) run by
+the real stage runtime: a body that fails validation is dead-lettered by the runtime ("invalid"), a handler
+that raises ``DeadLetter`` is dead-lettered at once ("refused"), and one that keeps raising is dead-lettered by
+the broker after the delivery limit ("delivery_limit"). The tool runs as operators run it, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+from marshmallow import Schema, fields
+from sqlalchemy import Engine, select
+
+from common import jsonutil
+from common.config import REPO_ROOT, Settings
+from common.messaging.deadletter import ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER
+from common.messaging.envelope import Envelope
+from common.messaging.publisher import Publisher
+from common.messaging.topology import DEAD_LETTER_EXCHANGE, OMS_EXCHANGE, StageQueue, declare_exchanges
+from common.runtime.stage import DeadLetter, StageSpec, StageWorker
+from common.store import tables
+from common.store.db import make_engine
+from common.store.outbox import OutboxMessage
+from common.store.uow import UnitOfWork
+from services.jobs.deadletters import dead_letter_queues
+from services.jobs.tables import dlq_replays
+from tests.support.polling import async_wait_until
+
+pytestmark = pytest.mark.integration
+
+DELIVERY_LIMIT = 2
+# Texts whose trouble has been "fixed" (the flaky dependency is back, the missing data arrived).
+HEALED: set[str] = set()
+
+
+class WorkSchema(Schema):
+    text = fields.String(required=True)
+    mode = fields.String(load_default="ok")
+
+
+def work(uow: UnitOfWork, env: Envelope) -> None:
+    """Echo the text; ``fail`` raises every time and ``refuse`` refuses, until the text is healed."""
+    text, mode = env.body["text"], env.body["mode"]
+    if text not in HEALED:
+        if mode == "fail":
+            raise RuntimeError(f"flaky dependency while handling {text}")
+        if mode == "refuse":
+            raise DeadLetter(f"cannot apply {text} yet")
+    routing_key = env.routing_key.replace(".work", ".echoed")
+    uow.outbox.add(OMS_EXCHANGE, routing_key, "Echoed", {"text": text}, env.correlation_id)
+
+
+@dataclass
+class Stage:
+    queue: StageQueue
+    channel: AbstractChannel
+    connection: AbstractRobustConnection
+    echoed: AbstractQueue
+    engine: Engine
+    database_url: str
+    amqp_url: str
+
+    @property
+    def work_key(self) -> str:
+        return f"{self.queue.stage}.work"
+
+    @property
+    def dlq(self) -> str:
+        return self.queue.dead_letter_name
+
+    async def publish(self, body: dict[str, Any] | bytes, message_id: str | None = None) -> str:
+        message_id = message_id or str(uuid.uuid4())
+        raw = body if isinstance(body, bytes) else jsonutil.dumps(body)
+        message = OutboxMessage(message_id, OMS_EXCHANGE, self.work_key, "Work", f"corr-{message_id}", raw)
+        assert await Publisher(self.connection).publish([message]) == [message_id]
+        return message_id
+
+    async def depth(self, queue: str | None = None) -> int:
+        channel = await self.connection.channel()  # a channel of its own: a failed passive declare closes it
+        try:
+            declared = await channel.declare_queue(queue or self.dlq, passive=True)
+            return int(declared.declaration_result.message_count or 0)
+        finally:
+            await channel.close()
+
+    async def echoes(self) -> list[str]:
+        texts = []
+        while (message := await self.echoed.get(no_ack=True, fail=False)) is not None:
+            texts.append(jsonutil.loads(message.body)["text"])
+        return texts
+
+
+@pytest.fixture
+async def stage(database_url: str, amqp_url: str) -> AsyncIterator[Stage]:
+    name = f"dlqtest_{uuid.uuid4().hex[:8]}"  # queues of its own: the session's vhost is shared
+    queue = StageQueue(name, (f"{name}.work",))
+    settings = Settings(database_url=database_url, amqp_url=amqp_url, delivery_limit=DELIVERY_LIMIT, batch_size=20)
+    engine = make_engine(database_url)
+    spec = StageSpec(stage=name, schemas={"*": WorkSchema()}, handler=work, queue_override=queue)
+    worker = StageWorker(spec, settings, engine)
+    connection = await aio_pika.connect_robust(amqp_url)
+    channel = await connection.channel()
+    exchanges = await declare_exchanges(channel)
+    echoed = await channel.declare_queue(exclusive=True)
+    await echoed.bind(exchanges[OMS_EXCHANGE], f"{name}.echoed")
+    task = asyncio.create_task(worker.run())
+
+    async def consuming() -> bool:
+        probe = await connection.channel()  # a failed passive declare closes its channel
+        try:
+            declared = await probe.declare_queue(queue.name, passive=True)
+        except Exception:
+            return False
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+        return (declared.declaration_result.consumer_count or 0) > 0
+
+    await async_wait_until(consuming, timeout=20, message="stage worker consuming")
+    yield Stage(queue, channel, connection, echoed, engine, database_url, amqp_url)
+    worker.stop()
+    await asyncio.wait_for(task, 20)
+    await connection.close()
+    engine.dispose()
+
+
+async def oms_dlq(stage: Stage, *args: str, expect: int = 0) -> str:
+    """Run ``oms dlq <args>`` as an operator would; returns its output."""
+    env = {**os.environ, "OMS_DATABASE_URL": stage.database_url, "OMS_AMQP_URL": stage.amqp_url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tools.cli",
+        "dlq",
+        *args,
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == expect, f"oms dlq {' '.join(args)} exited {process.returncode}:\n{out!r}\n{err!r}"
+    return out.decode()
+
+
+async def dead_letter_three_ways(stage: Stage, texts: dict[str, str]) -> dict[str, str]:
+    """Publish one message per (text, mode); wait until all are dead-lettered; returns text -> message id."""
+    ids = {text: await stage.publish({"text": text, "mode": mode}) for text, mode in texts.items()}
+    invalid = await stage.publish({"mode": "ok"})  # no text: fails validation
+    ids["<invalid>"] = invalid
+    await async_wait_until(
+        lambda: _depth_is(stage, len(ids)), timeout=60, message=f"{len(ids)} messages in {stage.dlq}"
+    )
+    return ids
+
+
+async def _depth_is(stage: Stage, expected: int) -> bool:
+    return await stage.depth() == expected
+
+
+def audit(engine: Engine, queue: str) -> list[Any]:
+    with engine.connect() as connection:
+        return list(connection.execute(select(dlq_replays).where(dlq_replays.c.queue == queue)))
+
+
+async def test_dead_letters_of_three_reasons_are_listed_and_shown_with_their_reasons(stage: Stage) -> None:
+    ids = await dead_letter_three_ways(stage, {"f1": "fail", "r1": "refuse"})
+
+    listed = json.loads(await oms_dlq(stage, "list", "--queue", stage.dlq, "--json"))
+    assert {"queue": stage.dlq, "depth": 3} in listed
+    assert [q["queue"] for q in listed][:-1] == dead_letter_queues()  # every known one, then the one asked for
+
+    shown = [json.loads(line) for line in (await oms_dlq(stage, "show", "--queue", stage.dlq, "--json")).splitlines()]
+    by_id = {m["message_id"]: m for m in shown}
+    assert set(by_id) == set(ids.values())
+    assert by_id[ids["<invalid>"]]["reason"] == "invalid"
+    assert "text" in by_id[ids["<invalid>"]]["detail"]  # the marshmallow message names the missing field
+    assert by_id[ids["r1"]]["reason"] == "refused"
+    assert "cannot apply r1 yet" in by_id[ids["r1"]]["detail"]
+    failed = by_id[ids["f1"]]
+    assert failed["reason"] == "delivery_limit"
+    assert "flaky dependency while handling f1" in failed["detail"]  # the last error, from message_failures
+    assert failed["headers"]["x-death"][0]["reason"] == "delivery_limit"
+    for message in shown:
+        assert (message["original_exchange"], message["original_routing_key"]) == (OMS_EXCHANGE, stage.work_key)
+        assert message["stage"] == stage.queue.stage
+        assert json.loads(message["body"])["mode"] in {"ok", "fail", "refuse"}
+
+    only_refused = await oms_dlq(stage, "show", "--queue", stage.dlq, "--reason", "refused", "--json")
+    assert [json.loads(line)["message_id"] for line in only_refused.splitlines()] == [ids["r1"]]
+    text_output = await oms_dlq(stage, "show", "--queue", stage.dlq, "--reason", "flaky")
+    assert ids["f1"] in text_output and ids["r1"] not in text_output
+    assert await stage.depth() == 3  # showing removes nothing
+
+
+async def test_filtered_replay_sends_exactly_those_back_and_they_complete(stage: Stage) -> None:
+    ids = await dead_letter_three_ways(stage, {"f1": "fail", "f2": "fail", "r1": "refuse"})
+    HEALED.update({"f1", "f2", "r1"})
+
+    plan = await oms_dlq(stage, "replay", "--queue", stage.dlq, "--reason", "delivery_limit", "--dry-run")
+    assert "would replay 2 of 4" in plan
+    assert await stage.depth() == 4 and audit(stage.engine, stage.dlq) == []
+
+    out = await oms_dlq(
+        stage, "replay", "--queue", stage.dlq, "--reason", "delivery_limit", "--yes", "--actor", "ops-test"
+    )
+    assert "replayed 2 of 2 selected" in out
+    echoes: list[str] = []
+
+    async def both_done() -> bool:
+        echoes.extend(await stage.echoes())
+        return sorted(echoes) == ["f1", "f2"]
+
+    await async_wait_until(both_done, timeout=30, message="f1 and f2 handled after the replay")
+    assert await stage.depth() == 2
+    left = await oms_dlq(stage, "show", "--queue", stage.dlq, "--json")
+    assert {json.loads(line)["message_id"] for line in left.splitlines()} == {ids["r1"], ids["<invalid>"]}
+    rows = audit(stage.engine, stage.dlq)
+    assert {(r.message_id, r.outcome, r.actor, r.action) for r in rows} == {
+        (ids["f1"], "REPLAYED", "ops-test", "REPLAY"),
+        (ids["f2"], "REPLAYED", "ops-test", "REPLAY"),
+    }
+    assert {(r.target_exchange, r.target_routing_key) for r in rows} == {(OMS_EXCHANGE, stage.work_key)}
+    assert rows[0].filters == {"reason": "delivery_limit"}
+    with stage.engine.connect() as connection:
+        applied = set(
+            connection.execute(
+                select(tables.inbox.c.message_id).where(tables.inbox.c.stage == stage.queue.stage)
+            ).scalars()
+        )
+    assert applied == {ids["f1"], ids["f2"]}
+
+    # One selected message by id; the invalid one stays until someone purges it.
+    await oms_dlq(stage, "replay", "--queue", stage.dlq, "--message-id", ids["r1"], "--yes")
+    await async_wait_until(lambda: _echoed(stage, "r1"), timeout=30, message="r1 handled after the replay")
+    assert await stage.depth() == 1
+    await oms_dlq(stage, "purge", "--queue", stage.dlq, "--reason", "invalid", "--yes", "--actor", "ops-test")
+    assert await stage.depth() == 0
+    purged = [r for r in audit(stage.engine, stage.dlq) if r.action == "PURGE"]
+    assert [(r.message_id, r.outcome) for r in purged] == [(ids["<invalid>"], "PURGED")]
+    history = await oms_dlq(stage, "history", "--run-id", purged[0].run_id)
+    assert ids["<invalid>"] in history and "PURGE" in history
+
+
+async def _echoed(stage: Stage, text: str) -> bool:
+    return text in await stage.echoes()
+
+
+async def test_purge_without_confirmation_does_nothing(stage: Stage) -> None:
+    await dead_letter_three_ways(stage, {})
+    out = await oms_dlq(stage, "purge", "--queue", stage.dlq, expect=1)
+    assert "nothing done" in out
+    assert await stage.depth() == 1
+
+
+async def test_a_replayed_duplicate_changes_nothing(stage: Stage) -> None:
+    message_id = await stage.publish({"text": "d1"})
+    await async_wait_until(lambda: _echoed(stage, "d1"), timeout=30, message="d1 handled")
+    # A copy of the applied message sits in the dead-letter queue (say a replay killed before its ack).
+    copy = OutboxMessage(
+        message_id,
+        DEAD_LETTER_EXCHANGE,
+        stage.dlq,
+        "Work",
+        f"corr-{message_id}",
+        jsonutil.dumps({"text": "d1"}),
+        headers={ORIGINAL_EXCHANGE_HEADER: OMS_EXCHANGE, ORIGINAL_ROUTING_KEY_HEADER: stage.work_key},
+    )
+    assert await Publisher(stage.connection).publish([copy]) == [message_id]
+    await async_wait_until(lambda: _depth_is(stage, 1), timeout=10, message="the copy in the dead-letter queue")
+
+    out = await oms_dlq(stage, "replay", "--queue", stage.dlq, "--yes")
+    assert "replayed 1 of 1" in out
+    marker = await stage.publish({"text": "marker"})
+    echoes: list[str] = []
+
+    async def marker_seen() -> bool:
+        echoes.extend(await stage.echoes())
+        return "marker" in echoes
+
+    await async_wait_until(marker_seen, timeout=30, message="the marker handled after the replayed copy")
+    assert "d1" not in echoes  # the replayed copy was recognised and skipped
+    assert await stage.depth() == 0
+    with stage.engine.connect() as connection:
+        outputs = connection.execute(
+            select(tables.outbox.c.message_id).where(tables.outbox.c.correlation_id == f"corr-{message_id}")
+        ).all()
+    assert len(outputs) == 1  # one echo ever written for it
+    assert marker
