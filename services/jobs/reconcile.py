@@ -28,17 +28,9 @@ from common.domain import Order, OrderState, RequestKind
 from common.logging import log_context
 from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE
 from common.store import tables
+from common.store.requests_repo import REQUEST_NEW, REQUEST_PENDING, load_request, terms_of
 from common.store.uow import UnitOfWork
-from services.intake.commands import (
-    REQUEST_NEW,
-    REQUEST_PENDING,
-    ROUTE_CANCEL_KEY,
-    ROUTE_NEW_KEY,
-    ROUTE_REPLACE_KEY,
-    ask_risk,
-    load_request,
-    terms_of,
-)
+from services.intake.commands import ROUTE_CANCEL_KEY, ROUTE_NEW_KEY, ROUTE_REPLACE_KEY, ask_risk
 from services.jobs.metrics import ORDERS_RECONCILED
 from services.jobs.tables import order_reconciliations
 from services.router.handlers import CANCEL_KEY, NEW_ORDER_KEY, REPLACE_KEY, broker_body

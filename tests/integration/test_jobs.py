@@ -22,8 +22,9 @@ from common import jsonutil
 from common.domain import Order, OrderType, Side, TimeInForce
 from common.store import tables
 from common.store.db import make_engine
+from common.store.requests_repo import REQUEST_SENT, record_request, set_request_status
 from common.store.uow import UnitOfWork
-from services.intake.commands import REQUEST_SENT, cancel_order, record_request, set_request_status
+from services.intake.commands import cancel_order
 from services.jobs.config import JOBS_QUEUE, SYSTEM_USER, JobsConfig
 from services.jobs.expiry import EXPIRY_REASON, expire_day_orders
 from services.jobs.reconcile import reconcile_stuck_orders
