@@ -101,10 +101,12 @@ class ExecutionReportSchema(CamelSchema):
 
 
 class RiskCheckSchema(CamelSchema):
-    """Intake (or a modify) asks the risk gate to check an order at a given version."""
+    """Intake (or a modify) asks the risk gate to check an order at a given version; with ``requestId``, the
+    new terms of that replace request of an order at the venue."""
 
     order_id = _id(max_length=36)
     version = fields.Integer(required=True, strict=True)
+    request_id = _id(required=False, max_length=36)
 
 
 class RouteNewSchema(CamelSchema):

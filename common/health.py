@@ -5,7 +5,8 @@
     GET /metrics       the process's Prometheus metrics
 
 Each worker (stages, relay, jobs worker, scheduler) serves these on ``OMS_METRICS_PORT``; the front end has
-its own under the REST port.
+its own under the REST port. ``python -m common.health URL`` probes one (exit 0 on 200): the container
+health checks use it, so the image needs no curl.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -166,3 +170,16 @@ def dependency_checks(engine: Engine | None, amqp_url: str | None, name: str) ->
     if amqp_url:
         checks["broker"] = broker_check(amqp_url, f"{name}.readiness")
     return checks
+
+
+def probe(url: str, timeout: float = 3.0) -> int:
+    """0 when ``url`` answers 200, else 1 (a container health check)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError):
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(probe(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:9100/health/ready"))

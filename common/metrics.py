@@ -1,8 +1,8 @@
-"""Prometheus metrics shared by every process; each process serves them on its own port."""
+"""Prometheus metrics shared by every process; ``common.health`` serves them on each process's own port."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 STAGE_MESSAGES = Counter("oms_stage_messages_total", "Messages a stage finished with, by outcome", ["stage", "outcome"])
 STAGE_HANDLING_SECONDS = Histogram(
@@ -19,9 +19,3 @@ OUTBOX_LAG_SECONDS = Gauge("oms_outbox_lag_seconds", "Age of the oldest unsent o
 ORDERS_BY_STATUS = Gauge("oms_orders", "Orders by public status", ["status"])
 RISK_REJECTIONS = Counter("oms_risk_rejections_total", "Orders rejected by the risk gate, by rule", ["rule"])
 DEAD_LETTER_DEPTH = Gauge("oms_dead_letter_depth", "Messages waiting in each dead-letter queue", ["queue"])
-
-
-def serve_metrics(port: int) -> None:
-    """Serve /metrics on ``port`` (0 means: do not serve)."""
-    if port:
-        start_http_server(port)

@@ -35,11 +35,11 @@ from common.config import load_settings
 from common.messaging.envelope import Envelope
 from common.store import tables
 from common.store.db import make_engine
+from common.store.tables import reference_prices, risk_limit_changes, risk_limits
 from common.store.uow import UnitOfWork
 from services.risk_gate import admin
-from services.risk_gate.handlers import current_batch, handle_risk_check, prepare
+from services.risk_gate.handlers import handle_risk_check, prepare, prepare_checks
 from services.risk_gate.rules import RULE_NAMES, OrderTerms, evaluate
-from services.risk_gate.schema import reference_prices, risk_limit_changes, risk_limits
 
 D = Decimal
 SYMBOL_COUNT = 5
@@ -217,10 +217,13 @@ def handler(engine: Engine, batch: list[str]) -> int:
     """The stage handler itself (checks, approve, events, order update, hand-over), rolled back."""
     with _rolled_back(engine) as uow:
         uow.orders.lock(batch)
-        with current_batch(prepare(uow, batch)):
-            for order_id in batch:
-                env = Envelope(str(uuid.uuid4()), "risk.check", {"order_id": order_id, "version": 1}, order_id)
-                handle_risk_check(uow, env)
+        envelopes = [
+            Envelope(str(uuid.uuid4()), "risk.check", {"order_id": order_id, "version": 1}, order_id)
+            for order_id in batch
+        ]
+        prepare_checks(uow, envelopes)  # as the stage runtime does, once per batch
+        for env in envelopes:
+            handle_risk_check(uow, env)
     return len(batch)
 
 

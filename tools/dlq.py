@@ -28,9 +28,9 @@ from sqlalchemy import Engine, select
 from tqdm import tqdm
 
 from common import bootstrap
+from common.store.tables import dlq_replays
 from services.jobs import deadletters
 from services.jobs.deadletters import DeadLetterMessage, PassReport, Selection
-from services.jobs.tables import dlq_replays
 
 # Below this many messages a progress bar is only noise.
 PROGRESS_FROM = 50

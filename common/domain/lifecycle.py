@@ -35,6 +35,9 @@ _TABLE_SPEC: list[tuple[str, Iterable[OrderState], Iterable[OrderState] | None]]
     ("modify_unrouted", UNROUTED, [S.NEW]),
     ("request_cancel", REQUESTABLE, None),
     ("request_replace", REQUESTABLE, None),
+    # The risk gate's answer to a replace the venue has not seen: the order stays as it is.
+    ("approve_replace_request", AT_VENUE, None),
+    ("reject_replace_request", AT_VENUE, None),
     ("expire", LIVE, [S.EXPIRED]),
     # Execution reports from the venue.
     ("acknowledge", [S.ROUTED], [S.OPEN]),

@@ -58,6 +58,11 @@ def order_terms_problems(
     return problems
 
 
+def _with_details(details: Mapping[str, object] | None, payload: dict[str, object]) -> dict[str, object]:
+    """An event payload with the caller's details merged in; the command's own fields win a clash."""
+    return {**details, **payload} if details else payload
+
+
 def _decimal_or_none(value: object) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
@@ -207,9 +212,20 @@ class Order:
         if problems:
             raise InvalidCommand("; ".join(problems))
         order = cls(
-            id=id, account_id=account_id, symbol=symbol, side=side, type=type, quantity=quantity,
-            price=price, stop_price=stop_price, time_in_force=time_in_force, strategy_id=strategy_id,
-            notes=notes, client_order_id=client_order_id, created_at=now, updated_at=now,
+            id=id,
+            account_id=account_id,
+            symbol=symbol,
+            side=side,
+            type=type,
+            quantity=quantity,
+            price=price,
+            stop_price=stop_price,
+            time_in_force=time_in_force,
+            strategy_id=strategy_id,
+            notes=notes,
+            client_order_id=client_order_id,
+            created_at=now,
+            updated_at=now,
         )
         order._emit(E.ORDER_CREATED, order._terms_payload(), now, user_id)
         return order
@@ -240,10 +256,23 @@ class Order:
         Terms are not validated: they are recorded as received so the rejection can be audited.
         """
         order = cls(
-            id=id, account_id=account_id, symbol=symbol, side=side, type=type, quantity=quantity,
-            price=price, stop_price=stop_price, time_in_force=time_in_force, strategy_id=strategy_id,
-            notes=notes, client_order_id=client_order_id, created_at=now, updated_at=now,
-            state=S.REJECTED, rejection_code=code, rejection_reason=reason,
+            id=id,
+            account_id=account_id,
+            symbol=symbol,
+            side=side,
+            type=type,
+            quantity=quantity,
+            price=price,
+            stop_price=stop_price,
+            time_in_force=time_in_force,
+            strategy_id=strategy_id,
+            notes=notes,
+            client_order_id=client_order_id,
+            created_at=now,
+            updated_at=now,
+            state=S.REJECTED,
+            rejection_code=code,
+            rejection_reason=reason,
         )
         order._emit(E.ORDER_CREATED, order._terms_payload(), now, user_id)
         order._emit(E.ORDER_REJECTED, {"code": code, "reason": reason, "state": order.state}, now, user_id)
@@ -251,20 +280,29 @@ class Order:
 
     # ------------------------------------------------------------------ commands
 
-    def approve(self, checks: Sequence[str], now: datetime) -> None:
-        """Risk passed: NEW -> APPROVED, recording the checks that ran."""
+    def approve(self, checks: Sequence[str], now: datetime, details: Mapping[str, object] | None = None) -> None:
+        """Risk passed: NEW -> APPROVED, recording the checks that ran (and ``details``, e.g. the figures)."""
         self._command("approve", S.APPROVED)
         self._touch(now)
-        self._emit(E.RISK_APPROVED, {"checks": list(checks), "state": self.state}, now)
+        self._emit(E.RISK_APPROVED, _with_details(details, {"checks": list(checks), "state": self.state}), now)
 
-    def reject(self, code: str, reason: str, now: datetime, user_id: str | None = None) -> None:
-        """Rejected inside the OMS (risk, routing): NEW/APPROVED/ROUTED -> REJECTED."""
+    def reject(
+        self,
+        code: str,
+        reason: str,
+        now: datetime,
+        user_id: str | None = None,
+        details: Mapping[str, object] | None = None,
+    ) -> None:
+        """Rejected inside the OMS (risk, routing): NEW/APPROVED/ROUTED -> REJECTED; ``details`` (the rule and
+        its figures) join the event."""
         self._command("reject", S.REJECTED)
         self.rejection_code = code
         self.rejection_reason = reason
         self.pending_request = None
         self._touch(now)
-        self._emit(E.ORDER_REJECTED, {"code": code, "reason": reason, "state": self.state}, now, user_id)
+        payload = _with_details(details, {"code": code, "reason": reason, "state": self.state})
+        self._emit(E.ORDER_REJECTED, payload, now, user_id)
 
     def mark_routed(self, request_id: str, now: datetime) -> None:
         """The router handed the order to the broker (request ``request_id``): APPROVED -> ROUTED."""
@@ -297,9 +335,9 @@ class Order:
         self._touch(now)
         self._emit(
             E.ORDER_MODIFIED,
-            {"previous": previous, "quantity": quantity, "price": price, "stop_price": stop_price,
-             "state": self.state},
-            now, user_id,
+            {"previous": previous, "quantity": quantity, "price": price, "stop_price": stop_price, "state": self.state},
+            now,
+            user_id,
         )
 
     def request_cancel(self, request_id: str, reason: str | None, now: datetime, user_id: str | None) -> None:
@@ -313,9 +351,14 @@ class Order:
         self._touch(now)
         self._emit(
             E.CANCEL_REQUESTED,
-            {"request_id": request_id, "reason": reason,
-             "supersedes_request_id": previous.request_id if previous else None, "state": self.state},
-            now, user_id,
+            {
+                "request_id": request_id,
+                "reason": reason,
+                "supersedes_request_id": previous.request_id if previous else None,
+                "state": self.state,
+            },
+            now,
+            user_id,
         )
 
     def request_replace(
@@ -338,16 +381,70 @@ class Order:
             raise InvalidCommand("; ".join(problems))
         previous = self.pending_request
         self.pending_request = PendingRequest(
-            kind=RequestKind.REPLACE, request_id=request_id, requested_at=now,
-            quantity=quantity, price=price, stop_price=stop_price,
+            kind=RequestKind.REPLACE,
+            request_id=request_id,
+            requested_at=now,
+            quantity=quantity,
+            price=price,
+            stop_price=stop_price,
         )
         self._touch(now)
         self._emit(
             E.REPLACE_REQUESTED,
-            {"request_id": request_id, "quantity": quantity, "price": price, "stop_price": stop_price,
-             "supersedes_request_id": previous.request_id if previous else None, "state": self.state},
-            now, user_id,
+            {
+                "request_id": request_id,
+                "quantity": quantity,
+                "price": price,
+                "stop_price": stop_price,
+                "supersedes_request_id": previous.request_id if previous else None,
+                "state": self.state,
+            },
+            now,
+            user_id,
         )
+
+    def approve_replace_request(
+        self,
+        request_id: str,
+        checks: Sequence[str],
+        now: datetime,
+        details: Mapping[str, object] | None = None,
+    ) -> None:
+        """Risk passed the new terms of the replace ``request_id``, which may now go to the venue. Recorded only:
+        state and terms change when the venue confirms. Refused unless it is the order's pending request."""
+        self._check("approve_replace_request")
+        pending = self.pending_request
+        if pending is None or pending.kind is not RequestKind.REPLACE or pending.request_id != request_id:
+            raise InvalidCommand(f"replace {request_id} is not the order's pending request")
+        self._touch(now)
+        payload: dict[str, object] = {"request_id": request_id, "checks": list(checks), "state": self.state}
+        self._emit(E.RISK_APPROVED, _with_details(details, payload), now)
+
+    def reject_replace_request(
+        self,
+        request_id: str,
+        code: str,
+        reason: str,
+        now: datetime,
+        details: Mapping[str, object] | None = None,
+    ) -> None:
+        """Risk refused the new terms of the replace ``request_id``: it never reaches the venue, so the order's
+        state and terms stay; its pending request is cleared if it is this one."""
+        self._check("reject_replace_request")
+        pending = self.pending_request
+        cleared = pending is not None and pending.kind is RequestKind.REPLACE and pending.request_id == request_id
+        if cleared:
+            self.pending_request = None
+        self._touch(now)
+        payload: dict[str, object] = {
+            "request_id": request_id,
+            "code": code,
+            "reason": reason,
+            "source": "risk",
+            "pending_cleared": cleared,
+            "state": self.state,
+        }
+        self._emit(E.REPLACE_REJECTED, _with_details(details, payload), now)
 
     def expire(self, reason: str | None, now: datetime, user_id: str | None = None) -> None:
         """Expire a live order inside the OMS (e.g. a DAY order at session close). A fill the venue
@@ -366,9 +463,7 @@ class Order:
         applied twice would count its fees and book its fill twice, though quantities would not move.
         """
         if report.order_id != self.id:
-            raise ReportMismatch(
-                f"report {report.execution_id} is for order {report.order_id}, not {self.id}"
-            )
+            raise ReportMismatch(f"report {report.execution_id} is for order {report.order_id}, not {self.id}")
         state0 = self.state
         status0 = self.status
         before = self._snapshot()
@@ -404,8 +499,12 @@ class Order:
             if ctx.anomalies:
                 self._emit(
                     E.EXECUTION_ANOMALY,
-                    {"execution_id": report.execution_id, "exec_type": report.exec_type,
-                     "anomalies": list(ctx.anomalies), "state": self.state},
+                    {
+                        "execution_id": report.execution_id,
+                        "exec_type": report.exec_type,
+                        "anomalies": list(ctx.anomalies),
+                        "state": self.state,
+                    },
                     now,
                 )
         return outcome
@@ -439,11 +538,17 @@ class Order:
         if not self.overfilled or ctx.cum_applied:
             self.overfilled = True
             ctx.anomalies.append("overfill")
-            ctx.extra.append((
-                E.OVERFILL_DETECTED,
-                {"execution_id": report.execution_id, "quantity": self.quantity,
-                 "filled_quantity": self.filled_quantity, "excess": self.filled_quantity - self.quantity},
-            ))
+            ctx.extra.append(
+                (
+                    E.OVERFILL_DETECTED,
+                    {
+                        "execution_id": report.execution_id,
+                        "quantity": self.quantity,
+                        "filled_quantity": self.filled_quantity,
+                        "excess": self.filled_quantity - self.quantity,
+                    },
+                )
+            )
 
     def _complete_if_filled(self, ctx: _Apply) -> bool:
         """FIX precedence: filled beats pending, canceled, replaced, expired and rejected."""
@@ -479,8 +584,11 @@ class Order:
         if self._complete_if_filled(ctx):
             return
         if self.state is S.ROUTED:
-            self._move("acknowledge" if self.filled_quantity == _ZERO else "partial_fill",
-                       S.OPEN if self.filled_quantity == _ZERO else S.PARTIALLY_FILLED, ctx)
+            self._move(
+                "acknowledge" if self.filled_quantity == _ZERO else "partial_fill",
+                S.OPEN if self.filled_quantity == _ZERO else S.PARTIALLY_FILLED,
+                ctx,
+            )
         elif self.state in lifecycle.UNROUTED:
             ctx.anomalies.append("ack_before_routed")
         else:
@@ -518,11 +626,17 @@ class Order:
             # Nothing left working at the venue and no further report expected: the remainder is canceled.
             self._move("cancel", S.CANCELED, ctx)
             self.pending_request = None
-            ctx.extra.append((
-                E.ORDER_CANCELED,
-                {"reason": f"{self.time_in_force} remainder canceled", "at_venue": True,
-                 "canceled_quantity": self.quantity - self.filled_quantity, "state": self.state},
-            ))
+            ctx.extra.append(
+                (
+                    E.ORDER_CANCELED,
+                    {
+                        "reason": f"{self.time_in_force} remainder canceled",
+                        "at_venue": True,
+                        "canceled_quantity": self.quantity - self.filled_quantity,
+                        "state": self.state,
+                    },
+                )
+            )
             return
         if state in (S.PENDING_CANCEL, S.PENDING_REPLACE):
             return  # FIX: pending cancel / pending replace take precedence over partially filled
@@ -603,12 +717,9 @@ class Order:
                 ctx.anomalies.append("replace_terms_unknown")
         price = report.price if report.price is not None else (pending.price if pending else self.price)
         stop_price = (
-            report.stop_price if report.stop_price is not None
-            else (pending.stop_price if pending else self.stop_price)
+            report.stop_price if report.stop_price is not None else (pending.stop_price if pending else self.stop_price)
         )
-        ctx.flags["previous"] = {
-            "quantity": self.quantity, "price": self.price, "stop_price": self.stop_price
-        }
+        ctx.flags["previous"] = {"quantity": self.quantity, "price": self.price, "stop_price": self.stop_price}
         if quantity <= self.filled_quantity:
             # FIX D11/D12: a replace at or below the cumulative quantity amends the order to it: FILLED.
             ctx.flags["amended_to_cum_qty"] = quantity < self.filled_quantity
@@ -666,9 +777,7 @@ class Order:
         elif previous_average is not None and report.last_px is not None:
             busted = previous_filled - report.cum_qty
             notional = previous_average * previous_filled - report.last_px * busted
-            self.average_execution_price = (notional / report.cum_qty).quantize(
-                _PRICE_QUANTUM, ROUND_HALF_EVEN
-            )
+            self.average_execution_price = (notional / report.cum_qty).quantize(_PRICE_QUANTUM, ROUND_HALF_EVEN)
             ctx.anomalies.append("avg_px_missing")
         else:
             ctx.anomalies.append("avg_px_missing")
@@ -678,8 +787,12 @@ class Order:
                 ctx.anomalies.append("bust_without_price")
             else:
                 ctx.fill = FillDelta(
-                    report.execution_id, -report.last_qty, price, report.fees,
-                    reversal=True, reverses_execution_id=report.exec_ref_id,
+                    report.execution_id,
+                    -report.last_qty,
+                    price,
+                    report.fees,
+                    reversal=True,
+                    reverses_execution_id=report.exec_ref_id,
                 )
         else:
             ctx.anomalies.append("bust_without_quantity")
@@ -730,17 +843,35 @@ class Order:
 
     def _snapshot(self) -> tuple[object, ...]:
         return (
-            self.state, self.quantity, self.price, self.stop_price, self.filled_quantity,
-            self.average_execution_price, self.fees, self.broker_order_id, self.pending_request,
-            self.overfilled, self.rejection_code, self.rejection_reason,
+            self.state,
+            self.quantity,
+            self.price,
+            self.stop_price,
+            self.filled_quantity,
+            self.average_execution_price,
+            self.fees,
+            self.broker_order_id,
+            self.pending_request,
+            self.overfilled,
+            self.rejection_code,
+            self.rejection_reason,
         )
 
     def _terms_payload(self) -> dict[str, object]:
         return {
-            "account_id": self.account_id, "symbol": self.symbol, "side": self.side, "type": self.type,
-            "quantity": self.quantity, "price": self.price, "stop_price": self.stop_price,
-            "time_in_force": self.time_in_force, "strategy_id": self.strategy_id, "notes": self.notes,
-            "client_order_id": self.client_order_id, "state": self.state, "status": self.status,
+            "account_id": self.account_id,
+            "symbol": self.symbol,
+            "side": self.side,
+            "type": self.type,
+            "quantity": self.quantity,
+            "price": self.price,
+            "stop_price": self.stop_price,
+            "time_in_force": self.time_in_force,
+            "strategy_id": self.strategy_id,
+            "notes": self.notes,
+            "client_order_id": self.client_order_id,
+            "state": self.state,
+            "status": self.status,
         }
 
     def _report_event_type(self, report: ExecutionReportData, state0: OrderState) -> OrderEventType:

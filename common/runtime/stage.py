@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from marshmallow import Schema, ValidationError
@@ -37,6 +38,21 @@ from common.store.uow import UnitOfWork
 log = logging.getLogger(__name__)
 
 Handler = Callable[[UnitOfWork, Envelope], None]
+# Work done once per batch, in its transaction, after the orders are locked and before the handler runs.
+Prepare = Callable[[UnitOfWork, list[Envelope]], None]
+
+
+class Companion(Protocol):
+    """A long-running task a stage process runs beside its consumer (the risk gate's reference price feed)."""
+
+    async def run(self) -> None:
+        """Run until ``stop``."""
+
+    def stop(self) -> None:
+        """Make ``run`` return soon."""
+
+
+CompanionFactory = Callable[[Settings, Engine], Companion]
 
 
 class DeadLetter(Exception):
@@ -45,13 +61,20 @@ class DeadLetter(Exception):
 
 @dataclass(frozen=True)
 class StageSpec:
-    """What makes a stage: its queue, the schema of each routing key, and its handler."""
+    """What makes a stage: its queue, the schema of each routing key, and its handler.
+
+    ``prepare`` (optional) is called once per batch transaction with the envelopes about to be handled, after
+    their orders are locked: batch-wide locks and queries. ``companions`` are built when the worker starts and
+    run beside its consumer, best effort: one that fails is restarted with back-off while the stage goes on.
+    """
 
     stage: str
     schemas: Mapping[str, Schema]
     handler: Handler
     order_id_of: Callable[[Envelope], str | None] = field(default=lambda env: env.body.get("order_id"))
     queue_override: StageQueue | None = None  # tests and tools; stages use their entry in STAGE_QUEUES
+    prepare: Prepare | None = None
+    companions: tuple[CompanionFactory, ...] = ()
 
     @property
     def queue(self) -> StageQueue:
@@ -122,6 +145,7 @@ class StageWorker:
         self._stopping = asyncio.Event()
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
+        self._companions: list[Companion] = []
 
     # --- database side (runs in a worker thread) ---------------------------------------------------
 
@@ -133,6 +157,8 @@ class StageWorker:
                 fresh.discard(env.message_id)  # a duplicate within one batch runs once
                 todo.append(env)
         uow.orders.lock(oid for oid in (self.spec.order_id_of(e) for e in todo) if oid)
+        if todo and self.spec.prepare is not None:
+            self.spec.prepare(uow, todo)
         for env in todo:
             with log_context(
                 message_id=env.message_id,
@@ -261,8 +287,34 @@ class StageWorker:
                 await asyncio.sleep(delay)  # back-off while the database is down, not a wait for state
                 delay = min(delay * 2, 5.0)
 
+    async def _keep_running(self, companion: Companion) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            try:
+                await companion.run()
+                return
+            except Exception as exc:
+                log.error(
+                    "stage companion failed; restarting",
+                    extra={"stage": self.spec.stage, "companion": type(companion).__name__, "error": repr(exc)},
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)  # back-off, ended early by stop()
+                delay = min(delay * 2, 30.0)
+
     async def run(self) -> None:
-        """Consume until ``stop`` is called (or SIGTERM/SIGINT)."""
+        """Consume (and run the stage's companions) until ``stop`` is called (or SIGTERM/SIGINT)."""
+        # Built first: a companion that cannot be configured stops the process before it consumes anything.
+        self._companions = [factory(self.settings, self.engine) for factory in self.spec.companions]
+        companion_tasks = [asyncio.create_task(self._keep_running(c)) for c in self._companions]
+        try:
+            await self._consume()
+        finally:
+            for companion in self._companions:
+                companion.stop()
+            await asyncio.gather(*companion_tasks, return_exceptions=True)
+
+    async def _consume(self) -> None:
         self._connection = await connect(self.settings.amqp_url, f"oms.{self.spec.stage}")
         self._publisher = Publisher(self._connection)
         channel = await self._connection.channel()
@@ -290,8 +342,10 @@ class StageWorker:
             await self._connection.close()
 
     def stop(self) -> None:
-        """Finish the batch at hand and return from ``run``."""
+        """Finish the batch at hand and return from ``run`` (companions are stopped too)."""
         self._stopping.set()
+        for companion in self._companions:
+            companion.stop()
 
 
 def run_stage_forever(spec: StageSpec, worker_factory: Callable[[StageSpec], StageWorker]) -> None:
@@ -307,4 +361,15 @@ def run_stage_forever(spec: StageSpec, worker_factory: Callable[[StageSpec], Sta
     asyncio.run(main())
 
 
-__all__ = ["DeadLetter", "Envelope", "Handler", "StageSpec", "StageWorker", "decode", "run_stage_forever"]
+__all__ = [
+    "Companion",
+    "CompanionFactory",
+    "DeadLetter",
+    "Envelope",
+    "Handler",
+    "Prepare",
+    "StageSpec",
+    "StageWorker",
+    "decode",
+    "run_stage_forever",
+]

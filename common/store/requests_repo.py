@@ -1,8 +1,9 @@
 """Venue requests (``order_requests``): one row per new, cancel or replace request the OMS sends the venue.
 
-Statuses: PENDING (written, not yet handed to the broker), SENT (in the router's outbox), SKIPPED (not sent:
-the order ended or another request superseded it; the reason says which), ACCEPTED (the venue acknowledged
-it), DONE (the venue carried it out), REJECTED (the venue refused it). DONE and REJECTED are final.
+Statuses: PENDING (written, not yet handed to the broker; a replace waits for the risk gate, then the router),
+SENT (in the router's outbox), SKIPPED (not sent: the order ended or another request superseded it; the reason
+says which), ACCEPTED (the venue acknowledged it), DONE (the venue carried it out), REJECTED (the venue refused
+it, or the risk gate refused a replace's new terms: the reason says which rule). DONE and REJECTED are final.
 """
 
 from __future__ import annotations

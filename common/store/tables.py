@@ -26,6 +26,11 @@ def _money(name: str, nullable: bool = True) -> Column[object]:
     return Column(name, Numeric(20, 8, asdecimal=True), nullable=nullable)
 
 
+def _decimal(name: str, precision: int, scale: int) -> Column[object]:
+    # Columns narrower than money (a percentage, seconds); nullable: NULL means inherit.
+    return Column(name, Numeric(precision, scale, asdecimal=True))
+
+
 def _ts(name: str, nullable: bool = False) -> Column[object]:
     return Column(name, DateTime(timezone=True), nullable=nullable)
 
@@ -226,6 +231,73 @@ positions = Table(
     _ts("updated_at"),
 )
 
+# ---- risk gate (migration 0002) ----------------------------------------------------------------------------
+# A NULL account_id is the global scope; a NULL limit inherits the global value (globally: the rule is off).
+
+risk_limits = Table(
+    "risk_limits",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("account_id", String(36)),
+    _money("max_order_quantity"),
+    _money("max_order_notional"),
+    _decimal("price_collar_percent", 9, 4),
+    _money("max_position_quantity"),
+    _money("max_gross_exposure"),
+    Column("max_open_orders", Integer),
+    Column("max_orders_per_second", Integer),
+    Column("max_strategy_orders_per_second", Integer),
+    _decimal("duplicate_window_seconds", 10, 3),
+    Column("enforce_trading_session", Boolean),
+    _ts("updated_at"),
+    Column("updated_by", String(100)),
+)
+
+restricted_symbols = Table(
+    "restricted_symbols",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("account_id", String(36)),
+    Column("symbol", String(20), nullable=False),
+    Column("reason", Text),
+    Column("created_by", String(100)),
+    _ts("created_at"),
+)
+
+trading_halts = Table(
+    "trading_halts",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("account_id", String(36)),
+    Column("reason", Text, nullable=False),
+    Column("halted_by", String(100)),
+    _ts("since"),
+)
+
+risk_limit_changes = Table(
+    "risk_limit_changes",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    _ts("changed_at"),
+    Column("changed_by", String(100)),
+    Column("account_id", String(36)),
+    Column("kind", String(20), nullable=False),
+    Column("item", String(50), nullable=False),
+    Column("old_value", JSONB),
+    Column("new_value", JSONB),
+    Column("reason", Text),
+)
+
+reference_prices = Table(
+    "reference_prices",
+    metadata,
+    Column("symbol", String(20), primary_key=True),
+    _money("price"),
+    Column("source", String(40), nullable=False),
+    _ts("as_of"),
+    _ts("received_at"),
+)
+
 # The read model (a view): queried, never written.
 order_summary = Table(
     "order_summary",
@@ -260,4 +332,47 @@ order_summary = Table(
     Column("overfilled", Boolean),
     Column("pending_request", JSONB),
     Column("version", Integer),
+)
+
+# Operations (migration 0003): dead-letter replay audit, job runs, reconciliations.
+dlq_replays = Table(
+    "dlq_replays",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", String(36), nullable=False),
+    Column("action", String(10), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("queue", String(255), nullable=False),
+    Column("message_id", String(100), nullable=False),
+    Column("message_type", String(100)),
+    Column("correlation_id", String(100)),
+    Column("reason", Text),
+    Column("target_exchange", String(255)),
+    Column("target_routing_key", String(255)),
+    Column("outcome", String(12), nullable=False),
+    Column("detail", Text),
+    Column("filters", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("job", String(50), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("outcome", String(10), nullable=False),
+    Column("summary", JSONB, nullable=False),
+)
+
+order_reconciliations = Table(
+    "order_reconciliations",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("order_id", String(36), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("action", String(30), nullable=False),
+    Column("detail", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -469,7 +469,7 @@ def create_app(
     api.register_blueprint(health_blp)
     from services.api import risk_admin  # late import: risk_admin builds on this module
 
-    risk_admin.register(app, engine)
+    risk_admin.register(app, api, engine)
     _install_error_handlers(app)
     _install_metrics(app)
     return app

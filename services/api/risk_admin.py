@@ -8,7 +8,7 @@
     DELETE     /risk/restricted-symbols?symbol=...&accountId=...
 
 Every change is audited with the token's subject as its author (``services.risk_gate.admin``) and applies to
-the risk gate's next batch: no restart. Register with ``register(app_or_api, engine)``.
+the risk gate's next batch: no restart. Register with ``register(app, api, engine)``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Flask, current_app, g, request
 from flask.views import MethodView
+from flask_smorest import Api
 from marshmallow import fields
 from sqlalchemy import Engine
 
@@ -307,12 +308,7 @@ class RestrictedSymbols(MethodView):
                 raise NotFound(f"{symbol} is not restricted for {account_id or 'all accounts'}")
 
 
-def register(app: Flask, engine: Engine) -> None:
-    """Serve the blueprint on ``app`` with ``engine``.
-
-    Served outside the OpenAPI document for now: the property-based test of the document generates valid
-    requests for every operation, and valid requests here would halt or re-limit every account of the shared
-    test database. Once that test leaves ``/risk`` out, register through the ``Api`` to document it.
-    """
+def register(app: Flask, api: Api, engine: Engine) -> None:
+    """Serve the blueprint through ``api`` (documented in ``/openapi.json``), with ``engine``."""
     app.extensions[ENGINE_KEY] = engine
-    app.register_blueprint(blp)
+    api.register_blueprint(blp)

@@ -3,8 +3,10 @@
 Each runs inside the caller's unit of work and never commits: the API commits its own, a stage's runtime
 commits the batch. Orders are loaded ``FOR UPDATE`` so a command racing a fill serialises with it.
 
-Cancels and replaces of an order at the venue are recorded as ``order_requests`` rows and handed to the
-router (``RouteCancel``/``RouteReplace``); the order itself changes only when the venue answers.
+Cancels and replaces of an order at the venue are recorded as ``order_requests`` rows: a cancel goes straight
+to the router (``RouteCancel``); a replace first to the risk gate (``RiskCheck`` with its ``requestId``), which
+hands it to the router (``RouteReplace``) if its new terms pass. The order itself changes only when the venue
+answers.
 """
 
 from __future__ import annotations
@@ -111,16 +113,13 @@ def _load(uow: UnitOfWork, order_id: str) -> Order:
     return order
 
 
-def ask_risk(uow: UnitOfWork, order: Order, user_id: str | None = None) -> None:
-    """Hand the order, at its current version, to the risk gate."""
-    uow.outbox.add(
-        OMS_EXCHANGE,
-        RISK_CHECK_KEY,
-        "RiskCheck",
-        {"orderId": order.id, "version": order.version},
-        order.id,
-        headers=_headers(user_id),
-    )
+def ask_risk(uow: UnitOfWork, order: Order, user_id: str | None = None, request_id: str | None = None) -> None:
+    """Hand the order, at its current version, to the risk gate; with ``request_id``, the new terms of that
+    replace request of an order at the venue."""
+    body: dict[str, Any] = {"orderId": order.id, "version": order.version}
+    if request_id is not None:
+        body["requestId"] = request_id
+    uow.outbox.add(OMS_EXCHANGE, RISK_CHECK_KEY, "RiskCheck", body, order.id, headers=_headers(user_id))
 
 
 def _storable(value: Decimal | None) -> Decimal | None:
@@ -251,7 +250,8 @@ def modify_order(
     """Change an order's terms (a value left None keeps the current one).
 
     NEW/APPROVED: new terms at once and risk runs again (RiskCheck at the new version). At the venue: a
-    REPLACE request with the complete new terms and a RouteReplace; in force only when the venue confirms.
+    REPLACE request with the complete new terms and a RiskCheck of them (the gate hands the request to the
+    router, or rejects it); in force only when the venue confirms.
     Raises ``InvalidOrderTerms`` (a rule broken), ``InvalidCommand`` (nothing to change, or only notes of
     an order at the venue), ``InvalidTransition`` (terminal, or a cancel outstanding).
     """
@@ -307,15 +307,8 @@ def modify_order(
             now=now,
         )
         uow.orders.save(order, correlation_id=order.id, message_id=None, user_id=user_id)
-        uow.outbox.add(
-            OMS_EXCHANGE,
-            ROUTE_REPLACE_KEY,
-            "RouteReplace",
-            {"orderId": order.id, "requestId": request_id, **terms},
-            order.id,
-            headers=_headers(user_id),
-        )
-        log.info("replace requested", extra={"request_id": request_id})
+        ask_risk(uow, order, user_id, request_id=request_id)
+        log.info("replace requested; risk checks its terms", extra={"request_id": request_id})
     return order
 
 

@@ -1,6 +1,7 @@
 """The background jobs as dramatiq actors, on queue ``oms.jobs`` of the broker at ``OMS_AMQP_URL``.
 
-Every job is safe to run again (dramatiq retries a failed one with backoff): each works from the state in the
+Actors return nothing (dramatiq keeps no results here): each run's summary is in ``job_runs``. Every job is
+safe to run again (dramatiq retries a failed one with backoff): each works from the state in the
 database, not from what the message says. The logic lives in plain functions beside this module
 (``expiry``, ``statistics``, ``retention``, ``reconcile``, ``deadletters``); an actor only wires the process's
 settings and engine, and records the run (``job_runs``, metrics, a log line).
@@ -64,34 +65,34 @@ _MINUTE = 60_000
 @dramatiq.actor(
     queue_name=JOBS_QUEUE, max_retries=5, min_backoff=5_000, max_backoff=5 * _MINUTE, time_limit=30 * _MINUTE
 )
-def expire_day_orders(now: str | None = None) -> dict[str, Any]:
+def expire_day_orders(now: str | None = None) -> None:
     """End the DAY orders whose session has closed (``now``: an ISO timestamp to judge by, default the clock)."""
     config, engine = wiring()
     at = datetime.fromisoformat(now) if now else None
-    return run_job(engine, "expire_day_orders", lambda: expiry.expire_day_orders(engine, config.calendar, at))
+    run_job(engine, "expire_day_orders", lambda: expiry.expire_day_orders(engine, config.calendar, at))
 
 
 @dramatiq.actor(queue_name=JOBS_QUEUE, max_retries=3, min_backoff=5_000, max_backoff=_MINUTE, time_limit=30 * _MINUTE)
-def refresh_statistics() -> dict[str, Any]:
+def refresh_statistics() -> None:
     """Refresh the ``daily_order_statistics`` materialized view."""
     _, engine = wiring()
-    return run_job(engine, "refresh_statistics", lambda: statistics.refresh_statistics(engine))
+    run_job(engine, "refresh_statistics", lambda: statistics.refresh_statistics(engine))
 
 
 @dramatiq.actor(
     queue_name=JOBS_QUEUE, max_retries=3, min_backoff=10_000, max_backoff=10 * _MINUTE, time_limit=60 * _MINUTE
 )
-def purge_retention() -> dict[str, Any]:
+def purge_retention() -> None:
     """Delete operational records older than ``OMS_RETENTION_DAYS`` (audit records are kept)."""
     config, engine = wiring()
-    return run_job(engine, "purge_retention", lambda: retention.purge_retention(engine, config.retention_days))
+    run_job(engine, "purge_retention", lambda: retention.purge_retention(engine, config.retention_days))
 
 
 @dramatiq.actor(queue_name=JOBS_QUEUE, max_retries=3, min_backoff=5_000, max_backoff=_MINUTE, time_limit=10 * _MINUTE)
-def reconcile_stuck_orders() -> dict[str, Any]:
+def reconcile_stuck_orders() -> None:
     """Re-drive, or ask the venue about, orders that made no progress for ``OMS_RECONCILE_AFTER_SECONDS``."""
     config, engine = wiring()
-    return run_job(
+    run_job(
         engine,
         "reconcile_stuck_orders",
         lambda: reconcile.reconcile_stuck_orders(engine, config.reconcile_after_seconds),
@@ -107,7 +108,7 @@ def replay_dead_letters(
     message_ids: list[str] | None = None,
     limit: int | None = None,
     actor: str | None = None,
-) -> dict[str, Any]:
+) -> None:
     """Replay dead letters as ``oms dlq replay`` does (an operator asked for it with ``--background``)."""
     config, engine = wiring()
     selection = deadletters.Selection(
@@ -122,7 +123,7 @@ def replay_dead_letters(
         ]
         return {"actor": who, "replayed": sum(r["done"] for r in reports), "queues": reports}
 
-    return run_job(engine, "replay_dead_letters", work)
+    run_job(engine, "replay_dead_letters", work)
 
 
 PERIODIC_ACTORS: dict[str, dramatiq.Actor[..., Any]] = {

@@ -41,7 +41,7 @@ from common.messaging.deadletter import (
 from common.messaging.envelope import message_id_of
 from common.messaging.topology import STAGE_QUEUES
 from common.store import tables as core_tables
-from services.jobs.tables import dlq_replays
+from common.store.tables import dlq_replays
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,12 @@ async def _take(channel: AbstractChannel, queue: str, depth: int) -> AsyncIterat
 
 
 async def _release(held: Sequence[AbstractIncomingMessage]) -> None:
-    """Hand back every held message in one frame (nack, multiple, requeue)."""
+    """Hand back every held message in one frame (nack, multiple, requeue).
+
+    Each pass thus counts as one more delivery of the messages it leaves alone; dead-letter queues are declared
+    without a delivery limit, so that is harmless (RabbitMQ 4 gives quorum queues a default limit of 20: set
+    the dead-letter queues' ``delivery-limit`` to -1 by policy there).
+    """
     if held:
         last = max(held, key=lambda m: m.delivery_tag or 0)
         await last.nack(multiple=True, requeue=True)
@@ -431,6 +436,11 @@ def _audit_rows(
         }
         for m, outcome, detail in items
     ]
+
+
+def _check_database(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(select(dlq_replays.c.id).limit(1)).all()
 
 
 def _write_audit(engine: Engine, rows: list[dict[str, Any]]) -> None:
@@ -590,6 +600,9 @@ async def _run_pass(
     progress: Progress | None,
     on_depth: Callable[[int], None] | None,
 ) -> PassReport:
+    if not dry_run:
+        # The audit must be writable before anything is taken: fail now rather than after a first republish.
+        await asyncio.to_thread(_check_database, engine)
     connection = await connect(amqp_url)
     try:
         depth = await queue_depth(connection, queue)

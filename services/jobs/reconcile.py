@@ -29,10 +29,10 @@ from common.logging import log_context
 from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE
 from common.store import tables
 from common.store.requests_repo import REQUEST_NEW, REQUEST_PENDING, load_request, terms_of
+from common.store.tables import order_reconciliations
 from common.store.uow import UnitOfWork
-from services.intake.commands import ROUTE_CANCEL_KEY, ROUTE_NEW_KEY, ROUTE_REPLACE_KEY, ask_risk
+from services.intake.commands import ROUTE_CANCEL_KEY, ROUTE_NEW_KEY, ask_risk
 from services.jobs.metrics import ORDERS_RECONCILED
-from services.jobs.tables import order_reconciliations
 from services.router.handlers import CANCEL_KEY, NEW_ORDER_KEY, REPLACE_KEY, broker_body
 
 log = logging.getLogger(__name__)
@@ -95,17 +95,17 @@ def _resend_request(uow: UnitOfWork, order: Order, actions: list[tuple[str, dict
         return
     cancel = pending.kind is RequestKind.CANCEL
     if request.status == REQUEST_PENDING:
-        # The router never handled it: hand it to the router again, which sends it and marks it SENT.
+        # Never sent to the venue: hand it on again (the router sends it and marks it SENT).
         body: dict[str, Any] = {"orderId": order.id, "requestId": request.request_id}
         if cancel:
             body["reason"] = request.reason
             uow.outbox.add(OMS_EXCHANGE, ROUTE_CANCEL_KEY, "RouteCancel", body, order.id)
         else:
-            quantity, price, stop_price = terms_of(request)
-            body.update({"quantity": quantity, "price": price, "stopPrice": stop_price})
-            uow.outbox.add(OMS_EXCHANGE, ROUTE_REPLACE_KEY, "RouteReplace", body, order.id)
+            # A replace passes the risk gate before the router: ask the gate again (it checks it is still the
+            # order's pending request, and the router ignores a request it already sent).
+            ask_risk(uow, order, request_id=request.request_id)
         actions.append(
-            ("route_cancel_resent" if cancel else "route_replace_resent", {"request_id": request.request_id})
+            ("route_cancel_resent" if cancel else "replace_risk_check_resent", {"request_id": request.request_id})
         )
         return
     if cancel:

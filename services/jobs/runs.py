@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import Engine, insert, update
 
 from common.logging import log_context
+from common.store.tables import job_runs
 from services.jobs.metrics import JOB_LAST_SUCCESS, JOB_RUNS, JOB_SECONDS
-from services.jobs.tables import job_runs
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from common.store import tables
-from services.risk_gate.limits import LIMIT_NAMES, Limits, LimitValue, parse_changes, resolve
-from services.risk_gate.rules import Halt, Restriction
-from services.risk_gate.schema import (
+from common.store.tables import (
     restricted_symbols,
     risk_limit_changes,
     risk_limits,
     trading_halts,
 )
+from services.risk_gate.limits import LIMIT_NAMES, Limits, LimitValue, parse_changes, resolve
+from services.risk_gate.rules import Halt, Restriction
 
 KIND_LIMIT = "LIMIT"
 KIND_RESTRICTION = "RESTRICTION"

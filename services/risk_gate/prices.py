@@ -30,8 +30,8 @@ from sqlalchemy.dialects.postgresql import insert
 from common import jsonutil
 from common.domain.validation import plain
 from common.messaging.connection import connect
+from common.store.tables import reference_prices
 from services.risk_gate.rules import Quote
-from services.risk_gate.schema import reference_prices
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, case, func, or_, select, text
 
 from common.domain import OrderState, Side
 from common.store import tables
+from common.store.tables import reference_prices, restricted_symbols, risk_limits, trading_halts
 from services.risk_gate.limits import Limits, resolve
 from services.risk_gate.prices import FeedPrice, PriceSettings, best_price, choose_quote
 from services.risk_gate.rules import (
@@ -36,7 +37,6 @@ from services.risk_gate.rules import (
     SymbolBook,
     valuation_price,
 )
-from services.risk_gate.schema import reference_prices, restricted_symbols, risk_limits, trading_halts
 
 _ZERO = Decimal(0)
 _ONE_SECOND = timedelta(seconds=1)

@@ -1,23 +1,27 @@
-"""The risk gate stage: ``RiskCheck`` from ``oms``/``risk.check``, checked a batch at a time."""
+"""The risk gate stage: ``RiskCheck`` from ``oms``/``risk.check``, checked a batch at a time, and beside it the
+reference price feed (``marketdata``) that keeps the prices the checks value orders at fresh."""
 
 from __future__ import annotations
 
+from sqlalchemy import Engine
+
+from common.config import Settings
 from common.contracts import RiskCheckSchema
-from common.messaging.envelope import Envelope
-from common.runtime.stage import StageSpec, StageWorker
-from common.store.uow import UnitOfWork
-from services.risk_gate.handlers import current_batch, handle_risk_check, prepare
-
-SPEC = StageSpec(stage="risk_gate", schemas={"risk.check": RiskCheckSchema()}, handler=handle_risk_check)
+from common.runtime.stage import StageSpec
+from services.risk_gate.handlers import configured_price_settings, handle_risk_check, prepare_checks
+from services.risk_gate.prices import ReferencePriceConsumer
 
 
-class RiskGateWorker(StageWorker):
-    """The stage worker, preparing each batch once: the accounts' locks and every query the rules need.
+def price_feed(settings: Settings, engine: Engine) -> ReferencePriceConsumer:
+    """The stage's companion: the reference price feed consumer."""
+    configured_price_settings()  # a bad OMS_RISK_* setting stops the process now, not at the first order
+    return ReferencePriceConsumer(engine, settings.amqp_url)
 
-    The runtime has no per-batch hook yet, so this extends the step that handles a batch in its transaction.
-    """
 
-    def _handle_in_transaction(self, uow: UnitOfWork, envelopes: list[Envelope]) -> None:
-        order_ids = [oid for oid in (self.spec.order_id_of(e) for e in envelopes) if oid]
-        with current_batch(prepare(uow, order_ids)):
-            super()._handle_in_transaction(uow, envelopes)
+SPEC = StageSpec(
+    stage="risk_gate",
+    schemas={"risk.check": RiskCheckSchema()},
+    handler=handle_risk_check,
+    prepare=prepare_checks,
+    companions=(price_feed,),
+)

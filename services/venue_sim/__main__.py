@@ -6,8 +6,8 @@ import asyncio
 import signal
 
 from common.config import load_settings
+from common.health import dependency_checks, serve_process_endpoints
 from common.logging import configure_logging
-from common.metrics import serve_metrics
 from services.venue_sim.config import VenueConfig
 from services.venue_sim.venue import VenueSim
 
@@ -24,7 +24,10 @@ def main() -> None:
     """Entry point."""
     settings = load_settings()
     configure_logging("oms.venue_sim", settings.log_level)
-    serve_metrics(settings.metrics_port)
+    # The venue reads the database only at start (instruments); its readiness is the broker.
+    serve_process_endpoints(
+        settings.metrics_port, "oms.venue_sim", dependency_checks(None, settings.amqp_url, "oms.venue_sim")
+    )
     asyncio.run(_run(VenueConfig.from_env(settings)))
 
 

@@ -38,9 +38,9 @@ from common.messaging.topology import DEAD_LETTER_EXCHANGE, OMS_EXCHANGE, declar
 from common.store import tables
 from common.store.db import make_engine
 from common.store.outbox import OutboxMessage
+from common.store.tables import dlq_replays, job_runs
 from services.jobs.config import JOBS_QUEUE
 from services.jobs.session import SessionCalendar
-from services.jobs.tables import dlq_replays, job_runs
 from tests.e2e.conftest import E2E_ENV, VENUE_ENV
 from tests.e2e.support import count, decision, events_of, wait_for_order, wait_for_state
 from tests.support.api import TEST_SECRET, bearer
@@ -56,9 +56,10 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 D = Decimal
 INTAKE_DLQ = "oms.intake.dlq"
-# Processes that serve /health/live and /health/ready beside /metrics (the risk gate and the venue serve
-# /metrics only, through their own entry points).
-WITH_HEALTH = {*STAGES, "outbox_relay", "jobs_worker", "jobs_scheduler"} - {"risk_gate"}
+# Processes that serve /health/live and /health/ready beside /metrics, and what their readiness checks.
+WITH_HEALTH = {*STAGES, "outbox_relay", "jobs_worker", "jobs_scheduler", "venue_sim"}
+READINESS = {"database": "UP", "broker": "UP"}
+READINESS_OF = {"venue_sim": {"broker": "UP"}}  # the venue reads the database only at start
 # The metrics each process must name.
 EXPECTED = {
     **{stage: {"oms_stage_messages", "oms_stage_batch_seconds", "oms_stage_batch_size"} for stage in STAGES},
@@ -271,7 +272,7 @@ def test_every_process_answers_metrics_and_health(ops: OpsSystem) -> None:
             assert _status(ops.url(process, "/health/live")) == 200, process
             status, text = _get(ops.url(process, "/health/ready"))
             assert status == 200, f"{process} not ready: {text}"
-            assert json.loads(text)["checks"] == {"database": "UP", "broker": "UP"}
+            assert json.loads(text)["checks"] == READINESS_OF.get(process, READINESS)
     assert _status(ops.url("api", "/health/live")) == 200
     assert _status(ops.url("api", "/health/ready")) == 200
 

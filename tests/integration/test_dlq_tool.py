@@ -33,9 +33,9 @@ from common.runtime.stage import DeadLetter, StageSpec, StageWorker
 from common.store import tables
 from common.store.db import make_engine
 from common.store.outbox import OutboxMessage
+from common.store.tables import dlq_replays, job_runs
 from common.store.uow import UnitOfWork
 from services.jobs.deadletters import dead_letter_queues
-from services.jobs.tables import dlq_replays
 from tests.support.polling import async_wait_until
 
 pytestmark = pytest.mark.integration
@@ -300,3 +300,32 @@ async def test_a_replayed_duplicate_changes_nothing(stage: Stage) -> None:
         ).all()
     assert len(outputs) == 1  # one echo ever written for it
     assert marker
+
+
+async def test_operator_requested_replay_runs_as_a_job(stage: Stage) -> None:
+    from services.jobs import actors
+    from services.jobs.config import JobsConfig
+
+    ids = await dead_letter_three_ways(stage, {"j1": "refuse", "j2": "refuse"})
+    HEALED.update({"j1", "j2"})
+    actors.wire(JobsConfig(database_url=stage.database_url, amqp_url=stage.amqp_url), stage.engine)
+    # What the jobs worker runs for ``oms dlq replay --background`` (the actor's function, in a thread of ours).
+    await asyncio.to_thread(actors.replay_dead_letters.fn, queues=[stage.dlq], reason="refused", actor="ops via jobs")
+    echoes: list[str] = []
+
+    async def both_done() -> bool:
+        echoes.extend(await stage.echoes())
+        return sorted(echoes) == ["j1", "j2"]
+
+    await async_wait_until(both_done, timeout=30, message="j1 and j2 handled after the job's replay")
+    assert await stage.depth() == 1  # the invalid one was not selected
+    rows = audit(stage.engine, stage.dlq)
+    assert {(r.message_id, r.actor) for r in rows} == {(ids["j1"], "ops via jobs"), (ids["j2"], "ops via jobs")}
+    with stage.engine.connect() as connection:
+        run = connection.execute(
+            select(job_runs.c.outcome, job_runs.c.summary)
+            .where(job_runs.c.job == "replay_dead_letters")
+            .order_by(job_runs.c.id.desc())
+            .limit(1)
+        ).one()
+    assert run.outcome == "OK" and run.summary["replayed"] == 2

@@ -23,6 +23,7 @@ from common.domain import Order, OrderType, Side, TimeInForce
 from common.store import tables
 from common.store.db import make_engine
 from common.store.requests_repo import REQUEST_SENT, record_request, set_request_status
+from common.store.tables import dlq_replays, job_runs, order_reconciliations
 from common.store.uow import UnitOfWork
 from services.intake.commands import cancel_order
 from services.jobs.config import JOBS_QUEUE, SYSTEM_USER, JobsConfig
@@ -31,7 +32,6 @@ from services.jobs.reconcile import reconcile_stuck_orders
 from services.jobs.retention import purge_retention
 from services.jobs.session import SessionCalendar
 from services.jobs.statistics import refresh_statistics
-from services.jobs.tables import dlq_replays, job_runs, order_reconciliations
 from tools.seed import seed_demo
 
 pytestmark = pytest.mark.integration

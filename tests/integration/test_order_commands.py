@@ -348,7 +348,7 @@ def test_modify_of_a_terminal_order_is_refused(engine: Engine) -> None:
         modify(engine, order_id, quantity=D("20"))
 
 
-def test_modify_at_the_venue_sends_a_replace_request(engine: Engine) -> None:
+def test_modify_at_the_venue_sends_a_replace_request_through_the_risk_gate(engine: Engine) -> None:
     order_id = submit(engine)
     route(engine, order_id)
     acknowledge(engine, order_id)
@@ -360,15 +360,24 @@ def test_modify_at_the_venue_sends_a_replace_request(engine: Engine) -> None:
     replace = requests_of(engine, order_id)[-1]
     assert (replace["kind"], replace["status"], replace["created_by"]) == ("REPLACE", "PENDING", "trader-1")
     assert replace["terms"] == {"quantity": D("10"), "price": D("411.00"), "stopPrice": None}
-    [route_replace] = outbox_of(engine, order_id, "router.replace")
-    assert route_replace["body"] == {
-        "orderId": order_id,
-        "requestId": replace["request_id"],
-        "quantity": D("10"),
-        "price": D("411.00"),
-        "stopPrice": None,
-    }
     assert event_types(engine, order_id)[-1] == "REPLACE_REQUESTED"
+    # The new terms go to the risk gate first, not straight to the router.
+    check = outbox_of(engine, order_id, "risk.check")[-1]
+    assert check["body"] == {"orderId": order_id, "version": order["version"], "requestId": replace["request_id"]}
+    assert check["headers"] == {"x-oms-user": "trader-1"}
+    assert outbox_of(engine, order_id, "router.replace") == []
+
+    body = {"order_id": order_id, "version": order["version"], "request_id": replace["request_id"]}
+    forward(engine, order_id, "risk.check", handle_risk_check, body)
+    [route_replace] = outbox_of(engine, order_id, "router.replace")
+    assert route_replace["body"] == {"orderId": order_id, "requestId": replace["request_id"]}
+    assert event_types(engine, order_id)[-1] == "RISK_APPROVED"
+    order = order_row(engine, order_id)
+    assert (order["state"], order["price"], order["pending_request"]["requestId"]) == (
+        "OPEN",
+        D("410.00"),
+        replace["request_id"],
+    )
 
 
 def test_a_chained_replace_builds_on_the_outstanding_one(engine: Engine) -> None:

@@ -24,18 +24,20 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from common import jsonutil
 from common.config import Settings
-from common.contracts import FillBookedSchema
+from common.contracts import FillBookedSchema, RiskCheckSchema, RouteReplaceSchema
 from common.messaging.envelope import Envelope
+from common.runtime.stage import StageWorker
 from common.store import tables
 from common.store.db import make_engine
+from common.store.tables import reference_prices, risk_limit_changes
 from common.store.uow import UnitOfWork
 from services.api.rest import create_app
 from services.intake.commands import OrderRequest, cancel_order, modify_order, submit_order
 from services.risk_gate import admin
 from services.risk_gate.handlers import check_order, check_replace_terms, handle_risk_check, prepare
 from services.risk_gate.prices import FeedPrice, NoPriceBehaviour, PriceSettings, ReferencePriceConsumer, store_prices
-from services.risk_gate.schema import reference_prices, risk_limit_changes
-from services.risk_gate.worker import SPEC, RiskGateWorker
+from services.risk_gate.worker import SPEC
+from services.router.handlers import handle_route
 from services.settlement.worker import handle_fill
 from tests.support.api import ALL_SCOPES, bearer, store_order, token_service
 from tests.support.polling import async_wait_until
@@ -625,6 +627,93 @@ def test_replace_terms_count_instead_of_the_old_ones(engine: Engine) -> None:
     assert decision.violation is not None and decision.violation.code == "MAX_POSITION_EXCEEDED"
 
 
+def replace_check(engine: Engine, order_id: str, quantity: Decimal) -> tuple[str, dict[str, Any]]:
+    """Modify an order at the venue and run the gate on the replace's RiskCheck; the request id and its row."""
+    with UnitOfWork(engine) as uow:
+        modify_order(uow, order_id, quantity=quantity, price=None, stop_price=None, notes=None, user_id="trader")
+        uow.commit()
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(tables.outbox)
+            .where(tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == "risk.check")
+            .order_by(tables.outbox.c.id.desc())
+            .limit(1)
+        ).one()
+    env = Envelope(row.message_id, "risk.check", RiskCheckSchema().load(jsonutil.loads(row.body)), order_id)
+    with UnitOfWork(engine, claim_outbox=True) as uow:
+        handle_risk_check(uow, env)
+        uow.commit()
+    request_id = env.body["request_id"]
+    with engine.connect() as connection:
+        query = select(tables.order_requests).where(tables.order_requests.c.request_id == request_id)
+        return request_id, dict(connection.execute(query).mappings().one())
+
+
+def outbox_bodies(engine: Engine, order_id: str, routing_key: str) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(tables.outbox.c.body)
+            .where(tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == routing_key)
+            .order_by(tables.outbox.c.id)
+        )
+        return [jsonutil.loads(body) for body in rows.scalars()]
+
+
+def test_a_replace_that_breaks_a_limit_is_rejected_and_the_order_keeps_its_terms(engine: Engine) -> None:
+    account_id, symbol = new_account(engine), new_instrument(engine)
+    set_limits(engine, account_id, max_order_quantity="1000")
+    order_id = store_order(engine, account_id, symbol, quantity=D("800"), price=D("100"), status="OPEN")
+
+    request_id, request = replace_check(engine, order_id, D("1001"))
+    assert request["status"] == "REJECTED"
+    assert request["reason"].startswith("MAX_ORDER_QUANTITY_EXCEEDED: ")
+    order = order_row(engine, order_id)
+    assert (order["state"], order["quantity"], order["pending_request"]) == ("OPEN", D("800"), None)
+    assert (order["rejection_code"], order["rejection_reason"]) == (None, None)  # the order itself stands
+    event = last_event(engine, order_id)
+    assert event["type"] == "REPLACE_REJECTED"
+    payload = event["payload"]
+    assert (payload["request_id"], payload["code"], payload["source"]) == (
+        request_id,
+        "MAX_ORDER_QUANTITY_EXCEEDED",
+        "risk",
+    )
+    assert payload["reason"] == request["reason"].removeprefix("MAX_ORDER_QUANTITY_EXCEEDED: ")
+    assert (payload["rule"], payload["field"]) == ("max_order_quantity", "quantity")
+    assert D(str(payload["figures"]["limit"])) == D("1000")
+    assert outbox_bodies(engine, order_id, "router.replace") == []
+
+    # Refused, the replace is forgotten: the user may ask again, within the limit.
+    request_id, request = replace_check(engine, order_id, D("1000"))
+    assert request["status"] == "PENDING"
+    assert outbox_bodies(engine, order_id, "router.replace") == [{"orderId": order_id, "requestId": request_id}]
+
+
+def test_a_replace_within_the_limits_passes_and_reaches_the_router(engine: Engine) -> None:
+    account_id, symbol = new_account(engine), new_instrument(engine)
+    set_limits(engine, account_id, max_position_quantity="1000")
+    order_id = store_order(engine, account_id, symbol, quantity=D("800"), price=D("100"), status="OPEN")
+
+    # 1001 would take the position past the limit; 1000 fits because it counts instead of the 800, not beside.
+    assert replace_check(engine, order_id, D("1001"))[1]["status"] == "REJECTED"
+    request_id, request = replace_check(engine, order_id, D("1000"))
+    assert request["status"] == "PENDING"
+    approval = last_event(engine, order_id)
+    assert (approval["type"], approval["payload"]["request_id"]) == ("RISK_APPROVED", request_id)
+    assert "max_position" in approval["payload"]["checks"]
+    assert approval["payload"]["limits"]["max_position_quantity"] is not None
+    [route] = outbox_bodies(engine, order_id, "router.replace")
+    assert route == {"orderId": order_id, "requestId": request_id}
+
+    with UnitOfWork(engine, claim_outbox=True) as uow:
+        handle_route(uow, Envelope(str(uuid.uuid4()), "router.replace", RouteReplaceSchema().load(route), order_id))
+        uow.commit()
+    [sent] = outbox_bodies(engine, order_id, "orders.replace")
+    assert (sent["requestId"], D(str(sent["quantity"])), D(str(sent["price"]))) == (request_id, D("1000"), D("100"))
+    order = order_row(engine, order_id)
+    assert (order["quantity"], order["pending_request"]["requestId"]) == (D("800"), request_id)  # until confirmed
+
+
 # ------------------------------------------------------------------------------------------------ concurrency
 
 
@@ -635,10 +724,10 @@ def test_concurrent_orders_against_one_position_limit_pass_exactly_as_many_as_fi
     set_limits(engine, account_id, max_position_quantity="1000")
     orders = [submit(engine, account_id, symbol, quantity=D("200"), price=D(f"{90 + i}")) for i in range(10)]
     settings = Settings(database_url=database_url, amqp_url=amqp_url)
-    workers = [RiskGateWorker(SPEC, settings, engine) for _ in range(2)]
+    workers = [StageWorker(SPEC, settings, engine) for _ in range(2)]
     start = threading.Barrier(2)
 
-    def run(worker: RiskGateWorker, batch: list[tuple[str, int]]) -> None:
+    def run(worker: StageWorker, batch: list[tuple[str, int]]) -> None:
         start.wait()
         outcome = worker.process([risk_check(*order) for order in batch])
         assert not outcome.failed and not outcome.dead
@@ -658,7 +747,7 @@ def test_orders_of_one_account_in_one_batch_see_each_other(engine: Engine, datab
     account_id, symbol = new_account(engine), new_instrument(engine)
     set_limits(engine, account_id, max_open_orders="3")
     orders = [submit(engine, account_id, symbol, price=D(f"{90 + i}")) for i in range(5)]
-    worker = RiskGateWorker(SPEC, Settings(database_url=database_url, amqp_url=amqp_url), engine)
+    worker = StageWorker(SPEC, Settings(database_url=database_url, amqp_url=amqp_url), engine)
     worker.process([risk_check(*order) for order in orders])
     assert [order_row(engine, order_id)["state"] for order_id, _ in orders] == ["APPROVED"] * 3 + ["REJECTED"] * 2
 
@@ -670,7 +759,7 @@ def test_limit_and_kill_switch_changes_apply_to_a_running_worker(
     engine: Engine, client: FlaskClient, database_url: str, amqp_url: str
 ) -> None:
     account_id, symbol = new_account(engine), new_instrument(engine)
-    worker = RiskGateWorker(SPEC, Settings(database_url=database_url, amqp_url=amqp_url), engine)
+    worker = StageWorker(SPEC, Settings(database_url=database_url, amqp_url=amqp_url), engine)
 
     def through_worker(**fields: Any) -> dict[str, Any]:
         order = submit(engine, account_id, symbol, **fields)
@@ -700,6 +789,15 @@ def test_the_risk_api_needs_the_operations_scope(client: FlaskClient) -> None:
     assert response.status_code == 403
     assert js(response) == {"message": "this token lacks the scope operations"}
     assert client.post("/risk/halts", json={"reason": "x"}, headers=trader).status_code == 403
+
+
+def test_the_risk_api_is_documented_with_the_orders(client: FlaskClient) -> None:
+    document = js(client.get("/openapi.json"))
+    assert {"/risk/limits", "/risk/limits/{accountId}", "/risk/halts", "/risk/restricted-symbols"} <= set(
+        document["paths"]
+    )
+    assert document["paths"]["/risk/halts"]["post"]["operationId"] == "haltTrading"
+    assert "Risk" in {tag["name"] for tag in document["tags"]}
 
 
 def test_account_limits_over_the_api_inherit_and_are_audited(engine: Engine, client: FlaskClient) -> None:

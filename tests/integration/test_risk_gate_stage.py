@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -13,6 +14,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from common import jsonutil
+from common.contracts import RiskCheckSchema
+from common.domain import ExecType, ExecutionReportData
 from common.messaging.envelope import Envelope
 from common.runtime.stage import DeadLetter
 from common.store import tables
@@ -21,6 +24,7 @@ from common.store.uow import UnitOfWork
 from services.intake.commands import OrderRequest, cancel_order, modify_order, submit_order
 from services.risk_gate import admin
 from services.risk_gate.handlers import handle_risk_check
+from tests.support.api import store_order
 from tools.seed import seed_demo
 
 pytestmark = pytest.mark.integration
@@ -255,3 +259,142 @@ def test_a_check_of_a_canceled_order_is_skipped(engine: Engine) -> None:
 def test_an_unknown_order_is_dead_lettered(engine: Engine) -> None:
     with pytest.raises(DeadLetter, match="unknown order"):
         run(engine, risk_check(str(uuid.uuid4()), 1))
+
+
+# --------------------------------------------------------------------------- replaces of orders at the venue
+
+
+def outbox_rows(engine: Engine, order_id: str, routing_key: str) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(tables.outbox)
+            .where(tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == routing_key)
+            .order_by(tables.outbox.c.id)
+        )
+        return [{**dict(r), "body": jsonutil.loads(r["body"])} for r in rows.mappings()]
+
+
+def request_row(engine: Engine, request_id: str) -> dict[str, Any]:
+    with engine.connect() as connection:
+        query = select(tables.order_requests).where(tables.order_requests.c.request_id == request_id)
+        return dict(connection.execute(query).mappings().one())
+
+
+def request_replace(engine: Engine, order_id: str, quantity: Decimal) -> Envelope:
+    """Modify an order at the venue; the RiskCheck of the replace, as the gate receives it."""
+    with UnitOfWork(engine) as uow:
+        modify_order(uow, order_id, quantity=quantity, price=None, stop_price=None, notes=None, user_id="trader-1")
+        uow.commit()
+    row = outbox_rows(engine, order_id, "risk.check")[-1]
+    return Envelope(
+        message_id=row["message_id"],
+        routing_key="risk.check",
+        body=RiskCheckSchema().load(row["body"]),
+        correlation_id=order_id,
+        type="RiskCheck",
+        headers=row["headers"],
+    )
+
+
+def venue_fill(engine: Engine, order_id: str, quantity: Decimal) -> None:
+    with UnitOfWork(engine) as uow:
+        order = uow.orders.get(order_id, for_update=True)
+        assert order is not None
+        cum = order.filled_quantity + quantity
+        now = datetime.now(UTC)
+        report = ExecutionReportData(
+            execution_id=str(uuid.uuid4()),
+            order_id=order_id,
+            exec_type=ExecType.FILL if cum == order.quantity else ExecType.PARTIAL_FILL,
+            last_qty=quantity,
+            last_px=order.price,
+            cum_qty=cum,
+            leaves_qty=order.quantity - cum,
+            avg_px=order.price,
+            timestamp=now,
+        )
+        order.apply_report(report, now)
+        uow.orders.save(order, correlation_id=order_id, message_id=None)
+        uow.commit()
+
+
+def test_a_replace_check_is_skipped_once_a_later_replace_supersedes_it(engine: Engine) -> None:
+    order_id = store_order(engine, "ACC-001", status="OPEN")
+    first = request_replace(engine, order_id, D("120"))
+    second = request_replace(engine, order_id, D("130"))
+
+    run(engine, first)
+    skipped = request_row(engine, first.body["request_id"])
+    assert (skipped["status"], skipped["reason"]) == ("SKIPPED", f"superseded by replace {second.body['request_id']}")
+    assert outbox_rows(engine, order_id, "router.replace") == []
+    assert events_of(engine, order_id)[-1]["type"] == "REPLACE_REQUESTED"  # nothing recorded on the order
+
+    run(engine, second)  # the latest one is checked and goes on
+    [route] = outbox_rows(engine, order_id, "router.replace")
+    assert route["body"] == {"orderId": order_id, "requestId": second.body["request_id"]}
+    assert route["headers"] == {"x-oms-user": "trader-1"}
+    approval = events_of(engine, order_id)[-1]
+    assert (approval["type"], approval["payload"]["request_id"]) == ("RISK_APPROVED", second.body["request_id"])
+    assert request_row(engine, second.body["request_id"])["status"] == "PENDING"  # the router sends it
+
+
+def test_a_replace_check_is_skipped_once_a_cancel_supersedes_it(engine: Engine) -> None:
+    order_id = store_order(engine, "ACC-001", status="OPEN")
+    check = request_replace(engine, order_id, D("120"))
+    with UnitOfWork(engine) as uow:
+        cancel_order(uow, order_id, reason=None, user_id=None)
+        uow.commit()
+    cancel_id = order_row(engine, order_id)["pending_request"]["requestId"]
+
+    run(engine, check)
+    skipped = request_row(engine, check.body["request_id"])
+    assert (skipped["status"], skipped["reason"]) == ("SKIPPED", f"superseded by cancel {cancel_id}")
+    assert outbox_rows(engine, order_id, "router.replace") == []
+    assert order_row(engine, order_id)["pending_request"]["requestId"] == cancel_id
+
+
+def test_a_replace_check_of_an_order_that_ended_is_skipped(engine: Engine) -> None:
+    order_id = store_order(engine, "ACC-001", status="OPEN")
+    check = request_replace(engine, order_id, D("120"))
+    venue_fill(engine, order_id, D("100"))  # the venue fills the order before the gate gets to the replace
+
+    run(engine, check)
+    skipped = request_row(engine, check.body["request_id"])
+    assert (skipped["status"], skipped["reason"]) == ("SKIPPED", "order is FILLED")
+    assert outbox_rows(engine, order_id, "router.replace") == []
+
+
+def test_a_replace_check_runs_though_a_fill_moved_the_order_version(engine: Engine) -> None:
+    order_id = store_order(engine, "ACC-001", status="OPEN")
+    check = request_replace(engine, order_id, D("120"))
+    venue_fill(engine, order_id, D("30"))
+    assert order_row(engine, order_id)["version"] > check.body["version"]
+
+    run(engine, check)
+    assert len(outbox_rows(engine, order_id, "router.replace")) == 1
+    order = order_row(engine, order_id)
+    assert (order["state"], order["quantity"]) == ("PARTIALLY_FILLED", D("100"))  # not in force before the venue
+
+
+def test_a_replace_check_after_the_router_sent_the_request_does_nothing(engine: Engine) -> None:
+    order_id = store_order(engine, "ACC-001", status="OPEN")
+    check = request_replace(engine, order_id, D("120"))
+    run(engine, check)
+    with engine.begin() as connection:
+        connection.execute(
+            update(tables.order_requests)
+            .where(tables.order_requests.c.request_id == check.body["request_id"])
+            .values(status="SENT")
+        )
+    events = len(events_of(engine, order_id))
+
+    run(engine, replace(check, message_id=str(uuid.uuid4())))  # e.g. asked again by a job
+    assert len(events_of(engine, order_id)) == events
+    assert len(outbox_rows(engine, order_id, "router.replace")) == 1
+
+
+def test_a_replace_check_naming_no_replace_request_is_dead_lettered(engine: Engine) -> None:
+    order_id = store_order(engine, "ACC-001", status="OPEN")
+    env = risk_check(order_id, 3)
+    with pytest.raises(DeadLetter, match="no REPLACE request"):
+        run(engine, replace(env, body={**env.body, "request_id": str(uuid.uuid4())}))

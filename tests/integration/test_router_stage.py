@@ -16,6 +16,7 @@ from common.contracts import (
     CancelRequestSchema,
     NewOrderRequestSchema,
     ReplaceRequestSchema,
+    RiskCheckSchema,
     RouteCancelSchema,
     RouteNewSchema,
     RouteReplaceSchema,
@@ -75,6 +76,20 @@ def deliver(engine: Engine, row: dict[str, Any]) -> None:
     )
     with UnitOfWork(engine, claim_outbox=True) as uow:
         handle_route(uow, env)
+        uow.commit()
+
+
+def pass_risk(engine: Engine, order_id: str) -> None:
+    """Run the risk gate on the order's latest RiskCheck (a replace's new terms go through it first)."""
+    check = outbox_of(engine, order_id, "risk.check")[-1]
+    env = Envelope(
+        message_id=check["message_id"],
+        routing_key="risk.check",
+        body=RiskCheckSchema().load(check["body"]),
+        correlation_id=order_id,
+    )
+    with UnitOfWork(engine, claim_outbox=True) as uow:
+        handle_risk_check(uow, env)
         uow.commit()
 
 
@@ -286,6 +301,7 @@ def test_a_replace_is_sent_with_the_new_terms(engine: Engine) -> None:
     with UnitOfWork(engine) as uow:
         modify_order(uow, order_id, quantity=D("500"), price=D("70.04"), stop_price=None, notes=None, user_id=None)
         uow.commit()
+    pass_risk(engine, order_id)
     [route] = outbox_of(engine, order_id, "router.replace")
     deliver(engine, route)
 
@@ -330,6 +346,7 @@ def test_a_replace_superseded_by_a_cancel_is_skipped(engine: Engine) -> None:
     with UnitOfWork(engine) as uow:
         modify_order(uow, order_id, quantity=D("400"), price=None, stop_price=None, notes=None, user_id=None)
         uow.commit()
+    pass_risk(engine, order_id)  # the gate approves the replace; a cancel overtakes it on its way to the router
     with UnitOfWork(engine) as uow:
         cancel_order(uow, order_id, reason=None, user_id=None)
         uow.commit()

@@ -22,6 +22,7 @@ from common.messaging.topology import OMS_EXCHANGE, StageQueue, declare_exchange
 from common.runtime.stage import StageSpec, StageWorker
 from common.store import tables
 from common.store.db import make_engine
+from common.store.orders_repo import OrderRepository
 from common.store.outbox import OutboxMessage
 from common.store.uow import UnitOfWork
 from tests.support.polling import async_wait_until
@@ -171,3 +172,94 @@ async def test_message_failing_every_time_is_dead_lettered_after_delivery_limit(
         ).one()
     assert "asked to fail" in failure.error
     assert failure.attempts == DELIVERY_LIMIT + 1
+
+
+# --------------------------------------------------------------------------- hooks: prepare and companions
+
+
+def test_prepare_runs_once_per_batch_after_the_locks_and_before_the_handler(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, Any]] = []
+    original_lock = OrderRepository.lock
+
+    def lock(self: OrderRepository, order_ids: Any) -> None:
+        calls.append(("lock", None))
+        original_lock(self, order_ids)
+
+    def prepare(uow: UnitOfWork, envelopes: list[Envelope]) -> None:
+        calls.append(("prepare", ([e.message_id for e in envelopes], uow.connection.get_transaction())))
+
+    def handler(uow: UnitOfWork, env: Envelope) -> None:
+        calls.append(("handle", (env.message_id, uow.connection.get_transaction())))
+
+    monkeypatch.setattr(OrderRepository, "lock", lock)
+    stage = f"test_{uuid.uuid4().hex[:8]}"
+    spec = StageSpec(stage=stage, schemas={"*": EchoSchema()}, handler=handler, prepare=prepare)
+    engine = make_engine(database_url)
+    worker = StageWorker(spec, Settings(database_url=database_url), engine)
+    try:
+        envelopes = [Envelope(str(uuid.uuid4()), f"{stage}.echo", {"text": str(i)}) for i in range(3)]
+        outcome = worker.process([*envelopes, envelopes[0]])  # a duplicate within the batch runs once
+        assert not outcome.failed and not outcome.dead
+        ids = [e.message_id for e in envelopes]
+        assert [kind for kind, _ in calls] == ["lock", "prepare", "handle", "handle", "handle"]
+        prepared_ids, transaction = calls[1][1]
+        assert prepared_ids == ids
+        assert [value for kind, value in calls[2:]] == [(i, transaction) for i in ids]  # one transaction
+
+        calls.clear()
+        worker.process(envelopes[:1])  # already applied: nothing to prepare, nothing to handle
+        assert [kind for kind, _ in calls] == ["lock"]
+    finally:
+        engine.dispose()
+
+
+class FlakyCompanion:
+    """Fails on its first run, then runs until stopped."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.stopped = asyncio.Event()
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            raise RuntimeError("first run fails")
+        await self.stopped.wait()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+async def test_companions_run_beside_the_consumer_restart_after_a_failure_and_stop_with_it(
+    database_url: str, amqp_url: str
+) -> None:
+    companions: list[FlakyCompanion] = []
+
+    def factory(settings: Settings, engine: Engine) -> FlakyCompanion:
+        assert settings.amqp_url == amqp_url
+        companions.append(FlakyCompanion())
+        return companions[-1]
+
+    queue_def = StageQueue(f"test_{uuid.uuid4().hex[:8]}", ("test.companion",))
+    spec = StageSpec(
+        stage=queue_def.stage,
+        schemas={"*": EchoSchema()},
+        handler=echo,
+        queue_override=queue_def,
+        companions=(factory,),
+    )
+    engine = make_engine(database_url)
+    worker = StageWorker(spec, Settings(database_url=database_url, amqp_url=amqp_url), engine)
+    task = asyncio.create_task(worker.run())
+    try:
+        await async_wait_until(lambda: bool(companions) and companions[0].runs == 2, timeout=20, message="restart")
+        assert not task.done()  # the stage went on while its companion failed
+        worker.stop()
+        await asyncio.wait_for(task, 20)
+        [companion] = companions
+        assert companion.stopped.is_set() and companion.runs == 2
+    finally:
+        worker.stop()
+        engine.dispose()

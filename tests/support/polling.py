@@ -60,7 +60,7 @@ def wait_until(
 async def async_wait_until(
     predicate: Callable[[], T | Awaitable[T]],
     # Same signature as wait_until on purpose; asyncio.timeout() cannot report the last value seen.
-    timeout: float = 10.0,  # noqa: ASYNC109
+    timeout: float = 10.0,
     interval: float = 0.05,
     message: Message = "",
 ) -> T:

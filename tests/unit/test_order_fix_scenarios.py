@@ -39,9 +39,20 @@ def routed_order(
 ) -> Order:
     """New Order(X): created, approved by risk and handed to the broker."""
     order = Order.create(
-        id="o-1", account_id="acc-1", symbol="AAPL", side=Side.BUY, type=type, quantity=quantity,
-        price=price, stop_price=None, time_in_force=tif, strategy_id=None, notes=None, client_order_id=None,
-        now=T0, user_id="u-1",
+        id="o-1",
+        account_id="acc-1",
+        symbol="AAPL",
+        side=Side.BUY,
+        type=type,
+        quantity=quantity,
+        price=price,
+        stop_price=None,
+        time_in_force=tif,
+        strategy_id=None,
+        notes=None,
+        client_order_id=None,
+        now=T0,
+        user_id="u-1",
     )
     order.approve(["limits"], T0)
     order.mark_routed("route-1", T0)
@@ -59,16 +70,21 @@ class Venue:
     def report(self, exec_type: ExecType, cum: object, leaves: object, **kw: object) -> ExecutionReportData:
         self.seq += 1
         fields: dict[str, object] = dict(
-            execution_id=f"e-{self.seq}", order_id=self.order_id, exec_type=exec_type, cum_qty=D(str(cum)),
-            leaves_qty=D(str(leaves)), timestamp=T0 + timedelta(seconds=self.seq), broker_order_id="b-1",
+            execution_id=f"e-{self.seq}",
+            order_id=self.order_id,
+            exec_type=exec_type,
+            cum_qty=D(str(cum)),
+            leaves_qty=D(str(leaves)),
+            timestamp=T0 + timedelta(seconds=self.seq),
+            broker_order_id="b-1",
         )
         for key, value in kw.items():
             fields[key] = D(str(value)) if key in _DECIMAL_FIELDS and value is not None else value
         return ExecutionReportData(**fields)  # type: ignore[arg-type]
 
-    def fill(self, last: object, px: object, cum: object, leaves: object, avg: object, **kw: object) -> (
-        ExecutionReportData
-    ):
+    def fill(
+        self, last: object, px: object, cum: object, leaves: object, avg: object, **kw: object
+    ) -> ExecutionReportData:
         exec_type = X.FILL if D(str(leaves)) == 0 else X.PARTIAL_FILL
         return self.report(exec_type, cum, leaves, last_qty=last, last_px=px, avg_px=avg, **kw)
 
@@ -113,19 +129,42 @@ def replay(scenario: Scenario) -> list[tuple[Order, ReportOutcome | None]]:
 
 def to_report(scenario: Scenario, report: Report, index: int, now: datetime) -> ExecutionReportData:
     return ExecutionReportData(
-        execution_id=f"{scenario.ref}-e{index}", order_id="o-1",
+        execution_id=f"{scenario.ref}-e{index}",
+        order_id="o-1",
         request_id=None if report.answers is None else f"{scenario.ref}-{report.answers}",
-        broker_order_id="b-1", exec_type=report.exec_type, last_qty=report.last_qty, last_px=report.last_px,
-        cum_qty=report.cum_qty, leaves_qty=report.leaves_qty, avg_px=report.avg_px,
-        order_qty=report.order_qty, price=report.price, timestamp=now, venue="SIM",
+        broker_order_id="b-1",
+        exec_type=report.exec_type,
+        last_qty=report.last_qty,
+        last_px=report.last_px,
+        cum_qty=report.cum_qty,
+        leaves_qty=report.leaves_qty,
+        avg_px=report.avg_px,
+        order_qty=report.order_qty,
+        price=report.price,
+        timestamp=now,
+        venue="SIM",
     )
 
 
 def check(order: Order, expect: Expect, where: str) -> None:
-    actual = (order.state, order.status, order.quantity, order.filled_quantity, order.leaves_quantity,
-              order.average_execution_price, order.price)
-    wanted = (expect.state, expect.status, expect.quantity, expect.cum_qty, expect.leaves_qty, expect.avg_px,
-              expect.price)
+    actual = (
+        order.state,
+        order.status,
+        order.quantity,
+        order.filled_quantity,
+        order.leaves_quantity,
+        order.average_execution_price,
+        order.price,
+    )
+    wanted = (
+        expect.state,
+        expect.status,
+        expect.quantity,
+        expect.cum_qty,
+        expect.leaves_qty,
+        expect.avg_px,
+        expect.price,
+    )
     assert actual == wanted, where
 
 
@@ -197,7 +236,10 @@ def test_partial_fills_to_a_full_fill_with_average_price_and_fees() -> None:
     assert last.fill == FillDelta("e-4", D(20), D("11.00"), D("0.20"))
     assert (first.status_changed, second.status_changed, last.status_changed) == (True, False, True)
     assert [e.type for e in order.events] == [
-        E.ORDER_ACKNOWLEDGED, E.ORDER_PARTIALLY_FILLED, E.ORDER_PARTIALLY_FILLED, E.ORDER_FILLED
+        E.ORDER_ACKNOWLEDGED,
+        E.ORDER_PARTIALLY_FILLED,
+        E.ORDER_PARTIALLY_FILLED,
+        E.ORDER_FILLED,
     ]
     assert order.broker_order_id == "b-1"
 
@@ -249,7 +291,10 @@ def test_reports_out_of_order_converge() -> None:
     outcomes = [reverse.apply_report(report, T0) for report in reversed(reports)]
     for order in (in_order, reverse):
         assert (order.state, order.filled_quantity, order.average_execution_price, order.fees) == (
-            S.FILLED, D(100), D("10.6"), D("0.3")
+            S.FILLED,
+            D(100),
+            D("10.6"),
+            D("0.3"),
         )
     # the stale fills still book their execution for settlement; the late NEW changes nothing
     assert [o.fill.quantity if o.fill else None for o in outcomes] == [D(50), D(30), D(20), None]
@@ -262,14 +307,19 @@ def test_a_fill_after_a_cancel_request_is_applied_and_the_cancel_still_lands() -
     order.request_cancel("c-1", "user", T0, "u-1")
     outcome = order.apply_report(venue.fill(40, "10", 40, 60, "10"), T0)
     assert (order.state, order.status, outcome.fill) == (
-        S.PARTIALLY_FILLED, OrderStatus.PARTIALLY_FILLED, FillDelta("e-2", D(40), D(10), D(0))
+        S.PARTIALLY_FILLED,
+        OrderStatus.PARTIALLY_FILLED,
+        FillDelta("e-2", D(40), D(10), D(0)),
     )
     order.apply_report(venue.report(X.PENDING_CANCEL, 40, 60, request_id="c-1"), T0)
     assert order.state is S.PENDING_CANCEL and order.pending_request is not None
     assert order.pending_request.acknowledged
     order.apply_report(venue.report(X.CANCELED, 40, 0, request_id="c-1", avg_px="10"), T0)
     assert (order.state, order.status, order.filled_quantity, order.pending_request) == (
-        S.CANCELED, OrderStatus.CANCELED, D(40), None
+        S.CANCELED,
+        OrderStatus.CANCELED,
+        D(40),
+        None,
     )
 
 
@@ -296,7 +346,10 @@ def test_an_overfill_is_recorded_and_flagged_never_raised() -> None:
     outcome = order.apply_report(venue.fill(10, "10", 110, 0, "10"), T0)
     assert outcome.anomalies == ["overfill"] and outcome.fill is not None
     assert (order.state, order.filled_quantity, order.overfilled, order.leaves_quantity) == (
-        S.FILLED, D(110), True, D(0)
+        S.FILLED,
+        D(110),
+        True,
+        D(0),
     )
     types = [e.type for e in order.events]
     assert types[-2:] == [E.OVERFILL_DETECTED, E.EXECUTION_ANOMALY]
@@ -316,19 +369,20 @@ def test_a_bust_reverses_the_fill_and_reopens_a_filled_order() -> None:
     assert order.state is S.FILLED
 
     bust = order.apply_report(
-        venue.report(X.TRADE_CANCEL, 40, 60, last_qty=60, last_px="11", avg_px="10", fees="-0.6",
-                     exec_ref_id="e-2"),
+        venue.report(X.TRADE_CANCEL, 40, 60, last_qty=60, last_px="11", avg_px="10", fees="-0.6", exec_ref_id="e-2"),
         T0,
     )
     assert bust.fill == FillDelta("e-3", D(-60), D(11), D("-0.6"), reversal=True, reverses_execution_id="e-2")
     assert (order.state, order.status, order.filled_quantity, order.average_execution_price, order.fees) == (
-        S.PARTIALLY_FILLED, OrderStatus.PARTIALLY_FILLED, D(40), D(10), D("0.4")
+        S.PARTIALLY_FILLED,
+        OrderStatus.PARTIALLY_FILLED,
+        D(40),
+        D(10),
+        D("0.4"),
     )
     assert bust.status_changed and order.events[-1].type is E.TRADE_BUSTED
 
-    order.apply_report(
-        venue.report(X.TRADE_CANCEL, 0, 100, last_qty=40, last_px="10", exec_ref_id="e-1"), T0
-    )
+    order.apply_report(venue.report(X.TRADE_CANCEL, 0, 100, last_qty=40, last_px="10", exec_ref_id="e-1"), T0)
     assert (order.state, order.filled_quantity, order.average_execution_price) == (S.OPEN, D(0), None)
 
 
@@ -336,9 +390,7 @@ def test_a_bust_on_a_canceled_order_changes_quantities_not_state() -> None:
     order, venue = routed_order(D(100)), Venue()
     order.apply_report(venue.fill(40, "10", 40, 60, "10"), T0)
     order.apply_report(venue.report(X.CANCELED, 40, 0), T0)
-    outcome = order.apply_report(
-        venue.report(X.TRADE_CANCEL, 0, 0, last_qty=40, last_px="10", exec_ref_id="e-1"), T0
-    )
+    outcome = order.apply_report(venue.report(X.TRADE_CANCEL, 0, 0, last_qty=40, last_px="10", exec_ref_id="e-1"), T0)
     assert (order.state, order.filled_quantity, outcome.fill is not None) == (S.CANCELED, D(0), True)
 
 
@@ -375,7 +427,10 @@ def test_venue_reject_rejects_an_unfilled_order() -> None:
     order, venue = routed_order(D(100)), Venue()
     outcome = order.apply_report(venue.report(X.REJECTED, 0, 0, reason="unknown symbol"), T0)
     assert (order.state, order.status, order.rejection_code, order.rejection_reason) == (
-        S.REJECTED, OrderStatus.REJECTED, "VENUE_REJECTED", "unknown symbol"
+        S.REJECTED,
+        OrderStatus.REJECTED,
+        "VENUE_REJECTED",
+        "unknown symbol",
     )
     assert outcome.status_changed
 
@@ -418,7 +473,10 @@ def test_new_ack_records_the_broker_order_id() -> None:
     venue_report = venue.report(X.NEW, 0, 100)
     outcome = order.apply_report(venue_report, T0)
     assert (order.state, order.broker_order_id, outcome.state_changed, outcome.status_changed) == (
-        S.OPEN, "b-1", True, True
+        S.OPEN,
+        "b-1",
+        True,
+        True,
     )
 
 

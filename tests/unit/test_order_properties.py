@@ -32,9 +32,20 @@ X = ExecType
 
 def routed(quantity: Decimal, tif: TimeInForce = TimeInForce.DAY) -> Order:
     order = Order.create(
-        id="o-1", account_id="acc-1", symbol="AAPL", side=Side.BUY, type=OrderType.LIMIT, quantity=quantity,
-        price=D("200"), stop_price=None, time_in_force=tif, strategy_id=None, notes=None,
-        client_order_id=None, now=T0, user_id=None,
+        id="o-1",
+        account_id="acc-1",
+        symbol="AAPL",
+        side=Side.BUY,
+        type=OrderType.LIMIT,
+        quantity=quantity,
+        price=D("200"),
+        stop_price=None,
+        time_in_force=tif,
+        strategy_id=None,
+        notes=None,
+        client_order_id=None,
+        now=T0,
+        user_id=None,
     )
     order.approve([], T0)
     order.mark_routed("r", T0)
@@ -50,10 +61,17 @@ def fill_sets(draw: st.DrawFn) -> tuple[Decimal, TimeInForce, list[ExecutionRepo
     increments = draw(st.lists(st.integers(1, 200), min_size=1, max_size=6))
     reports: list[ExecutionReportData] = []
     if draw(st.booleans()):
-        reports.append(ExecutionReportData(
-            execution_id="ack", order_id="o-1", broker_order_id="b-1", exec_type=X.NEW, cum_qty=D(0),
-            leaves_qty=quantity, timestamp=T0,
-        ))
+        reports.append(
+            ExecutionReportData(
+                execution_id="ack",
+                order_id="o-1",
+                broker_order_id="b-1",
+                exec_type=X.NEW,
+                cum_qty=D(0),
+                leaves_qty=quantity,
+                timestamp=T0,
+            )
+        )
     cum, notional = D(0), D(0)
     for index, increment in enumerate(increments):
         last_qty = D(increment) / D(10)
@@ -64,18 +82,36 @@ def fill_sets(draw: st.DrawFn) -> tuple[Decimal, TimeInForce, list[ExecutionRepo
         leaves = max(quantity - cum, D(0))
         if tif is TimeInForce.IOC and final:
             leaves = D(0)  # IOC: the venue's last word leaves nothing working
-        reports.append(ExecutionReportData(
-            execution_id=f"e-{index}", order_id="o-1", broker_order_id="b-1",
-            exec_type=X.FILL if leaves == 0 else X.PARTIAL_FILL, last_qty=last_qty, last_px=last_px,
-            cum_qty=cum, leaves_qty=leaves, avg_px=notional / cum,
-            fees=D(draw(st.integers(0, 99))) / D(100), timestamp=T0 + timedelta(seconds=index),
-        ))
+        reports.append(
+            ExecutionReportData(
+                execution_id=f"e-{index}",
+                order_id="o-1",
+                broker_order_id="b-1",
+                exec_type=X.FILL if leaves == 0 else X.PARTIAL_FILL,
+                last_qty=last_qty,
+                last_px=last_px,
+                cum_qty=cum,
+                leaves_qty=leaves,
+                avg_px=notional / cum,
+                fees=D(draw(st.integers(0, 99))) / D(100),
+                timestamp=T0 + timedelta(seconds=index),
+            )
+        )
     return quantity, tif, reports
 
 
 def outcome_of(order: Order) -> tuple[object, ...]:
-    return (order.state, order.status, order.filled_quantity, order.average_execution_price, order.fees,
-            order.overfilled, order.quantity, order.broker_order_id, order.leaves_quantity)
+    return (
+        order.state,
+        order.status,
+        order.filled_quantity,
+        order.average_execution_price,
+        order.fees,
+        order.overfilled,
+        order.quantity,
+        order.broker_order_id,
+        order.leaves_quantity,
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -121,11 +157,21 @@ def any_report(draw: st.DrawFn) -> ExecutionReportData:
         return draw(st.one_of(st.none(), st.integers(1, 300).map(D)))
 
     return ExecutionReportData(
-        execution_id=draw(st.uuids()).hex, order_id="o-1", request_id=draw(st.sampled_from(_REQUEST_IDS)),
-        broker_order_id=draw(st.sampled_from([None, "b-1", "b-2"])), exec_type=draw(st.sampled_from(ExecType)),
-        last_qty=qty(), last_px=px(), cum_qty=qty(), leaves_qty=qty(), avg_px=px(),
-        order_qty=draw(st.one_of(st.none(), st.integers(1, 150).map(D))), price=px(),
-        fees=D(draw(st.integers(-10, 10))) / D(10), timestamp=T0, exec_ref_id=draw(st.sampled_from([None, "e"])),
+        execution_id=draw(st.uuids()).hex,
+        order_id="o-1",
+        request_id=draw(st.sampled_from(_REQUEST_IDS)),
+        broker_order_id=draw(st.sampled_from([None, "b-1", "b-2"])),
+        exec_type=draw(st.sampled_from(ExecType)),
+        last_qty=qty(),
+        last_px=px(),
+        cum_qty=qty(),
+        leaves_qty=qty(),
+        avg_px=px(),
+        order_qty=draw(st.one_of(st.none(), st.integers(1, 150).map(D))),
+        price=px(),
+        fees=D(draw(st.integers(-10, 10))) / D(10),
+        timestamp=T0,
+        exec_ref_id=draw(st.sampled_from([None, "e"])),
     )
 
 
@@ -144,16 +190,36 @@ def any_order(draw: st.DrawFn) -> Order:
     if state is S.PARTIALLY_FILLED and filled == 0:
         filled = D(0) if quantity == 1 else D(1)
         state = S.OPEN if filled == 0 else state
-    pending = draw(st.one_of(st.none(), st.builds(
-        PendingRequest, kind=st.sampled_from(RequestKind), request_id=st.sampled_from(["r-1", "r-2", "c-1"]),
-        requested_at=st.just(T0), quantity=st.integers(1, 150).map(D), price=st.just(D(100)),
-        acknowledged=st.booleans(),
-    )))
+    pending = draw(
+        st.one_of(
+            st.none(),
+            st.builds(
+                PendingRequest,
+                kind=st.sampled_from(RequestKind),
+                request_id=st.sampled_from(["r-1", "r-2", "c-1"]),
+                requested_at=st.just(T0),
+                quantity=st.integers(1, 150).map(D),
+                price=st.just(D(100)),
+                acknowledged=st.booleans(),
+            ),
+        )
+    )
     return Order(
-        id="o-1", account_id="a", symbol="AAPL", side=Side.SELL, type=OrderType.LIMIT, quantity=quantity,
-        price=D(100), time_in_force=draw(st.sampled_from(TimeInForce)), state=state, filled_quantity=filled,
-        average_execution_price=D(100) if filled else None, pending_request=pending,
-        overfilled=filled > quantity, created_at=T0, updated_at=T0,
+        id="o-1",
+        account_id="a",
+        symbol="AAPL",
+        side=Side.SELL,
+        type=OrderType.LIMIT,
+        quantity=quantity,
+        price=D(100),
+        time_in_force=draw(st.sampled_from(TimeInForce)),
+        state=state,
+        filled_quantity=filled,
+        average_execution_price=D(100) if filled else None,
+        pending_request=pending,
+        overfilled=filled > quantity,
+        created_at=T0,
+        updated_at=T0,
     )
 
 
@@ -211,14 +277,38 @@ def test_applying_a_report_is_cheap() -> None:
     orders = [routed(D(100)) for _ in range(500)]
     reports = []
     for order in orders:
-        reports.append((order, ExecutionReportData(
-            execution_id="a", order_id=order.id, broker_order_id="b", exec_type=X.NEW, cum_qty=D(0),
-            leaves_qty=D(100), timestamp=T0)))
+        reports.append(
+            (
+                order,
+                ExecutionReportData(
+                    execution_id="a",
+                    order_id=order.id,
+                    broker_order_id="b",
+                    exec_type=X.NEW,
+                    cum_qty=D(0),
+                    leaves_qty=D(100),
+                    timestamp=T0,
+                ),
+            )
+        )
         for i, cum in enumerate((D(30), D(70), D(100))):
-            reports.append((order, ExecutionReportData(
-                execution_id=f"e{i}", order_id=order.id, exec_type=X.FILL if cum == 100 else X.PARTIAL_FILL,
-                last_qty=D(40), last_px=D("10.5"), cum_qty=cum, leaves_qty=D(100) - cum, avg_px=D("10.5"),
-                fees=D("0.01"), timestamp=T0)))
+            reports.append(
+                (
+                    order,
+                    ExecutionReportData(
+                        execution_id=f"e{i}",
+                        order_id=order.id,
+                        exec_type=X.FILL if cum == 100 else X.PARTIAL_FILL,
+                        last_qty=D(40),
+                        last_px=D("10.5"),
+                        cum_qty=cum,
+                        leaves_qty=D(100) - cum,
+                        avg_px=D("10.5"),
+                        fees=D("0.01"),
+                        timestamp=T0,
+                    ),
+                )
+            )
     started = time.perf_counter()
     for order, report in reports:
         order.apply_report(report, T0)

@@ -39,10 +39,20 @@ E = OrderEventType
 def make_order(state: OrderState = S.NEW, filled: Decimal = Decimal(0), **overrides: object) -> Order:
     """An order as the store would load it, in any state."""
     fields: dict[str, object] = dict(
-        id="o-1", account_id="acc-1", symbol="AAPL", side=Side.BUY, type=OrderType.LIMIT,
-        quantity=Decimal(100), price=Decimal("150"), time_in_force=TimeInForce.DAY,
-        state=state, filled_quantity=filled, average_execution_price=Decimal("150") if filled else None,
-        created_at=T0, updated_at=T0, version=3,
+        id="o-1",
+        account_id="acc-1",
+        symbol="AAPL",
+        side=Side.BUY,
+        type=OrderType.LIMIT,
+        quantity=Decimal(100),
+        price=Decimal("150"),
+        time_in_force=TimeInForce.DAY,
+        state=state,
+        filled_quantity=filled,
+        average_execution_price=Decimal("150") if filled else None,
+        created_at=T0,
+        updated_at=T0,
+        version=3,
     )
     fields.update(overrides)
     return Order(**fields)  # type: ignore[arg-type]
@@ -58,10 +68,18 @@ COMMANDS: dict[str, Command] = {
     "modify_unrouted": lambda o: o.modify_unrouted(Decimal(50), Decimal("149"), None, T1, "u-1"),
     "request_cancel": lambda o: o.request_cancel("c-1", "user asked", T1, "u-1"),
     "request_replace": lambda o: o.request_replace("c-2", Decimal(80), Decimal("149"), None, T1, "u-1"),
+    "approve_replace_request": lambda o: o.approve_replace_request("r-9", ["max_position"], T1),
+    "reject_replace_request": lambda o: o.reject_replace_request("r-9", "MAX_POSITION_EXCEEDED", "too big", T1),
     "expire": lambda o: o.expire("session close", T1),
 }
+# The risk gate answers a replace the order is waiting on: these commands run on an order that has one.
+PENDING_REPLACE = PendingRequest(
+    kind=RequestKind.REPLACE, request_id="r-9", requested_at=T0, quantity=Decimal(80), price=Decimal("149")
+)
+NEEDS_PENDING_REPLACE = {"approve_replace_request", "reject_replace_request"}
 
 AT_VENUE_REQUESTABLE = {S.ROUTED, S.OPEN, S.PARTIALLY_FILLED, S.PENDING_REPLACE}
+AT_VENUE = AT_VENUE_REQUESTABLE | {S.PENDING_CANCEL}
 LIVE = {S.NEW, S.APPROVED, S.ROUTED, S.OPEN, S.PARTIALLY_FILLED, S.PENDING_CANCEL, S.PENDING_REPLACE}
 
 # The expected table, written out independently of the implementation: command -> (sources, dest, event).
@@ -74,6 +92,8 @@ EXPECTED: dict[str, tuple[set[OrderState], OrderState | None, OrderEventType]] =
     "modify_unrouted": ({S.NEW, S.APPROVED}, S.NEW, E.ORDER_MODIFIED),
     "request_cancel": (AT_VENUE_REQUESTABLE, None, E.CANCEL_REQUESTED),
     "request_replace": (AT_VENUE_REQUESTABLE, None, E.REPLACE_REQUESTED),
+    "approve_replace_request": (AT_VENUE, None, E.RISK_APPROVED),
+    "reject_replace_request": (AT_VENUE, None, E.REPLACE_REJECTED),
     "expire": (LIVE, S.EXPIRED, E.ORDER_EXPIRED),
 }
 
@@ -88,7 +108,8 @@ CASES = [(command, state) for command in COMMANDS for state in OrderState]
 @pytest.mark.parametrize(("command", "state"), CASES, ids=[f"{c}-{s}" for c, s in CASES])
 def test_every_command_in_every_state(command: str, state: OrderState) -> None:
     filled = Decimal(100) if state is S.FILLED else _filled_for(state)
-    order = make_order(state, filled)
+    pending = {"pending_request": PENDING_REPLACE} if command in NEEDS_PENDING_REPLACE else {}
+    order = make_order(state, filled, **pending)
     before = copy.deepcopy(order)
     sources, dest, event_type = EXPECTED[command]
 
@@ -111,8 +132,20 @@ def test_state_table_is_one_machine_without_models() -> None:
     assert not lifecycle.MACHINE.auto_transitions
     assert "to_NEW" not in lifecycle.TRIGGERS
     expected_triggers = {
-        "approve", "reject", "route", "acknowledge", "partial_fill", "fill", "cancel_pending", "cancel",
-        "cancel_reject", "replace_pending", "replace", "replace_reject", "expire", "bust",
+        "approve",
+        "reject",
+        "route",
+        "acknowledge",
+        "partial_fill",
+        "fill",
+        "cancel_pending",
+        "cancel",
+        "cancel_reject",
+        "replace_pending",
+        "replace",
+        "replace_reject",
+        "expire",
+        "bust",
     }
     assert expected_triggers <= lifecycle.TRIGGERS
     # the flattened table agrees with the Machine it came from
@@ -166,12 +199,97 @@ def test_a_replace_may_follow_an_unanswered_replace_and_a_cancel_may_follow_a_re
     assert order.state is S.PARTIALLY_FILLED
 
 
+def test_the_risk_gate_approves_a_replace_without_changing_the_order() -> None:
+    order = make_order(S.PARTIALLY_FILLED, Decimal(40), pending_request=PENDING_REPLACE)
+    order.approve_replace_request("r-9", ["max_order_quantity"], T1, details={"limits": {"a": 1}, "state": "x"})
+    assert (order.state, order.quantity, order.price, order.pending_request) == (
+        S.PARTIALLY_FILLED,
+        Decimal(100),
+        Decimal("150"),
+        PENDING_REPLACE,
+    )
+    [event] = order.events
+    assert event.payload == {
+        "request_id": "r-9",
+        "checks": ["max_order_quantity"],
+        "state": S.PARTIALLY_FILLED,
+        "limits": {"a": 1},
+    }  # details join the payload; the command's own fields win a clash
+
+
+@pytest.mark.parametrize("pending", [None, "c-1", "r-1"])
+def test_only_the_pending_replace_can_be_approved(pending: str | None) -> None:
+    request = None
+    if pending is not None:
+        kind = RequestKind.CANCEL if pending.startswith("c") else RequestKind.REPLACE
+        request = PendingRequest(kind=kind, request_id=pending, requested_at=T0)
+    order = make_order(S.OPEN, pending_request=request)
+    before = copy.deepcopy(order)
+    with pytest.raises(InvalidCommand, match="r-9"):
+        order.approve_replace_request("r-9", [], T1)
+    assert order == before and order.events == []
+
+
+def test_a_replace_refused_by_risk_clears_its_pending_request_and_keeps_the_terms() -> None:
+    order = make_order(S.OPEN, pending_request=PENDING_REPLACE)
+    details = {"rule": "max_position", "figures": {"limit": Decimal(10)}}
+    order.reject_replace_request("r-9", "MAX_POSITION_EXCEEDED", "too big", T1, details=details)
+    assert (order.state, order.quantity, order.price, order.pending_request) == (
+        S.OPEN,
+        Decimal(100),
+        Decimal("150"),
+        None,
+    )
+    assert (order.rejection_code, order.rejection_reason) == (None, None)  # the order is not rejected
+    [event] = order.events
+    assert event.type is E.REPLACE_REJECTED
+    assert event.payload == {
+        "request_id": "r-9",
+        "code": "MAX_POSITION_EXCEEDED",
+        "reason": "too big",
+        "source": "risk",
+        "pending_cleared": True,
+        "state": S.OPEN,
+        **details,
+    }
+
+
+def test_a_replace_refused_by_risk_leaves_a_newer_request_pending() -> None:
+    newer = PendingRequest(kind=RequestKind.REPLACE, request_id="r-10", requested_at=T1, quantity=Decimal(70))
+    order = make_order(S.OPEN, pending_request=newer)
+    order.reject_replace_request("r-9", "MAX_ORDER_QUANTITY_EXCEEDED", "too big", T1)
+    assert order.pending_request == newer
+    assert order.events[-1].payload["pending_cleared"] is False
+
+
+def test_approve_and_reject_merge_their_details_into_the_event() -> None:
+    approved = make_order(S.NEW)
+    approved.approve(["kill_switch"], T1, details={"reference_price": {"price": Decimal("150")}})
+    assert approved.events[-1].payload == {
+        "checks": ["kill_switch"],
+        "state": S.APPROVED,
+        "reference_price": {"price": Decimal("150")},
+    }
+    rejected = make_order(S.NEW)
+    rejected.reject("MAX_ORDER_QUANTITY_EXCEEDED", "too big", T1, details={"rule": "max_order_quantity", "code": "X"})
+    assert rejected.events[-1].payload == {
+        "code": "MAX_ORDER_QUANTITY_EXCEEDED",
+        "reason": "too big",
+        "state": S.REJECTED,
+        "rule": "max_order_quantity",
+    }
+
+
 def test_request_replace_records_the_complete_new_terms() -> None:
     order = make_order(S.OPEN)
     order.request_replace("r-1", Decimal(80), Decimal("149.5"), None, T1, "u-9")
     assert order.pending_request == PendingRequest(
-        kind=RequestKind.REPLACE, request_id="r-1", requested_at=T1, quantity=Decimal(80),
-        price=Decimal("149.5"), stop_price=None,
+        kind=RequestKind.REPLACE,
+        request_id="r-1",
+        requested_at=T1,
+        quantity=Decimal(80),
+        price=Decimal("149.5"),
+        stop_price=None,
     )
     assert order.quantity == Decimal(100) and order.price == Decimal("150")  # not in force yet
     assert order.events[-1].user_id == "u-9"
@@ -179,8 +297,13 @@ def test_request_replace_records_the_complete_new_terms() -> None:
 
 @pytest.mark.parametrize(
     ("quantity", "price", "stop_price"),
-    [(Decimal(0), Decimal("150"), None), (Decimal(-5), Decimal("150"), None), (Decimal(10), None, None),
-     (Decimal(10), Decimal("-1"), None), (Decimal("NaN"), Decimal("150"), None)],
+    [
+        (Decimal(0), Decimal("150"), None),
+        (Decimal(-5), Decimal("150"), None),
+        (Decimal(10), None, None),
+        (Decimal(10), Decimal("-1"), None),
+        (Decimal("NaN"), Decimal("150"), None),
+    ],
 )
 def test_commands_with_bad_terms_raise_and_change_nothing(
     quantity: Decimal, price: Decimal | None, stop_price: Decimal | None
@@ -208,16 +331,29 @@ def test_reject_records_code_and_reason() -> None:
     order = make_order(S.NEW)
     order.reject("RISK_LIMIT", "too big", T1)
     assert (order.state, order.status, order.rejection_code, order.rejection_reason) == (
-        S.REJECTED, OrderStatus.REJECTED, "RISK_LIMIT", "too big"
+        S.REJECTED,
+        OrderStatus.REJECTED,
+        "RISK_LIMIT",
+        "too big",
     )
 
 
 def _create_kwargs(**overrides: object) -> dict[str, object]:
     kwargs: dict[str, object] = dict(
-        id="o-9", account_id="acc-1", symbol="MSFT", side=Side.SELL, type=OrderType.STOP_LIMIT,
-        quantity=Decimal("12.5"), price=Decimal("300"), stop_price=Decimal("301"),
-        time_in_force=TimeInForce.GTC, strategy_id="s-1", notes="n", client_order_id="dec-1",
-        now=T0, user_id="u-1",
+        id="o-9",
+        account_id="acc-1",
+        symbol="MSFT",
+        side=Side.SELL,
+        type=OrderType.STOP_LIMIT,
+        quantity=Decimal("12.5"),
+        price=Decimal("300"),
+        stop_price=Decimal("301"),
+        time_in_force=TimeInForce.GTC,
+        strategy_id="s-1",
+        notes="n",
+        client_order_id="dec-1",
+        now=T0,
+        user_id="u-1",
     )
     kwargs.update(overrides)
     return kwargs
@@ -235,8 +371,12 @@ def test_create_makes_a_new_order_with_one_event() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"quantity": Decimal(0)}, {"type": OrderType.MARKET}, {"type": OrderType.LIMIT, "price": None},
-     {"type": OrderType.STOP, "stop_price": None, "price": None}],
+    [
+        {"quantity": Decimal(0)},
+        {"type": OrderType.MARKET},
+        {"type": OrderType.LIMIT, "price": None},
+        {"type": OrderType.STOP, "stop_price": None, "price": None},
+    ],
 )
 def test_create_refuses_terms_that_break_the_rules(overrides: dict[str, object]) -> None:
     with pytest.raises(InvalidCommand):
@@ -254,11 +394,19 @@ def test_create_rejected_is_born_rejected_with_both_events() -> None:
 @pytest.mark.parametrize(
     ("state", "filled", "status"),
     [
-        (S.NEW, 0, "PENDING"), (S.APPROVED, 0, "PENDING"), (S.ROUTED, 0, "PENDING"), (S.OPEN, 0, "OPEN"),
-        (S.PARTIALLY_FILLED, 5, "PARTIALLY_FILLED"), (S.PENDING_CANCEL, 0, "OPEN"),
-        (S.PENDING_CANCEL, 5, "PARTIALLY_FILLED"), (S.PENDING_REPLACE, 0, "OPEN"),
-        (S.PENDING_REPLACE, 5, "PARTIALLY_FILLED"), (S.FILLED, 100, "FILLED"), (S.CANCELED, 5, "CANCELED"),
-        (S.EXPIRED, 5, "CANCELED"), (S.REJECTED, 0, "REJECTED"),
+        (S.NEW, 0, "PENDING"),
+        (S.APPROVED, 0, "PENDING"),
+        (S.ROUTED, 0, "PENDING"),
+        (S.OPEN, 0, "OPEN"),
+        (S.PARTIALLY_FILLED, 5, "PARTIALLY_FILLED"),
+        (S.PENDING_CANCEL, 0, "OPEN"),
+        (S.PENDING_CANCEL, 5, "PARTIALLY_FILLED"),
+        (S.PENDING_REPLACE, 0, "OPEN"),
+        (S.PENDING_REPLACE, 5, "PARTIALLY_FILLED"),
+        (S.FILLED, 100, "FILLED"),
+        (S.CANCELED, 5, "CANCELED"),
+        (S.EXPIRED, 5, "CANCELED"),
+        (S.REJECTED, 0, "REJECTED"),
     ],
 )
 def test_public_status_table(state: OrderState, filled: int, status: str) -> None:
@@ -275,8 +423,13 @@ def test_leaves_quantity() -> None:
 
 def test_pending_request_round_trips_through_a_dict() -> None:
     request = PendingRequest(
-        kind=RequestKind.REPLACE, request_id="r-1", requested_at=T0, quantity=Decimal("10.5"),
-        price=Decimal("99.25"), stop_price=None, acknowledged=True,
+        kind=RequestKind.REPLACE,
+        request_id="r-1",
+        requested_at=T0,
+        quantity=Decimal("10.5"),
+        price=Decimal("99.25"),
+        stop_price=None,
+        acknowledged=True,
     )
     data = request.to_dict()
     as_stored = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in data.items()}
@@ -295,8 +448,12 @@ def test_pull_events_hands_over_and_forgets() -> None:
 def test_a_report_for_another_order_is_a_caller_bug() -> None:
     order = make_order(S.ROUTED)
     report = ExecutionReportData(
-        execution_id="x", order_id="other", exec_type=ExecType.NEW, cum_qty=Decimal(0),
-        leaves_qty=Decimal(100), timestamp=T1,
+        execution_id="x",
+        order_id="other",
+        exec_type=ExecType.NEW,
+        cum_qty=Decimal(0),
+        leaves_qty=Decimal(100),
+        timestamp=T1,
     )
     with pytest.raises(ReportMismatch):
         order.apply_report(report, T1)

@@ -1,0 +1,24 @@
+# The OMS image: every worker, the front end, the simulated venue, the jobs worker and scheduler, and the
+# `oms` tools run from it (docker-compose.yml picks the process with `command`).
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    OMS_DATA_DIR=/var/lib/oms
+
+WORKDIR /app
+# Dependencies first (pinned by requirements.lock), so a code change does not reinstall them.
+COPY pyproject.toml requirements.lock ./
+RUN mkdir -p common services proto tools migrations \
+    && pip install -c requirements.lock -e . \
+    && useradd --system --home-dir /var/lib/oms --create-home oms \
+    && install -d -o oms -g oms /var/lib/oms/secrets
+COPY . .
+RUN pip install -c requirements.lock --no-deps -e .
+
+USER oms
+# Stage workers, the relay and the jobs processes serve /metrics and /health/* here (OMS_METRICS_PORT).
+EXPOSE 9100 8080 50051
+CMD ["python", "-m", "tools.cli", "help"]
