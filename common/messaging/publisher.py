@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
-from common import jsonutil
 from common.messaging.topology import BROKER_EXCHANGE, DEAD_LETTER_EXCHANGE, OMS_EXCHANGE
 from common.store.outbox import OutboxMessage
 
@@ -106,15 +104,7 @@ class Publisher:
         message_id: str | None = None,
     ) -> str:
         """Publish one JSON body with confirm (for tools and the simulated venue); raises if not confirmed."""
-        message = OutboxMessage(
-            message_id=message_id or str(uuid.uuid4()),
-            exchange=exchange,
-            routing_key=routing_key,
-            type=type,
-            correlation_id=correlation_id,
-            body=jsonutil.dumps(body),
-            headers=dict(headers or {}),
-        )
+        message = OutboxMessage.json(exchange, routing_key, type, body, correlation_id, headers, message_id)
         confirmed = await self.publish([message])
         if not confirmed:
             raise RuntimeError(f"publish to {exchange}/{routing_key} was not confirmed")

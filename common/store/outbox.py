@@ -28,6 +28,28 @@ class OutboxMessage:
     headers: Mapping[str, Any] = field(default_factory=dict)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    @classmethod
+    def json(
+        cls,
+        exchange: str,
+        routing_key: str,
+        type: str,
+        body: Mapping[str, Any],
+        correlation_id: str | None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> OutboxMessage:
+        """A message with a JSON body (Decimal-exact) and a new message id unless one is given."""
+        return cls(
+            message_id=message_id or str(uuid.uuid4()),
+            exchange=exchange,
+            routing_key=routing_key,
+            type=type,
+            correlation_id=correlation_id,
+            body=jsonutil.dumps(body),
+            headers=dict(headers or {}),
+        )
+
 
 class Outbox:
     """Collects the messages of one transaction and writes them as outbox rows at flush."""
@@ -51,15 +73,7 @@ class Outbox:
         message_id: str | None = None,
     ) -> OutboxMessage:
         """Queue a message for publication after commit; returns it (with its message id)."""
-        message = OutboxMessage(
-            message_id=message_id or str(uuid.uuid4()),
-            exchange=exchange,
-            routing_key=routing_key,
-            type=type,
-            correlation_id=correlation_id,
-            body=jsonutil.dumps(body),
-            headers=dict(headers or {}),
-        )
+        message = OutboxMessage.json(exchange, routing_key, type, body, correlation_id, headers, message_id)
         self._pending.append(message)
         return message
 

@@ -1,40 +1,16 @@
-"""Liveness and readiness: is the process up, and can it reach the database and the broker."""
+"""Readiness of the front end: the shared checks of ``common.health`` (database and broker), as REST and gRPC
+report them."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import pika
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
-UP = "UP"
-DOWN = "DOWN"
-CHECK_TIMEOUT_SECONDS = 2.0
+from common.health import UP, dependency_checks
+from common.health import Readiness as CachedChecks
 
-
-def check_database(engine: Engine) -> None:
-    """Raise unless ``SELECT 1`` answers."""
-    with engine.connect() as connection:
-        connection.execute(text("SET LOCAL statement_timeout = 2000"))
-        connection.execute(text("SELECT 1")).scalar_one()
-
-
-def check_broker(amqp_url: str, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
-    """Raise unless RabbitMQ accepts an AMQP connection and answers on it (a heartbeat round)."""
-    parameters = pika.URLParameters(amqp_url)
-    parameters.socket_timeout = timeout
-    parameters.stack_timeout = timeout
-    parameters.blocked_connection_timeout = timeout
-    parameters.connection_attempts = 1
-    parameters.client_properties = {"connection_name": "oms.api.readiness"}
-    connection = pika.BlockingConnection(parameters)
-    try:
-        connection.process_data_events(time_limit=0)
-    finally:
-        connection.close()
+__all__ = ["UP", "Readiness", "ReadinessProbe"]
 
 
 @dataclass(frozen=True)
@@ -50,30 +26,11 @@ class Readiness:
 
 
 class ReadinessProbe:
-    """Checks the database and the broker; caches the answer briefly so a busy probe cannot flood them."""
+    """Checks the database and the broker; the answer is cached briefly so a busy probe cannot flood them."""
 
     def __init__(self, engine: Engine, amqp_url: str, cache_seconds: float = 1.0) -> None:
-        self._checks: dict[str, Callable[[], None]] = {
-            "database": lambda: check_database(engine),
-            "broker": lambda: check_broker(amqp_url),
-        }
-        self._cache_seconds = cache_seconds
-        self._lock = threading.Lock()
-        self._last: tuple[float, Readiness] | None = None
+        self._checks = CachedChecks(dependency_checks(engine, amqp_url, "oms.api"), cache_seconds)
 
     def check(self) -> Readiness:
         """Run the checks (or return the answer of the last second)."""
-        with self._lock:
-            now = time.monotonic()
-            if self._last is not None and now - self._last[0] < self._cache_seconds:
-                return self._last[1]
-            results: dict[str, str] = {}
-            for name, probe in self._checks.items():
-                try:
-                    probe()
-                except Exception as exc:  # any failure means "not ready"; the reason is reported
-                    results[name] = f"{DOWN}: {type(exc).__name__}: {exc}"[:300]
-                else:
-                    results[name] = UP
-            self._last = (time.monotonic(), Readiness(results))
-            return self._last[1]
+        return Readiness(self._checks.results())

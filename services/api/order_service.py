@@ -49,19 +49,7 @@ def _field_errors(violations: Any) -> list[FieldError]:
 
 def order_request_of(body: Mapping[str, Any], client_order_id: str | None) -> OrderRequest:
     """The order command's request from a loaded ``CreateOrderRequest`` (snake_case keys)."""
-    return OrderRequest(
-        account_id=body["account_id"],
-        symbol=body["symbol"],
-        side=body["side"],
-        type=body["type"],
-        quantity=body["quantity"],
-        price=body.get("price"),
-        stop_price=body.get("stop_price"),
-        time_in_force=body.get("time_in_force") or "DAY",
-        strategy_id=body.get("strategy_id"),
-        notes=body.get("notes"),
-        client_order_id=client_order_id,
-    )
+    return OrderRequest.from_body(body, client_order_id)
 
 
 def valid_order_id(order_id: str) -> bool:

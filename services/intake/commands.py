@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -72,6 +72,23 @@ class OrderRequest:
     strategy_id: str | None = None
     notes: str | None = None
     client_order_id: str | None = None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], client_order_id: str | None) -> OrderRequest:
+        """From a schema-loaded ``CreateOrderRequest`` or ``TradeDecision`` (snake_case keys, Decimal numbers)."""
+        return cls(
+            account_id=body["account_id"],
+            symbol=body["symbol"],
+            side=body["side"],
+            type=body["type"],
+            quantity=body["quantity"],
+            price=body.get("price"),
+            stop_price=body.get("stop_price"),
+            time_in_force=body.get("time_in_force") or "DAY",
+            strategy_id=body.get("strategy_id"),
+            notes=body.get("notes"),
+            client_order_id=client_order_id,
+        )
 
 
 class OrderNotFound(Exception):

@@ -15,21 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def request_from_decision(body: Mapping[str, Any]) -> OrderRequest:
-    """The order a ``TradeDecision`` body (schema-loaded: snake_case, Decimal numbers) asks for; the
-    decision id is the idempotency key."""
-    return OrderRequest(
-        account_id=body["account_id"],
-        symbol=body["symbol"],
-        side=body["side"],
-        type=body["type"],
-        quantity=body["quantity"],
-        price=body.get("price"),
-        stop_price=body.get("stop_price"),
-        time_in_force=body.get("time_in_force") or "DAY",
-        strategy_id=body.get("strategy_id"),
-        notes=body.get("notes"),
-        client_order_id=body["decision_id"],
-    )
+    """The order a ``TradeDecision`` body asks for; the decision id is the idempotency key."""
+    return OrderRequest.from_body(body, client_order_id=body["decision_id"])
 
 
 def handle_decision(uow: UnitOfWork, env: Envelope) -> None:
