@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, insert, select, text, update
+from sqlalchemy import Connection, RowMapping, bindparam, insert, select, tuple_, update
 
 from common.domain import (
     Order,
@@ -125,58 +125,94 @@ def order_update_routing_key(order: Order) -> str:
 
 
 class OrderRepository:
-    """Reads and writes orders through one connection; remembers what it loaded to see what changed."""
+    """Orders of one transaction: an identity map over the rows it read, writes buffered until ``flush``.
+
+    A batch of a stage loads its orders once (``lock``), hands the same object to every message about the
+    same order, and writes every insert, update and event of the batch in a few statements at commit, so the
+    round trips per batch stay nearly constant however many messages it holds.
+    """
 
     def __init__(self, connection: Connection, outbox: Outbox) -> None:
         self._connection = connection
         self._outbox = outbox
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what this transaction read and buffered (after a commit or a rollback)."""
+        self._orders: dict[str, Order] = {}
+        self._by_client_key: dict[tuple[str, str], str | None] = {}
+        self._locked: set[str] = set()
+        self._new: dict[str, Order] = {}
+        self._dirty: dict[str, Order] = {}
+        self._event_rows: list[dict[str, Any]] = []
         self._sequence: dict[str, int] = {}
         self._seen: dict[str, tuple[str, Decimal, str]] = {}
 
     def _remember(self, order: Order, last_sequence: int) -> Order:
+        self._orders[order.id] = order
+        if order.client_order_id is not None:
+            self._by_client_key[(order.account_id, order.client_order_id)] = order.id
         self._sequence[order.id] = last_sequence
         self._seen[order.id] = (order.status.value, order.filled_quantity, order.state.value)
         return order
 
+    def _load(self, query: Any) -> list[Order]:
+        return [
+            self._remember(order_from_row(row), row["last_sequence"] or 0)
+            for row in self._connection.execute(query).mappings()
+        ]
+
     def lock(self, order_ids: Iterable[str]) -> None:
-        """Lock orders in id order, so writers of overlapping batches queue instead of deadlocking."""
-        ids = sorted(set(order_ids))
+        """Lock and load orders in id order, so writers of overlapping batches queue instead of deadlocking."""
+        ids = sorted(set(order_ids) - self._locked - set(self._dirty))
         if ids:
-            self._connection.execute(
-                text("SELECT id FROM orders WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"), {"ids": ids}
+            query = (
+                select(tables.orders, _EVENT_SEQ)
+                .where(tables.orders.c.id.in_(ids))
+                .order_by(tables.orders.c.id)
+                .with_for_update(of=tables.orders)
             )
+            self._locked.update(order.id for order in self._load(query))
 
     def get(self, order_id: str, for_update: bool = False) -> Order | None:
-        """Load one order (locking it when asked)."""
-        query = select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id == order_id)
+        """The order (locked when asked); the same object for every call in this transaction."""
+        cached = self._orders.get(order_id)
+        if cached is not None and (not for_update or order_id in self._locked or order_id in self._new):
+            return cached
         if for_update:
-            query = query.with_for_update(of=tables.orders)
-        row = self._connection.execute(query).mappings().first()
-        if row is None:
-            return None
-        return self._remember(order_from_row(row), row["last_sequence"] or 0)
+            self.lock([order_id])
+            return self._orders.get(order_id)
+        loaded = self._load(select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id == order_id))
+        return loaded[0] if loaded else None
 
     def get_many(self, order_ids: Iterable[str]) -> dict[str, Order]:
-        """Load several orders in one round trip (lock them first with ``lock`` when they will change)."""
-        ids = list(set(order_ids))
-        if not ids:
-            return {}
-        rows = self._connection.execute(select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id.in_(ids)))
-        return {row["id"]: self._remember(order_from_row(row), row["last_sequence"] or 0) for row in rows.mappings()}
+        """Several orders in one round trip (lock them first with ``lock`` when they will change)."""
+        ids = set(order_ids)
+        missing = [i for i in ids if i not in self._orders]
+        if missing:
+            self._load(select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id.in_(missing)))
+        return {i: self._orders[i] for i in ids if i in self._orders}
+
+    def prefetch_client_orders(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Look up many idempotency keys (account id, client order id) in one round trip."""
+        wanted = {k for k in keys if k not in self._by_client_key}
+        if not wanted:
+            return
+        o = tables.orders.c
+        pairs = sorted(wanted)
+        self._load(
+            select(tables.orders, _EVENT_SEQ).where(
+                tuple_(o.account_id, o.client_order_id).in_(pairs)  # type: ignore[arg-type]
+            )
+        )
+        for key in wanted:
+            self._by_client_key.setdefault(key, None)  # looked up: no such order
 
     def find_by_client_order_id(self, account_id: str, client_order_id: str) -> Order | None:
         """The order an idempotency key (decision id, Idempotency-Key) already made, if any."""
-        row = (
-            self._connection.execute(
-                select(tables.orders, _EVENT_SEQ).where(
-                    tables.orders.c.account_id == account_id,
-                    tables.orders.c.client_order_id == client_order_id,
-                )
-            )
-            .mappings()
-            .first()
-        )
-        return None if row is None else self._remember(order_from_row(row), row["last_sequence"] or 0)
+        self.prefetch_client_orders([(account_id, client_order_id)])
+        order_id = self._by_client_key.get((account_id, client_order_id))
+        return None if order_id is None else self._orders[order_id]
 
     def add(
         self,
@@ -186,8 +222,8 @@ class OrderRepository:
         message_id: str | None,
         user_id: str | None = None,
     ) -> None:
-        """Insert a new order with its events, and announce it to order-update subscribers."""
-        self._connection.execute(insert(tables.orders).values(id=order.id, **_order_values(order)))
+        """Book a new order with its events (written at flush), and announce it to order-update subscribers."""
+        self._new[order.id] = order
         self._sequence[order.id] = 0
         self._write_events(order, correlation_id, message_id, user_id)
         self._announce(order, None)
@@ -202,18 +238,34 @@ class OrderRepository:
         user_id: str | None = None,
         latest_execution: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write back an order loaded through this repository, with its new events and update message."""
+        """Record the changes of an order of this transaction, with its new events and update message."""
         if not order.events:
             return
-        self._connection.execute(
-            update(tables.orders).where(tables.orders.c.id == order.id).values(**_order_values(order))
-        )
+        if order.id not in self._new:
+            self._dirty[order.id] = order
         self._write_events(order, correlation_id, message_id, user_id)
         before = self._seen.get(order.id)
         after = (order.status.value, order.filled_quantity, order.state.value)
         if before != after or latest_execution is not None:
             self._announce(order, latest_execution)
         self._seen[order.id] = after
+
+    def flush(self) -> None:
+        """Write the buffered inserts, updates and events: a statement each, whatever the batch size."""
+        if self._new:
+            self._connection.execute(
+                insert(tables.orders), [{"id": o.id, **_order_values(o)} for o in self._new.values()]
+            )
+        if self._dirty:
+            self._connection.execute(
+                update(tables.orders).where(tables.orders.c.id == bindparam("order_id")),
+                [{"order_id": o.id, **_order_values(o)} for o in self._dirty.values()],
+            )
+        if self._event_rows:
+            self._connection.execute(insert(tables.order_events), self._event_rows)
+        self._new.clear()
+        self._dirty.clear()
+        self._event_rows.clear()
 
     def _write_events(
         self, order: Order, correlation_id: str | None, message_id: str | None, user_id: str | None
@@ -222,10 +274,9 @@ class OrderRepository:
         if not events:
             return
         sequence = self._sequence.get(order.id, 0)
-        rows = []
         for event in events:
             sequence += 1
-            rows.append(
+            self._event_rows.append(
                 {
                     "id": str(uuid.uuid4()),
                     "order_id": order.id,
@@ -238,7 +289,6 @@ class OrderRepository:
                     "message_id": message_id,
                 }
             )
-        self._connection.execute(insert(tables.order_events), rows)
         self._sequence[order.id] = sequence
 
     def _announce(self, order: Order, latest_execution: Mapping[str, Any] | None) -> None:

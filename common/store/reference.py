@@ -46,9 +46,26 @@ class ReferenceData:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was read (a batch reads each account and instrument once)."""
+        self._accounts: dict[str, Account | None] = {}
+        self._instruments: dict[str, Instrument | None] = {}
 
     def account(self, account_id: str) -> Account | None:
         """The account, or None if unknown."""
+        if account_id not in self._accounts:
+            self._accounts[account_id] = self._load_account(account_id)
+        return self._accounts[account_id]
+
+    def instrument(self, symbol: str) -> Instrument | None:
+        """The instrument, or None if unknown."""
+        if symbol not in self._instruments:
+            self._instruments[symbol] = self._load_instrument(symbol)
+        return self._instruments[symbol]
+
+    def _load_account(self, account_id: str) -> Account | None:
         row = (
             self._connection.execute(
                 select(
@@ -65,8 +82,7 @@ class ReferenceData:
         )
         return None if row is None else Account(**row)
 
-    def instrument(self, symbol: str) -> Instrument | None:
-        """The instrument, or None if unknown."""
+    def _load_instrument(self, symbol: str) -> Instrument | None:
         columns = [c for c in tables.instruments.c if c.name != "created_at"]
         row = self._connection.execute(select(*columns).where(tables.instruments.c.symbol == symbol)).mappings().first()
         return None if row is None else Instrument(**row)

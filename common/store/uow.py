@@ -30,14 +30,22 @@ class UnitOfWork:
 
     @property
     def connection(self) -> Connection:
-        """The transaction's connection, for stage-specific repositories."""
+        """The transaction's connection, for stage-specific repositories.
+
+        The orders' buffered writes go out first (an autoflush), so SQL run here sees them and may refer to
+        them; a handler that never needs the connection keeps its whole batch buffered until commit.
+        """
         assert self._connection is not None, "unit of work used outside its with-block"
+        self.orders.flush()
         return self._connection
 
     def commit(self) -> list[OutboxMessage]:
-        """Flush the outbox and commit; returns the messages now owed to the broker."""
+        """Write what is buffered and commit; returns the messages now owed to the broker."""
+        self.orders.flush()
         self.outbox.flush()
         self.connection.commit()
+        self.orders.reset()
+        self.reference.reset()
         self.committed = list(self.outbox.written)
         self.outbox.written.clear()
         self.connection.begin()
@@ -46,6 +54,8 @@ class UnitOfWork:
     def rollback(self) -> None:
         """Undo everything since the last commit."""
         self.outbox.discard()
+        self.orders.reset()
+        self.reference.reset()
         self.connection.rollback()
         self.connection.begin()
 

@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from common.contracts import TradeDecisionSchema
+from common.messaging.envelope import Envelope
 from common.runtime.stage import StageSpec
+from common.store.uow import UnitOfWork
 from services.intake.handlers import handle_decision
 
-SPEC = StageSpec(stage="intake", schemas={"intake.decision": TradeDecisionSchema()}, handler=handle_decision)
+
+def prefetch_decisions(uow: UnitOfWork, envelopes: list[Envelope]) -> None:
+    """One look-up for the whole batch's idempotency keys, instead of one per decision."""
+    uow.orders.prefetch_client_orders((e.body["account_id"], e.body["decision_id"]) for e in envelopes)
+
+
+SPEC = StageSpec(
+    stage="intake",
+    schemas={"intake.decision": TradeDecisionSchema()},
+    handler=handle_decision,
+    prepare=prefetch_decisions,
+)

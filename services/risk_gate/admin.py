@@ -90,6 +90,21 @@ def _audit(
     )
 
 
+def _audit_switch(
+    connection: Connection,
+    account_id: str | None,
+    kind: str,
+    item: str,
+    *,
+    on: bool,
+    by: str | None,
+    reason: str | None,
+    now: datetime,
+) -> None:
+    """Audit a restriction or halt put in place (``on``) or lifted."""
+    _audit(connection, account_id=account_id, kind=kind, item=item, old=not on, new=on, by=by, reason=reason, now=now)
+
+
 def _require_account(connection: Connection, account_id: str | None) -> None:
     if account_id is None:
         return
@@ -104,13 +119,13 @@ def _require_symbol(connection: Connection, symbol: str) -> None:
         raise UnknownSymbol(f"instrument {symbol} is not known")
 
 
-def _scope(account_id: str | None) -> Any:
-    c = risk_limits.c
-    return c.account_id.is_(None) if account_id is None else c.account_id == account_id
+def _scope(account_column: Any, account_id: str | None) -> Any:
+    """Rows of one account, or the global ones (``account_id`` None)."""
+    return account_column.is_(None) if account_id is None else account_column == account_id
 
 
 def _row(connection: Connection, account_id: str | None, for_update: bool = False) -> Mapping[str, Any] | None:
-    stmt = select(risk_limits).where(_scope(account_id))
+    stmt = select(risk_limits).where(_scope(risk_limits.c.account_id, account_id))
     if for_update:
         stmt = stmt.with_for_update()
     row = connection.execute(stmt).mappings().first()
@@ -181,7 +196,7 @@ def set_limits(
     if done:
         connection.execute(
             update(risk_limits)
-            .where(_scope(account_id))
+            .where(_scope(risk_limits.c.account_id, account_id))
             .values(**{c.name: c.new for c in done}, updated_at=now, updated_by=by)
         )
     return done
@@ -222,17 +237,7 @@ def restrict(
     ).first()
     if inserted is None:
         return False
-    _audit(
-        connection,
-        account_id=account_id,
-        kind=KIND_RESTRICTION,
-        item=symbol,
-        old=False,
-        new=True,
-        by=by,
-        reason=reason,
-        now=now,
-    )
+    _audit_switch(connection, account_id, KIND_RESTRICTION, symbol, on=True, by=by, reason=reason, now=now)
     return True
 
 
@@ -241,21 +246,11 @@ def unrestrict(
 ) -> bool:
     """Take a symbol off a restricted list; False if it was not on it."""
     r = restricted_symbols.c
-    scope = r.account_id.is_(None) if account_id is None else r.account_id == account_id
+    scope = _scope(r.account_id, account_id)
     removed = connection.execute(delete(restricted_symbols).where(scope, r.symbol == symbol).returning(r.id)).first()
     if removed is None:
         return False
-    _audit(
-        connection,
-        account_id=account_id,
-        kind=KIND_RESTRICTION,
-        item=symbol,
-        old=True,
-        new=False,
-        by=by,
-        reason=reason,
-        now=_now(),
-    )
+    _audit_switch(connection, account_id, KIND_RESTRICTION, symbol, on=False, by=by, reason=reason, now=_now())
     return True
 
 
@@ -287,19 +282,9 @@ def halt(connection: Connection, account_id: str | None, *, by: str | None, reas
         .first()
     )
     if inserted is not None:
-        _audit(
-            connection,
-            account_id=account_id,
-            kind=KIND_HALT,
-            item="halt",
-            old=False,
-            new=True,
-            by=by,
-            reason=reason,
-            now=now,
-        )
+        _audit_switch(connection, account_id, KIND_HALT, "halt", on=True, by=by, reason=reason, now=now)
         return Halt(**inserted), True
-    scope = h.account_id.is_(None) if account_id is None else h.account_id == account_id
+    scope = _scope(h.account_id, account_id)
     row = connection.execute(select(h.account_id, h.reason, h.halted_by, h.since).where(scope)).mappings().one()
     return Halt(**row), False
 
@@ -307,21 +292,11 @@ def halt(connection: Connection, account_id: str | None, *, by: str | None, reas
 def resume(connection: Connection, account_id: str | None, *, by: str | None, reason: str | None) -> bool:
     """Lift the halt of an account (or the global one); False if there was none."""
     h = trading_halts.c
-    scope = h.account_id.is_(None) if account_id is None else h.account_id == account_id
+    scope = _scope(h.account_id, account_id)
     removed = connection.execute(delete(trading_halts).where(scope).returning(h.id)).first()
     if removed is None:
         return False
-    _audit(
-        connection,
-        account_id=account_id,
-        kind=KIND_HALT,
-        item="halt",
-        old=True,
-        new=False,
-        by=by,
-        reason=reason,
-        now=_now(),
-    )
+    _audit_switch(connection, account_id, KIND_HALT, "halt", on=False, by=by, reason=reason, now=_now())
     return True
 
 

@@ -229,7 +229,7 @@ class Book:
             return []
         reason = self._rejection(request)
         if reason is not None:
-            return [self._rejected(request, reason, now)]
+            return [self._refused(request, ExecType.REJECTED, reason, now)]
         self._sequence += 1
         order = SimOrder(
             order_id=request.order_id,
@@ -448,26 +448,6 @@ class Book:
             reason=reason,
         )
 
-    def _rejected(self, request: OrderRequest, reason: str, now: datetime) -> Report:
-        return Report(
-            execution_id=self.new_id(),
-            order_id=request.order_id,
-            request_id=request.request_id,
-            broker_order_id=None,
-            exec_type=ExecType.REJECTED,
-            last_qty=_ZERO,
-            last_px=None,
-            cum_qty=_ZERO,
-            leaves_qty=_ZERO,
-            avg_px=None,
-            order_qty=request.quantity,
-            price=request.price,
-            stop_price=request.stop_price,
-            fees=_ZERO,
-            timestamp=now,
-            reason=reason,
-        )
-
     def _request_rejected(
         self,
         request: OrderRequest,
@@ -480,6 +460,10 @@ class Book:
         order = order or self.finished.get(request.order_id)
         if order is not None:
             return self._report(order, exec_type, request.request_id, now, reason=reason)
+        return self._refused(request, exec_type, reason, now)
+
+    def _refused(self, request: OrderRequest, exec_type: ExecType, reason: str, now: datetime) -> Report:
+        """A request refused while the venue holds no such order: the request's terms, nothing done."""
         return Report(
             execution_id=self.new_id(),
             order_id=request.order_id,

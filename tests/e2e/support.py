@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
@@ -15,22 +14,8 @@ from common import jsonutil
 from common.messaging.publisher import Publisher
 from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE
 from common.store import tables
+from tests.support.orders import order_record
 from tests.support.polling import async_wait_until
-
-
-def decision(**fields: Any) -> dict[str, Any]:
-    """A trade decision body with sensible defaults (a MARKET buy of 100 AAPL for ACC-001)."""
-    body: dict[str, Any] = {
-        "decisionId": str(uuid.uuid4()),
-        "accountId": "ACC-001",
-        "symbol": "AAPL",
-        "side": "BUY",
-        "type": "MARKET",
-        "quantity": Decimal("100"),
-        "timeInForce": "DAY",
-    }
-    body.update(fields)
-    return {k: v for k, v in body.items() if v is not None}
 
 
 async def send_decision(connection: AbstractRobustConnection, body: dict[str, Any]) -> str:
@@ -51,12 +36,6 @@ def order_row(engine: Engine, account_id: str, decision_id: str) -> Any:
         ).first()
 
 
-def order_by_id(engine: Engine, order_id: str) -> Any:
-    """The order row."""
-    with engine.connect() as connection:
-        return connection.execute(select(tables.orders).where(tables.orders.c.id == order_id)).first()
-
-
 async def wait_for_order(engine: Engine, account_id: str, decision_id: str, timeout: float = 30) -> Any:
     """Poll until the decision's order exists."""
     return await async_wait_until(
@@ -68,26 +47,14 @@ async def wait_for_state(engine: Engine, order_id: str, *states: str, timeout: f
     """Poll until the order is in one of ``states``; returns the row."""
 
     def reached() -> Any:
-        row = order_by_id(engine, order_id)
+        row = order_record(engine, order_id)
         return row if row is not None and row.state in states else None
 
     return await async_wait_until(
         reached,
         timeout=timeout,
-        message=lambda: f"order {order_id} in {states}, last {getattr(order_by_id(engine, order_id), 'state', None)}",
+        message=lambda: f"order {order_id} in {states}, last {getattr(order_record(engine, order_id), 'state', None)}",
     )
-
-
-def events_of(engine: Engine, order_id: str) -> list[Any]:
-    """The order's audit trail in order."""
-    with engine.connect() as connection:
-        return list(
-            connection.execute(
-                select(tables.order_events)
-                .where(tables.order_events.c.order_id == order_id)
-                .order_by(tables.order_events.c.sequence)
-            )
-        )
 
 
 def count(engine: Engine, sql: str, **params: Any) -> int:

@@ -17,7 +17,8 @@ from aio_pika.abc import AbstractRobustConnection
 from common.messaging.publisher import Publisher
 from common.messaging.topology import OMS_EXCHANGE
 from tests.e2e.conftest import RunningSystem
-from tests.e2e.support import count, decision
+from tests.e2e.support import count
+from tests.support.orders import trade_decision
 from tests.support.polling import async_wait_until
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +45,7 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     engine = running.engine
     strategy = f"crash-{victim}"[:36]
     bodies = [
-        decision(accountId="ACC-002", symbol="SPY", quantity=QUANTITY, strategyId=strategy) for _ in range(ORDERS)
+        trade_decision(accountId="ACC-002", symbol="SPY", quantity=QUANTITY, strategyId=strategy) for _ in range(ORDERS)
     ]
     position_before = count(
         engine, "SELECT coalesce(sum(quantity), 0) FROM positions WHERE account_id = 'ACC-002' AND symbol = 'SPY'"

@@ -17,15 +17,8 @@ from common.messaging.deadletter import ERROR_HEADER
 from common.messaging.publisher import Publisher
 from common.messaging.topology import OMS_EXCHANGE
 from tests.e2e.conftest import RunningSystem
-from tests.e2e.support import (
-    BrokerPlayer,
-    count,
-    decision,
-    order_by_id,
-    send_decision,
-    wait_for_order,
-    wait_for_state,
-)
+from tests.e2e.support import BrokerPlayer, count, send_decision, wait_for_order, wait_for_state
+from tests.support.orders import order_record, trade_decision
 from tests.support.polling import async_wait_until
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +43,7 @@ async def _dead_letters(connection: AbstractRobustConnection, queue: str, count_
 
 
 async def _routed_order(running: RunningSystem, amqp: AbstractRobustConnection, player: BrokerPlayer) -> str:
-    body = decision(type="LIMIT", price=D("150.00"), quantity=D("100"))
+    body = trade_decision(type="LIMIT", price=D("150.00"), quantity=D("100"))
     await send_decision(amqp, body)
     order_id: str = (await wait_for_order(running.engine, "ACC-001", body["decisionId"])).id
     await player.next_request(order_id, "new")
@@ -64,7 +57,7 @@ async def test_the_same_decision_twice_makes_one_order(
 ) -> None:
     running = pipeline_without_venue
     player = await BrokerPlayer.start(amqp)
-    body = decision(quantity=D("5"))
+    body = trade_decision(quantity=D("5"))
     # Two publishes, two message ids (so the inbox cannot help): only the decision id is the same.
     publisher = Publisher(amqp)
     ids = [await publisher.publish_json(OMS_EXCHANGE, "intake.decision", "TradeDecision", body) for _ in range(2)]
@@ -102,7 +95,7 @@ async def test_the_same_execution_report_twice_is_applied_once(
         timeout=30,
         message="the later report",
     )
-    row = order_by_id(running.engine, order_id)
+    row = order_record(running.engine, order_id)
     assert (row.filled_quantity, row.fees) == (D("40"), D("1"))
     assert count(running.engine, "SELECT count(*) FROM execution_reports WHERE execution_id = :e", e=execution_id) == 1
     await async_wait_until(
@@ -150,7 +143,7 @@ async def test_bad_messages_are_dead_lettered_with_the_reason_and_work_goes_on(
         aio_pika.Message(b"\x00 not json", message_id=garbage_id, content_type="application/json"),
         routing_key="intake.decision",
     )
-    missing_fields = decision()
+    missing_fields = trade_decision()
     del missing_fields["side"]
     shape_id = await Publisher(amqp).publish_json(OMS_EXCHANGE, "intake.decision", "TradeDecision", missing_fields)
     unknown_order = str(uuid.uuid4())
@@ -167,7 +160,7 @@ async def test_bad_messages_are_dead_lettered_with_the_reason_and_work_goes_on(
             "timestamp": datetime.now(UTC),
         },
     )
-    unknown_account = decision(accountId="NO-SUCH-ACCOUNT")
+    unknown_account = trade_decision(accountId="NO-SUCH-ACCOUNT")
     account_id = await Publisher(amqp).publish_json(OMS_EXCHANGE, "intake.decision", "TradeDecision", unknown_account)
 
     intake_dead = {m.message_id: m for m in await _dead_letters(amqp, "oms.intake.dlq", 3)}

@@ -19,8 +19,9 @@ from common.store.orders_repo import order_from_row
 from common.store.uow import UnitOfWork
 from services.intake.commands import cancel_order, modify_order
 from tests.e2e.conftest import RunningSystem
-from tests.e2e.support import BrokerPlayer, decision, send_decision, wait_for_order, wait_for_state
+from tests.e2e.support import BrokerPlayer, send_decision, wait_for_order, wait_for_state
 from tests.fix_scenarios import SCENARIOS, Expect, Report, Request, Scenario
+from tests.support.orders import trade_decision
 from tests.support.polling import async_wait_until
 
 pytestmark = pytest.mark.e2e
@@ -84,7 +85,7 @@ async def test_fix_appendix_d_scenario(
 ) -> None:
     running = pipeline_without_venue
     player = await BrokerPlayer.start(amqp)
-    body = decision(
+    body = trade_decision(
         side=scenario.side.value,
         type=scenario.type.value,
         quantity=scenario.quantity,

@@ -16,15 +16,8 @@ from common.store import tables
 from common.store.uow import UnitOfWork
 from services.intake.commands import OrderRequest, cancel_order, modify_order, submit_order
 from tests.e2e.conftest import RunningSystem
-from tests.e2e.support import (
-    count,
-    decision,
-    events_of,
-    order_by_id,
-    send_decision,
-    wait_for_order,
-    wait_for_state,
-)
+from tests.e2e.support import count, send_decision, wait_for_order, wait_for_state
+from tests.support.orders import event_records, order_record, trade_decision
 from tests.support.polling import async_wait_until
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +63,7 @@ async def test_order_type_and_time_in_force_reach_their_state(
     filled: Decimal,
 ) -> None:
     engine = pipeline_with_venue.engine
-    body = decision(type=kind, price=price, stopPrice=stop, timeInForce=tif, quantity=D("10"))
+    body = trade_decision(type=kind, price=price, stopPrice=stop, timeInForce=tif, quantity=D("10"))
     await send_decision(amqp, body)
     order = await wait_for_order(engine, "ACC-001", body["decisionId"])
     row = await wait_for_state(engine, order.id, final)
@@ -90,7 +83,7 @@ async def test_partial_fills_then_fill_settle_and_move_the_position(
     position_before = count(
         engine, "SELECT coalesce(sum(quantity), 0) FROM positions WHERE account_id = 'ACC-002' AND symbol = 'MSFT'"
     )
-    body = decision(accountId="ACC-002", symbol="MSFT", quantity=D("40"))
+    body = trade_decision(accountId="ACC-002", symbol="MSFT", quantity=D("40"))
     await send_decision(amqp, body)
     order = await wait_for_order(engine, "ACC-002", body["decisionId"])
     row = await wait_for_state(engine, order.id, "FILLED")
@@ -128,7 +121,7 @@ async def test_partial_fills_then_fill_settle_and_move_the_position(
 
 async def test_venue_reject(pipeline_with_venue: RunningSystem, amqp: AbstractRobustConnection) -> None:
     engine = pipeline_with_venue.engine
-    body = decision(symbol="ESZ6", quantity=D("1"))
+    body = trade_decision(symbol="ESZ6", quantity=D("1"))
     await send_decision(amqp, body)
     order = await wait_for_order(engine, "ACC-001", body["decisionId"])
     row = await wait_for_state(engine, order.id, "REJECTED")
@@ -178,7 +171,7 @@ async def test_cancel_of_a_pending_order_is_immediate_and_sticks(pipeline_with_v
         timeout=30,
         message="the risk gate took the stale check",
     )
-    assert order_by_id(running.engine, order_id).state == "CANCELED"
+    assert order_record(running.engine, order_id).state == "CANCELED"
     assert count(running.engine, "SELECT count(*) FROM order_requests WHERE order_id = :o", o=order_id) == 0
 
 
@@ -191,7 +184,7 @@ async def test_cancel_of_an_open_order_goes_to_the_venue(pipeline_with_venue: Ru
         uow.commit()
     assert order.state.value == "OPEN"  # only a request until the venue answers
     await wait_for_state(running.engine, order_id, "CANCELED")
-    types = [e.type for e in events_of(running.engine, order_id)]
+    types = [e.type for e in event_records(running.engine, order_id)]
     assert types.index("CANCEL_REQUESTED") < types.index("ORDER_CANCELED")
 
 
@@ -209,23 +202,23 @@ async def test_replace_of_an_open_order_changes_terms_when_the_venue_confirms(
     assert order.quantity == D("10")  # not in force until the venue confirms
 
     def replaced() -> Any:
-        row = order_by_id(running.engine, order_id)
+        row = order_record(running.engine, order_id)
         return row if row.quantity == D("20") and row.state == "OPEN" else None
 
     row = await async_wait_until(replaced, timeout=30, message="replace confirmed")
     assert row.price == D("101.00")
-    assert "ORDER_REPLACED" in [e.type for e in events_of(running.engine, order_id)]
+    assert "ORDER_REPLACED" in [e.type for e in event_records(running.engine, order_id)]
 
 
 async def test_every_order_history_tells_its_story_in_order(
     pipeline_with_venue: RunningSystem, amqp: AbstractRobustConnection
 ) -> None:
     engine = pipeline_with_venue.engine
-    body = decision(quantity=D("30"))
+    body = trade_decision(quantity=D("30"))
     await send_decision(amqp, body)
     order = await wait_for_order(engine, "ACC-001", body["decisionId"])
     await wait_for_state(engine, order.id, "FILLED")
-    events = events_of(engine, order.id)
+    events = event_records(engine, order.id)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     types = [e.type for e in events]
     assert types[:4] == ["ORDER_CREATED", "RISK_APPROVED", "ORDER_ROUTED", "ORDER_ACKNOWLEDGED"]

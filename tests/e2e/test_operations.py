@@ -42,8 +42,9 @@ from common.store.tables import dlq_replays, job_runs
 from services.jobs.config import JOBS_QUEUE
 from services.jobs.session import SessionCalendar
 from tests.e2e.conftest import E2E_ENV, VENUE_ENV
-from tests.e2e.support import count, decision, events_of, wait_for_order, wait_for_state
+from tests.e2e.support import count, wait_for_order, wait_for_state
 from tests.support.api import TEST_SECRET, bearer
+from tests.support.orders import event_records, trade_decision
 from tests.support.polling import async_wait_until, wait_until
 from tools import infra, migrate
 from tools.processes import STAGES, ProcessSpec, Supervisor, system
@@ -282,7 +283,7 @@ async def test_metrics_move_when_orders_flow(ops: OpsSystem, amqp: AbstractRobus
     filled_before = value(ops, "jobs_worker", "oms_orders", status="FILLED")
     invalid_before = value(ops, "intake", "oms_stage_messages", stage="intake", outcome="invalid")
 
-    decisions = [decision(accountId="ACC-002", symbol="MSFT", quantity=D("10")) for _ in range(5)]
+    decisions = [trade_decision(accountId="ACC-002", symbol="MSFT", quantity=D("10")) for _ in range(5)]
     for body in decisions:
         await send(amqp, body)
     created = post_order(ops, {"accountId": "ACC-002", "symbol": "SPY", "side": "BUY", "type": "MARKET", "quantity": 5})
@@ -345,7 +346,7 @@ async def _purge_intake_dlq(ops: OpsSystem) -> None:
 async def test_day_order_working_at_the_close_is_canceled_at_the_venue(
     ops: OpsSystem, amqp: AbstractRobustConnection
 ) -> None:
-    body = decision(accountId="ACC-001", symbol="AAPL", type="LIMIT", price=D("150.00"), timeInForce="DAY")
+    body = trade_decision(accountId="ACC-001", symbol="AAPL", type="LIMIT", price=D("150.00"), timeInForce="DAY")
     await send(amqp, body)
     order = await wait_for_order(ops.engine, "ACC-001", body["decisionId"])
     await wait_for_state(ops.engine, order.id, "OPEN")
@@ -370,7 +371,7 @@ async def test_day_order_working_at_the_close_is_canceled_at_the_venue(
 
     row = await wait_for_state(ops.engine, order.id, "CANCELED", timeout=60)
     assert row.status == "CANCELED"
-    kinds = [(e.type, e.payload.get("reason")) for e in events_of(ops.engine, order.id)]
+    kinds = [(e.type, e.payload.get("reason")) for e in event_records(ops.engine, order.id)]
     assert ("CANCEL_REQUESTED", "DAY order expired at session close") in kinds
     assert (
         count(
@@ -394,7 +395,9 @@ async def test_day_order_working_at_the_close_is_canceled_at_the_venue(
 
 async def test_replay_killed_mid_way_loses_no_message(ops: OpsSystem, amqp: AbstractRobustConnection) -> None:
     total = 600
-    bodies = {str(uuid.uuid4()): decision(accountId="ACC-002", symbol="MSFT", quantity=D("1")) for _ in range(total)}
+    bodies = {
+        str(uuid.uuid4()): trade_decision(accountId="ACC-002", symbol="MSFT", quantity=D("1")) for _ in range(total)
+    }
     ids = set(bodies)
     assert await Publisher(amqp).publish([dead_letter_copy(mid, body) for mid, body in bodies.items()]) == list(bodies)
     await async_wait_until(lambda: _depth_at_least(amqp, total), timeout=30, message="dead letters in place")
@@ -466,11 +469,11 @@ def _nothing_unacked(ops: OpsSystem) -> bool:
 
 
 async def test_a_replayed_duplicate_changes_nothing(ops: OpsSystem, amqp: AbstractRobustConnection) -> None:
-    body = decision(accountId="ACC-002", symbol="MSFT", quantity=D("3"))
+    body = trade_decision(accountId="ACC-002", symbol="MSFT", quantity=D("3"))
     message_id = await send(amqp, body)
     order = await wait_for_order(ops.engine, "ACC-002", body["decisionId"])
     row = await wait_for_state(ops.engine, order.id, "FILLED")
-    events_before = len(events_of(ops.engine, order.id))
+    events_before = len(event_records(ops.engine, order.id))
     # The same message, already applied, finds its way into the dead-letter queue and is replayed.
     assert await Publisher(amqp).publish([dead_letter_copy(message_id, body)]) == [message_id]
     await async_wait_until(lambda: _depth_at_least(amqp, 1), timeout=10, message="the copy dead-lettered")
@@ -479,10 +482,10 @@ async def test_a_replayed_duplicate_changes_nothing(ops: OpsSystem, amqp: Abstra
     assert process.returncode == 0, err.decode()
     assert b"replayed 1 of 1" in out
     # A later decision through the same queue shows the copy has been handled (skipped) by now.
-    marker = decision(accountId="ACC-002", symbol="MSFT", quantity=D("1"))
+    marker = trade_decision(accountId="ACC-002", symbol="MSFT", quantity=D("1"))
     await send(amqp, marker)
     await wait_for_order(ops.engine, "ACC-002", marker["decisionId"])
-    assert len(events_of(ops.engine, order.id)) == events_before
+    assert len(event_records(ops.engine, order.id)) == events_before
     again = await wait_for_state(ops.engine, order.id, "FILLED")
     assert (again.version, again.filled_quantity) == (row.version, row.filled_quantity)
     assert count(ops.engine, "SELECT count(*) FROM orders WHERE client_order_id = :d", d=body["decisionId"]) == 1

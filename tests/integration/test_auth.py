@@ -17,7 +17,6 @@ from sqlalchemy import Engine
 
 from common import jsonutil
 from common.config import Settings
-from common.store.db import make_engine
 from proto.gen import order_pb2 as pb
 from proto.gen import order_pb2_grpc as pb_grpc
 from services.api.auth import SCOPE_READ, SCOPE_WRITE, TokenService, load_secret
@@ -33,7 +32,6 @@ from tests.support.api import (
     token_service,
 )
 from tools import token as token_command
-from tools.seed import seed_demo
 
 if TYPE_CHECKING:
     from tools.infra import InfraUrls
@@ -65,15 +63,6 @@ BAD_AUTHORIZATION = {
     "no expiry": "Bearer " + jwt.encode(_claims(exp=None), TEST_SECRET),
     "accounts not a list": "Bearer " + jwt.encode(_claims(accounts="*"), TEST_SECRET),
 }
-
-
-@pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

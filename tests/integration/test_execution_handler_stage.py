@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -18,23 +17,13 @@ from common.domain import Order, OrderState, OrderStatus, OrderType, Side, TimeI
 from common.messaging.envelope import Envelope
 from common.runtime.stage import StageWorker
 from common.store import tables
-from common.store.db import make_engine
 from common.store.uow import UnitOfWork
 from services.execution_handler.worker import SPEC
-from tools.seed import seed_demo
+from tests.support.orders import changing_order, create_order, mark_routed, outbox_bodies, request_row, store
 
 pytestmark = pytest.mark.integration
 
 D = Decimal
-
-
-@pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
@@ -51,42 +40,26 @@ def routed_order(
 ) -> str:
     """Book an order and drive it to ROUTED, as intake, risk gate and router would."""
     now = datetime.now(UTC)
-    order = Order.create(
-        id=str(uuid.uuid4()),
-        account_id="ACC-001",
-        symbol="AAPL",
+    order = create_order(
         side=side,
         type=OrderType.LIMIT if price else OrderType.MARKET,
         quantity=D(quantity),
         price=D(price) if price else None,
-        stop_price=None,
         time_in_force=tif,
-        strategy_id=None,
-        notes=None,
-        client_order_id=None,
         now=now,
-        user_id="tester",
     )
-    order.approve(["test"], now)
-    order.mark_routed(str(uuid.uuid4()), now)
-    with UnitOfWork(engine) as uow:
-        uow.orders.add(order, correlation_id=order.id, message_id=None)
-        uow.commit()
-    return order.id
+    return store(engine, mark_routed(order, now))
 
 
 def open_request(engine: Engine, order_id: str, kind: str, **terms: Decimal) -> str:
     """Ask for a cancel or replace as the front end does: the order's pending request plus its row."""
     request_id = str(uuid.uuid4())
     now = datetime.now(UTC)
-    with UnitOfWork(engine) as uow:
-        order = uow.orders.get(order_id, for_update=True)
-        assert order is not None
+    with changing_order(engine, order_id) as (uow, order):
         if kind == "CANCEL":
             order.request_cancel(request_id, "test", now, "tester")
         else:
             order.request_replace(request_id, terms["quantity"], terms["price"], None, now, "tester")
-        uow.orders.save(order, correlation_id=order_id, message_id=None)
         uow.connection.execute(
             insert(tables.order_requests).values(
                 request_id=request_id,
@@ -99,7 +72,6 @@ def open_request(engine: Engine, order_id: str, kind: str, **terms: Decimal) -> 
                 updated_at=now,
             )
         )
-        uow.commit()
     return request_id
 
 
@@ -166,15 +138,6 @@ def execution_rows(engine: Engine, order_id: str) -> list[Any]:
         )
 
 
-def outbox_bodies(engine: Engine, order_id: str, routing_key: str) -> list[dict[str, Any]]:
-    o = tables.outbox.c
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(o.body).where(o.correlation_id == order_id, o.routing_key == routing_key).order_by(o.id)
-        ).scalars()
-        return [jsonutil.loads(body) for body in rows]
-
-
 def fills_booked(engine: Engine, order_id: str) -> list[dict[str, Any]]:
     """The FillBooked messages handed to settlement, validated against the contract."""
     return [FillBookedSchema().load(b) for b in outbox_bodies(engine, order_id, "settlement.fill")]
@@ -187,15 +150,6 @@ def order_updates(engine: Engine, order_id: str) -> list[dict[str, Any]]:
             select(o.body).where(o.correlation_id == order_id, o.exchange == "oms.order_updates").order_by(o.id)
         ).scalars()
         return [jsonutil.loads(body) for body in rows]
-
-
-def request_row(engine: Engine, request_id: str) -> Any:
-    with engine.connect() as connection:
-        return (
-            connection.execute(select(tables.order_requests).where(tables.order_requests.c.request_id == request_id))
-            .mappings()
-            .one()
-        )
 
 
 def test_new_opens_the_order_with_its_broker_order_id(engine: Engine, worker: StageWorker) -> None:

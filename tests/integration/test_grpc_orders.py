@@ -12,35 +12,25 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from common import jsonutil
 from common.config import Settings
 from common.contracts import ExecutionReportSchema
 from common.messaging.topology import OMS_EXCHANGE
 from common.store import tables
-from common.store.db import make_engine
 from proto.gen import order_pb2 as pb
 from proto.gen import order_pb2_grpc as pb_grpc
 from services.api.auth import SCOPE_OPERATIONS, SCOPE_READ, SCOPE_WRITE
 from services.api.grpc_server import SERVICE_NAME, GrpcServer
 from tests.support.api import bearer, grpc_metadata, new_account, private_vhost, store_order, token_service
+from tests.support.orders import order_count
 from tests.support.polling import async_wait_until
-from tools.seed import seed_demo
 
 if TYPE_CHECKING:
     from tools.infra import InfraUrls
 
 Code = grpc.StatusCode
-
-
-@pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +85,6 @@ async def _code_of(call: Any) -> tuple[grpc.StatusCode, str]:
     return raised.value.code(), raised.value.details() or ""
 
 
-def _orders_of(engine: Engine, account: str) -> int:
-    with engine.connect() as connection:
-        query = select(func.count()).select_from(tables.orders).where(tables.orders.c.account_id == account)
-        return int(connection.execute(query).scalar_one())
-
-
 # ---- CreateOrder ------------------------------------------------------------------------------------------
 
 
@@ -145,7 +129,7 @@ async def test_create_is_idempotent_on_client_order_id_and_metadata(
     keyed = await stub.CreateOrder(_limit(account), metadata=grpc_metadata(idempotency_key="k-1"))
     keyed_again = await stub.CreateOrder(_limit(account), metadata=grpc_metadata(idempotency_key="k-1"))
     assert keyed.id == keyed_again.id != first.id
-    assert _orders_of(engine, account) == 2
+    assert order_count(engine, account) == 2
 
 
 @pytest.mark.parametrize(
@@ -167,7 +151,7 @@ async def test_create_invalid_is_invalid_argument(
 ) -> None:
     code, details = await _code_of(stub.CreateOrder(_limit(account, **overrides), metadata=grpc_metadata()))
     assert code is Code.INVALID_ARGUMENT and fragment in details, details
-    assert _orders_of(engine, account) == 0
+    assert order_count(engine, account) == 0
 
 
 async def test_create_without_write_scope_is_permission_denied(stub: pb_grpc.OrderServiceStub, account: str) -> None:

@@ -29,32 +29,21 @@ from common.messaging.publisher import Publisher
 from common.messaging.topology import ORDER_UPDATES_EXCHANGE
 from common.runtime.outbox_relay import OutboxRelay
 from common.runtime.stage import StageWorker
-from common.store.db import make_engine
 from common.store.orders_repo import order_update_body
 from common.store.outbox import OutboxMessage
-from common.store.uow import UnitOfWork
 from proto.gen import order_pb2 as pb
 from proto.gen import order_pb2_grpc as pb_grpc
 from services.api.auth import SCOPE_READ
 from services.api.grpc_server import SUBSCRIBED_METADATA, GrpcServer
 from services.execution_handler.worker import SPEC as EXECUTION_HANDLER
 from tests.support.api import bearer, grpc_metadata, new_account, private_vhost, token_service
+from tests.support.orders import changing_order
 from tests.support.polling import async_wait_until
-from tools.seed import seed_demo
 
 if TYPE_CHECKING:
     from tools.infra import InfraUrls
 
 STATUS = pb.OrderStatus
-
-
-@pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -308,14 +297,10 @@ async def pipeline(settings: Settings, engine: Engine, server: GrpcServer) -> As
 def _route(engine: Engine, order_id: str) -> None:
     """Stand in for the risk gate and the router: approve the order and hand it to the venue."""
     now = datetime.now(UTC)
-    with UnitOfWork(engine) as uow:
-        order = uow.orders.get(order_id, for_update=True)
-        assert order is not None
+    with changing_order(engine, order_id) as (uow, order):
         order.approve(["test"], now)
         uow.orders.save(order, correlation_id=order_id, message_id=None)
         order.mark_routed(str(uuid.uuid4()), now)
-        uow.orders.save(order, correlation_id=order_id, message_id=None)
-        uow.commit()
 
 
 async def test_an_order_streams_from_pending_to_filled_while_it_happens(

@@ -17,10 +17,9 @@ from common.contracts import TradeDecisionSchema
 from common.messaging.envelope import Envelope
 from common.runtime.stage import DeadLetter
 from common.store import tables
-from common.store.db import make_engine
-from common.store.uow import UnitOfWork
 from services.intake.handlers import handle_decision
-from tools.seed import seed_demo
+from tests.support.db import open_engine
+from tests.support.orders import events_of, handle, outbox_of, trade_decision
 
 pytestmark = pytest.mark.integration
 
@@ -29,34 +28,21 @@ INACTIVE_ACCOUNT = "ACC-INTAKE-CLOSED"
 
 @pytest.fixture(scope="module")
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-        account = {"id": INACTIVE_ACCOUNT, "name": "Closed", "account_type": "CASH", "base_currency": "USD"}
-        connection.execute(
-            insert(tables.accounts)
-            .values(**account, cash_balance=Decimal(0), active=False, created_at=datetime.now(UTC))
-            .on_conflict_do_nothing()
-        )
-    yield engine
-    engine.dispose()
+    with open_engine(database_url) as engine:
+        with engine.begin() as connection:
+            account = {"id": INACTIVE_ACCOUNT, "name": "Closed", "account_type": "CASH", "base_currency": "USD"}
+            connection.execute(
+                insert(tables.accounts)
+                .values(**account, cash_balance=Decimal(0), active=False, created_at=datetime.now(UTC))
+                .on_conflict_do_nothing()
+            )
+        yield engine
 
 
 def decision(**changes: Any) -> dict[str, Any]:
     """A trade decision body as the strategy service sends it (camelCase, JSON numbers)."""
-    body: dict[str, Any] = {
-        "decisionId": str(uuid.uuid4()),
-        "accountId": "ACC-001",
-        "symbol": "AAPL",
-        "side": "BUY",
-        "type": "LIMIT",
-        "quantity": 100,
-        "price": Decimal("190.00"),
-        "timeInForce": "DAY",
-        "strategyId": "momentum-1",
-    }
-    body.update(changes)
-    return {k: v for k, v in body.items() if v is not None}
+    limit = {"type": "LIMIT", "quantity": 100, "price": Decimal("190.00"), "strategyId": "momentum-1"}
+    return trade_decision(**{**limit, **changes})
 
 
 def envelope(body: dict[str, Any], user: str | None = None) -> Envelope:
@@ -72,10 +58,7 @@ def envelope(body: dict[str, Any], user: str | None = None) -> Envelope:
 
 def run(engine: Engine, *envelopes: Envelope) -> None:
     """Handle the envelopes in one transaction, as one batch of the runtime would."""
-    with UnitOfWork(engine, claim_outbox=True) as uow:
-        for env in envelopes:
-            handle_decision(uow, env)
-        uow.commit()
+    handle(engine, handle_decision, *envelopes)
 
 
 def orders_for(engine: Engine, account_id: str, decision_id: str) -> list[dict[str, Any]]:
@@ -86,25 +69,6 @@ def orders_for(engine: Engine, account_id: str, decision_id: str) -> list[dict[s
             )
         )
         return [dict(r) for r in rows.mappings()]
-
-
-def events_of(engine: Engine, order_id: str) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.order_events)
-            .where(tables.order_events.c.order_id == order_id)
-            .order_by(tables.order_events.c.sequence)
-        )
-        return [dict(r) for r in rows.mappings()]
-
-
-def outbox_of(engine: Engine, order_id: str, routing_key: str | None = None) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        query = select(tables.outbox).where(tables.outbox.c.correlation_id == order_id)
-        if routing_key is not None:
-            query = query.where(tables.outbox.c.routing_key == routing_key)
-        rows = connection.execute(query.order_by(tables.outbox.c.id))
-        return [{**dict(r), "body": jsonutil.loads(r["body"])} for r in rows.mappings()]
 
 
 def test_a_valid_decision_makes_a_new_order_and_asks_risk(engine: Engine) -> None:

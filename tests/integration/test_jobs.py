@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,10 +17,8 @@ import dramatiq
 import pytest
 from sqlalchemy import Engine, insert, select, text, update
 
-from common import jsonutil
-from common.domain import Order, OrderType, Side, TimeInForce
+from common.domain import Side, TimeInForce
 from common.store import tables
-from common.store.db import make_engine
 from common.store.requests_repo import REQUEST_SENT, record_request, set_request_status
 from common.store.tables import dlq_replays, job_runs, order_reconciliations
 from common.store.uow import UnitOfWork
@@ -32,7 +29,8 @@ from services.jobs.reconcile import reconcile_stuck_orders
 from services.jobs.retention import purge_retention
 from services.jobs.session import SessionCalendar
 from services.jobs.statistics import refresh_statistics
-from tools.seed import seed_demo
+from tests.support.api import new_account
+from tests.support.orders import create_order, order_record, outbox_bodies, store
 
 pytestmark = pytest.mark.integration
 
@@ -43,32 +41,10 @@ SESSION_DAY_CLOSE = datetime(2026, 3, 10, 16, 0, tzinfo=NEW_YORK).astimezone(UTC
 CALENDAR = SessionCalendar.of("America/New_York", "16:00")
 
 
-@pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
-
-
 @pytest.fixture
 def account(engine: Engine) -> str:
     """An account of the test's own."""
-    account_id = f"ACC-T{uuid.uuid4().hex[:10]}"
-    with engine.begin() as connection:
-        connection.execute(
-            insert(tables.accounts).values(
-                id=account_id,
-                name="jobs test",
-                account_type="MARGIN",
-                base_currency="USD",
-                cash_balance=D("1000000"),
-                active=True,
-                created_at=datetime.now(UTC),
-            )
-        )
-    return account_id
+    return new_account(engine, prefix="ACC-T")
 
 
 def book(
@@ -84,25 +60,17 @@ def book(
     **columns: Any,
 ) -> str:
     """An order as the intake books it, then moved to ``state`` (the jobs read the columns, not the history)."""
-    order = Order.create(
-        id=str(uuid.uuid4()),
+    order = create_order(
         account_id=account,
         symbol=symbol,
         side=Side(side),
-        type=OrderType.LIMIT,
         quantity=D("10"),
         price=D("100"),
-        stop_price=None,
         time_in_force=TimeInForce(tif),
-        strategy_id=None,
-        notes=None,
-        client_order_id=None,
-        now=created_at,
         user_id="test",
+        now=created_at,
     )
-    with UnitOfWork(engine) as uow:
-        uow.orders.add(order, correlation_id=order.id, message_id=None)
-        uow.commit()
+    store(engine, order)
     if state != "NEW" or columns:
         with engine.begin() as connection:
             connection.execute(
@@ -111,21 +79,6 @@ def book(
                 .values(state=state, status=status, updated_at=created_at, **columns)
             )
     return order.id
-
-
-def order_row(engine: Engine, order_id: str) -> Any:
-    with engine.connect() as connection:
-        return connection.execute(select(tables.orders).where(tables.orders.c.id == order_id)).one()
-
-
-def outbox_rows(engine: Engine, order_id: str, routing_key: str) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.outbox.c.body).where(
-                tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == routing_key
-            )
-        ).scalars()
-        return [jsonutil.loads(body) for body in rows]
 
 
 # --------------------------------------------------------------------------- DAY expiry
@@ -145,7 +98,7 @@ def test_day_orders_open_at_the_close_are_ended_and_the_venue_is_told(engine: En
 
     assert outcome == {"expired": 2, "cancel_requested": 1, "cancel_outstanding": 0, "skipped": 0}
     for order_id in (unrouted, approved):
-        row = order_row(engine, order_id)
+        row = order_record(engine, order_id)
         assert (row.state, row.status) == ("EXPIRED", "CANCELED")
         with engine.connect() as connection:
             event = connection.execute(
@@ -156,18 +109,18 @@ def test_day_orders_open_at_the_close_are_ended_and_the_venue_is_told(engine: En
         assert event is not None and event.type == "ORDER_EXPIRED" and event.user_id == SYSTEM_USER
         assert event.payload["reason"] == EXPIRY_REASON
     # At the venue: a cancel request to the router, with the reason; the order moves when the venue answers.
-    row = order_row(engine, at_venue)
+    row = order_record(engine, at_venue)
     assert row.state == "OPEN" and row.pending_request["kind"] == "CANCEL"
-    [route_cancel] = outbox_rows(engine, at_venue, "router.cancel")
+    [route_cancel] = outbox_bodies(engine, at_venue, "router.cancel")
     assert route_cancel["reason"] == EXPIRY_REASON
     assert route_cancel["requestId"] == row.pending_request["requestId"]
     for untouched, state in ((gtc, "OPEN"), (after_close, "NEW"), (filled, "FILLED")):
-        assert order_row(engine, untouched).state == state
+        assert order_record(engine, untouched).state == state
 
     # Run again (a retry, or the sweep): nothing more happens; the cancel already sent is left to itself.
     again = expire_day_orders(engine, CALENDAR, now=now, accounts=[account])
     assert again == {"expired": 0, "cancel_requested": 0, "cancel_outstanding": 1, "skipped": 0}
-    assert len(outbox_rows(engine, at_venue, "router.cancel")) == 1
+    assert len(outbox_bodies(engine, at_venue, "router.cancel")) == 1
 
 
 def test_expiry_follows_the_instruments_own_session_and_the_holidays(engine: Engine, account: str) -> None:
@@ -180,7 +133,7 @@ def test_expiry_follows_the_instruments_own_session_and_the_holidays(engine: Eng
     assert (
         expire_day_orders(engine, CALENDAR, now=london_close + timedelta(minutes=1), accounts=[account])["expired"] == 1
     )
-    assert order_row(engine, vod).state == "EXPIRED"
+    assert order_record(engine, vod).state == "EXPIRED"
 
     # A holiday has no close: a DAY order entered that day lives until the next trading day's close.
     holiday = SessionCalendar.of("America/New_York", "16:00", holidays=[SESSION_DAY_CLOSE.date()])
@@ -191,7 +144,7 @@ def test_expiry_follows_the_instruments_own_session_and_the_holidays(engine: Eng
     )
     next_close = SESSION_DAY_CLOSE + timedelta(days=1)
     assert expire_day_orders(engine, holiday, now=next_close + timedelta(seconds=1), accounts=[account])["expired"] == 1
-    assert order_row(engine, aapl).state == "EXPIRED"
+    assert order_record(engine, aapl).state == "EXPIRED"
 
 
 # --------------------------------------------------------------------------- statistics
@@ -327,7 +280,7 @@ def test_retention_removes_only_what_it_should(engine: Engine, account: str) -> 
         kept_reports = connection.execute(
             select(tables.execution_reports.c.id).where(tables.execution_reports.c.order_id == ancient)
         ).all()
-    assert order_row(engine, ancient).state == "FILLED"
+    assert order_record(engine, ancient).state == "FILLED"
     assert kept_events and len(kept_reports) == 1
 
 
@@ -360,7 +313,7 @@ def test_stuck_orders_are_redriven_or_asked_about_again(engine: Engine, account:
         with UnitOfWork(engine) as uow:
             cancel_order(uow, order_id, reason="client asked", user_id="u1")
             uow.commit()
-    sent_request = order_row(engine, cancel_sent).pending_request["requestId"]
+    sent_request = order_record(engine, cancel_sent).pending_request["requestId"]
     with engine.begin() as connection:
         set_request_status(connection, sent_request, REQUEST_SENT, now)
         connection.execute(
@@ -380,13 +333,13 @@ def test_stuck_orders_are_redriven_or_asked_about_again(engine: Engine, account:
         "cancel_resent": 1,
         "route_cancel_resent": 1,
     }
-    assert outbox_rows(engine, new, "risk.check")[-1]["version"] == order_row(engine, new).version
-    assert outbox_rows(engine, approved, "router.new") == [{"orderId": approved}]
-    [resent] = outbox_rows(engine, routed, "orders.new")
+    assert outbox_bodies(engine, new, "risk.check")[-1]["version"] == order_record(engine, new).version
+    assert outbox_bodies(engine, approved, "router.new") == [{"orderId": approved}]
+    [resent] = outbox_bodies(engine, routed, "orders.new")
     assert resent["requestId"] == new_request and resent["orderId"] == routed
-    [cancel] = outbox_rows(engine, cancel_sent, "orders.cancel")
+    [cancel] = outbox_bodies(engine, cancel_sent, "orders.cancel")
     assert cancel["requestId"] == sent_request
-    assert len(outbox_rows(engine, cancel_unsent, "router.cancel")) == 2  # the first, and the one re-sent
+    assert len(outbox_bodies(engine, cancel_unsent, "router.cancel")) == 2  # the first, and the one re-sent
     with engine.connect() as connection:
         recorded = dict(
             connection.execute(
@@ -402,7 +355,7 @@ def test_stuck_orders_are_redriven_or_asked_about_again(engine: Engine, account:
         cancel_sent: "cancel_resent",
         cancel_unsent: "route_cancel_resent",
     }
-    assert outbox_rows(engine, open_quiet, "orders.cancel") == []
+    assert outbox_bodies(engine, open_quiet, "orders.cancel") == []
 
     # Just reconciled: left alone until another full period has passed without progress.
     assert reconcile_stuck_orders(engine, after_seconds=600, now=now, accounts=[account]) == {}

@@ -7,38 +7,20 @@ the document.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import create_engine
 
 from common.config import Settings
-from common.store.db import make_engine
 from services.api.rest import create_app
 from tests.support.api import ALL_SCOPES, bearer, token_service
-from tools.seed import seed_demo
 
 TOKEN = bearer(scopes=ALL_SCOPES)
-
-
-@pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def app(engine: Engine, database_url: str, amqp_url: str) -> Flask:
-    return create_app(Settings(database_url=database_url, amqp_url=amqp_url), engine, tokens=token_service())
 
 
 def _document_app() -> Flask:

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from common import jsonutil
-from common.domain import ExecType, ExecutionReportData, InvalidCommand, InvalidTransition
-from common.messaging.envelope import Envelope
-from common.store import tables
-from common.store.db import make_engine
+from common.domain import ExecType, InvalidCommand, InvalidTransition
 from common.store.uow import UnitOfWork
 from services.intake.commands import (
     InvalidOrderTerms,
@@ -28,100 +23,44 @@ from services.intake.commands import (
 )
 from services.risk_gate.handlers import handle_risk_check
 from services.router.handlers import handle_route
-from tools.seed import seed_demo
+from tests.support import orders
+from tests.support.orders import (
+    changing_order,
+    envelope_of,
+    event_types,
+    execution_report,
+    handle,
+    last_event,
+    order_request,
+    order_row,
+    outbox_of,
+    requests_of,
+)
 
 pytestmark = pytest.mark.integration
 
 D = Decimal
 
 
-@pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
-
-
 # --------------------------------------------------------------------------- helpers
 
 
+MSFT_ORDER: dict[str, Any] = {"symbol": "MSFT", "quantity": D("10"), "price": D("410.00")}
+
+
 def request(**changes: Any) -> OrderRequest:
-    fields: dict[str, Any] = {
-        "account_id": "ACC-001",
-        "symbol": "MSFT",
-        "side": "BUY",
-        "type": "LIMIT",
-        "quantity": D("10"),
-        "price": D("410.00"),
-        "client_order_id": str(uuid.uuid4()),
-    }
-    fields.update(changes)
-    return OrderRequest(**fields)
+    return order_request(**{**MSFT_ORDER, **changes})
 
 
 def submit(engine: Engine, **changes: Any) -> str:
-    with UnitOfWork(engine) as uow:
-        order, created = submit_order(uow, request(**changes), user_id="trader-1", correlation_id=None, message_id=None)
-        uow.commit()
+    order, created = orders.submit(engine, user_id="trader-1", **{**MSFT_ORDER, **changes})
     assert created
     return order.id
 
 
-def outbox_of(engine: Engine, order_id: str, routing_key: str) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.outbox)
-            .where(tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == routing_key)
-            .order_by(tables.outbox.c.id)
-        )
-        return [{**dict(r), "body": jsonutil.loads(r["body"])} for r in rows.mappings()]
-
-
-def order_row(engine: Engine, order_id: str) -> dict[str, Any]:
-    with engine.connect() as connection:
-        query = select(tables.orders).where(tables.orders.c.id == order_id)
-        return dict(connection.execute(query).mappings().one())
-
-
-def event_types(engine: Engine, order_id: str) -> list[str]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.order_events.c.type)
-            .where(tables.order_events.c.order_id == order_id)
-            .order_by(tables.order_events.c.sequence)
-        )
-        return list(rows.scalars())
-
-
-def last_event(engine: Engine, order_id: str) -> dict[str, Any]:
-    with engine.connect() as connection:
-        row = connection.execute(
-            select(tables.order_events)
-            .where(tables.order_events.c.order_id == order_id)
-            .order_by(tables.order_events.c.sequence.desc())
-            .limit(1)
-        )
-        return dict(row.mappings().one())
-
-
-def requests_of(engine: Engine, order_id: str) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.order_requests)
-            .where(tables.order_requests.c.order_id == order_id)
-            .order_by(tables.order_requests.c.created_at)
-        )
-        return [dict(r) for r in rows.mappings()]
-
-
 def forward(engine: Engine, order_id: str, routing_key: str, handler: Any, body: dict[str, Any]) -> None:
     [row] = outbox_of(engine, order_id, routing_key)[-1:]
-    env = Envelope(message_id=row["message_id"], routing_key=routing_key, body=body, correlation_id=order_id)
-    with UnitOfWork(engine, claim_outbox=True) as uow:
-        handler(uow, env)
-        uow.commit()
+    handle(engine, handler, envelope_of(row, body, as_sent=False))
 
 
 def approve(engine: Engine, order_id: str) -> None:
@@ -137,23 +76,11 @@ def route(engine: Engine, order_id: str) -> None:
 
 
 def acknowledge(engine: Engine, order_id: str) -> None:
-    with UnitOfWork(engine) as uow:
-        order = uow.orders.get(order_id, for_update=True)
-        assert order is not None
+    with changing_order(engine, order_id) as (_, order):
         now = datetime.now(UTC)
         order.apply_report(
-            ExecutionReportData(
-                execution_id=str(uuid.uuid4()),
-                order_id=order_id,
-                exec_type=ExecType.NEW,
-                cum_qty=D(0),
-                leaves_qty=order.quantity,
-                timestamp=now,
-            ),
-            now,
+            execution_report(order_id, ExecType.NEW, cum_qty=D(0), leaves_qty=order.quantity, timestamp=now), now
         )
-        uow.orders.save(order, correlation_id=order_id, message_id=None)
-        uow.commit()
     assert order_row(engine, order_id)["state"] == "OPEN"
 
 

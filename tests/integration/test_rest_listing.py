@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -13,28 +12,14 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
 from common import jsonutil
-from common.config import Settings
-from common.store.db import make_engine
-from services.api.rest import create_app
-from tests.support.api import bearer, new_account, store_order, token_service
-from tools.seed import seed_demo
+from tests.support.api import bearer, new_account, store_order
 
 AUTH = {"Authorization": bearer()}
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def client(engine: Engine, database_url: str, amqp_url: str) -> FlaskClient:
-    app: Flask = create_app(Settings(database_url=database_url, amqp_url=amqp_url), engine, tokens=token_service())
+def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 

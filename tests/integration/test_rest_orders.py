@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
@@ -11,34 +10,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from common import jsonutil
-from common.config import Settings
 from common.store import tables
-from common.store.db import make_engine
-from services.api.rest import create_app
-from tests.support.api import bearer, new_account, store_order, token_service
-from tools.seed import seed_demo
-
-
-@pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def app(engine: Engine, database_url: str, amqp_url: str) -> Flask:
-    return create_app(Settings(database_url=database_url, amqp_url=amqp_url), engine, tokens=token_service())
-
-
-@pytest.fixture()
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+from tests.support.api import bearer, new_account, store_order
+from tests.support.orders import order_count
 
 
 @pytest.fixture()
@@ -74,15 +51,6 @@ def _limit(account: str, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not None}
-
-
-def _order_rows(engine: Engine, account: str) -> int:
-    with engine.connect() as connection:
-        return int(
-            connection.execute(
-                select(func.count()).select_from(tables.orders).where(tables.orders.c.account_id == account)
-            ).scalar_one()
-        )
 
 
 # ---- POST /orders -----------------------------------------------------------------------------------------
@@ -174,7 +142,7 @@ def test_rule_violations_are_400_and_book_nothing(
     matching = [e for e in error["errors"] if e["field"] == field]
     assert matching, error
     assert any(fragment in e["message"] for e in matching), error
-    assert _order_rows(engine, account) == 0
+    assert order_count(engine, account) == 0
 
 
 def test_malformed_json_is_400(client: FlaskClient) -> None:
@@ -202,7 +170,7 @@ def test_same_idempotency_key_returns_the_same_order(client: FlaskClient, engine
     assert first.status_code == 201 and again.status_code == 200
     assert _json(first)["id"] == _json(again)["id"]
     assert _json(again)["clientOrderId"] == key["Idempotency-Key"]
-    assert _order_rows(engine, account) == 1
+    assert order_count(engine, account) == 1
 
 
 def test_same_client_order_id_in_the_body_returns_the_same_order(
@@ -212,7 +180,7 @@ def test_same_client_order_id_in_the_body_returns_the_same_order(
     first, again = _create(client, body), _create(client, body)
     assert (first.status_code, again.status_code) == (201, 200)
     assert _json(first)["id"] == _json(again)["id"]
-    assert _order_rows(engine, account) == 1
+    assert order_count(engine, account) == 1
 
 
 def test_header_and_body_keys_must_agree(client: FlaskClient, account: str) -> None:
@@ -235,7 +203,7 @@ def test_concurrent_submissions_with_one_key_book_one_order(
     assert {order_id for _, order_id in results} == {results[0][1]}
     assert sorted(code for code, _ in results).count(201) == 1
     assert all(code in (200, 201) for code, _ in results)
-    assert _order_rows(engine, account) == 1
+    assert order_count(engine, account) == 1
 
 
 # ---- GET /orders/{orderId} --------------------------------------------------------------------------------

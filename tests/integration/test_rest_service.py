@@ -8,35 +8,23 @@ from typing import Any
 
 import pytest
 import yaml
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
 from common import jsonutil
 from common.config import REPO_ROOT, Settings
-from common.store.db import make_engine
 from services.api.health import ReadinessProbe
 from services.api.rest import create_app
 from tests.support.api import bearer, token_service
+from tests.support.db import open_engine
 
 SPEC = REPO_ROOT.parent / "shared" / "spec" / "openapi.yaml"
 
 
 @pytest.fixture(scope="module")
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def app(engine: Engine, database_url: str, amqp_url: str) -> Flask:
-    return create_app(Settings(database_url=database_url, amqp_url=amqp_url), engine, tokens=token_service())
-
-
-@pytest.fixture()
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    with open_engine(database_url, demo_data=False) as engine:
+        yield engine
 
 
 def _resolve(node: Any, root: dict[str, Any]) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -18,7 +17,6 @@ from typing import Any
 
 import aio_pika
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, delete, insert, select, update
 
@@ -28,47 +26,37 @@ from common.contracts import FillBookedSchema, RiskCheckSchema, RouteReplaceSche
 from common.messaging.envelope import Envelope
 from common.runtime.stage import StageWorker
 from common.store import tables
-from common.store.db import make_engine
 from common.store.tables import reference_prices, risk_limit_changes
 from common.store.uow import UnitOfWork
-from services.api.rest import create_app
-from services.intake.commands import OrderRequest, cancel_order, modify_order, submit_order
+from services.intake.commands import cancel_order, modify_order
 from services.risk_gate import admin
 from services.risk_gate.handlers import check_order, check_replace_terms, handle_risk_check, prepare
 from services.risk_gate.prices import FeedPrice, NoPriceBehaviour, PriceSettings, ReferencePriceConsumer, store_prices
 from services.risk_gate.worker import SPEC
 from services.router.handlers import handle_route
 from services.settlement.worker import handle_fill
-from tests.support.api import ALL_SCOPES, bearer, store_order, token_service
+from tests.support.api import ALL_SCOPES, bearer, store_order
+from tests.support.api import new_account as new_test_account
+from tests.support.orders import (
+    envelope_of,
+    handle,
+    last_event,
+    order_row,
+    outbox_bodies,
+    outbox_of,
+    request_row,
+    risk_check,
+    submit_new,
+)
 from tests.support.polling import async_wait_until
 from tools import risk as risk_command
-from tools.seed import seed_demo
 
 pytestmark = pytest.mark.integration
 
 D = Decimal
 
 
-# ------------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def app(engine: Engine, database_url: str, amqp_url: str) -> Flask:
-    return create_app(Settings(database_url=database_url, amqp_url=amqp_url), engine, tokens=token_service())
-
-
-@pytest.fixture()
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+# ------------------------------------------------------------------------------------------------ helpers
 
 
 OPERATOR = {"Authorization": bearer(scopes=ALL_SCOPES, subject="ops-anna")}
@@ -82,20 +70,7 @@ def js(response: Any) -> Any:
 
 
 def new_account(engine: Engine, account_type: str = "MARGIN", cash: Decimal = D("1000000")) -> str:
-    account_id = f"RG-{uuid.uuid4().hex[:12]}"
-    with engine.begin() as connection:
-        connection.execute(
-            insert(tables.accounts).values(
-                id=account_id,
-                name=f"risk test {account_id}",
-                account_type=account_type,
-                base_currency="USD",
-                cash_balance=cash,
-                active=True,
-                created_at=datetime.now(UTC),
-            )
-        )
-    return account_id
+    return new_test_account(engine, prefix="RG-", account_type=account_type, cash=cash)
 
 
 def new_instrument(engine: Engine, reference_price: Decimal | None = D("100"), **extra: Any) -> str:
@@ -130,54 +105,12 @@ def feed(engine: Engine, symbol: str, price: Decimal, age: timedelta = timedelta
 
 
 def submit(engine: Engine, account_id: str, symbol: str, **fields: Any) -> tuple[str, int]:
-    values: dict[str, Any] = {
-        "account_id": account_id,
-        "symbol": symbol,
-        "side": "BUY",
-        "type": "LIMIT",
-        "quantity": D("100"),
-        "price": D("100"),
-        "client_order_id": str(uuid.uuid4()),
-    }
-    values.update(fields)
-    with UnitOfWork(engine) as uow:
-        order, _ = submit_order(uow, OrderRequest(**values), user_id=None, correlation_id=None, message_id=None)
-        uow.commit()
-    assert order.state == "NEW", order.rejection_reason
-    return order.id, order.version
-
-
-def risk_check(order_id: str, version: int) -> Envelope:
-    return Envelope(
-        message_id=str(uuid.uuid4()),
-        routing_key="risk.check",
-        body={"order_id": order_id, "version": version},
-        correlation_id=order_id,
-        type="RiskCheck",
-    )
-
-
-def order_row(engine: Engine, order_id: str) -> dict[str, Any]:
-    with engine.connect() as connection:
-        return dict(connection.execute(select(tables.orders).where(tables.orders.c.id == order_id)).mappings().one())
-
-
-def last_event(engine: Engine, order_id: str) -> dict[str, Any]:
-    with engine.connect() as connection:
-        row = connection.execute(
-            select(tables.order_events)
-            .where(tables.order_events.c.order_id == order_id)
-            .order_by(tables.order_events.c.sequence.desc())
-            .limit(1)
-        )
-        return dict(row.mappings().one())
+    return submit_new(engine, **{"account_id": account_id, "symbol": symbol, "price": D("100"), **fields})
 
 
 def check(engine: Engine, order_id: str, version: int) -> dict[str, Any]:
     """Run the stage handler on the order's RiskCheck; the order row afterwards."""
-    with UnitOfWork(engine, claim_outbox=True) as uow:
-        handle_risk_check(uow, risk_check(order_id, version))
-        uow.commit()
+    handle(engine, handle_risk_check, risk_check(order_id, version))
     return order_row(engine, order_id)
 
 
@@ -220,10 +153,7 @@ def book_fill(
             "reversal": False,
         }
     )
-    env = Envelope(str(uuid.uuid4()), "settlement.fill", body, order_id, "FillBooked")
-    with UnitOfWork(engine, claim_outbox=True) as uow:
-        handle_fill(uow, env)
-        uow.commit()
+    handle(engine, handle_fill, Envelope(str(uuid.uuid4()), "settlement.fill", body, order_id, "FillBooked"))
 
 
 # ------------------------------------------------------------------------------------------------ boundaries
@@ -632,31 +562,11 @@ def replace_check(engine: Engine, order_id: str, quantity: Decimal) -> tuple[str
     with UnitOfWork(engine) as uow:
         modify_order(uow, order_id, quantity=quantity, price=None, stop_price=None, notes=None, user_id="trader")
         uow.commit()
-    with engine.connect() as connection:
-        row = connection.execute(
-            select(tables.outbox)
-            .where(tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == "risk.check")
-            .order_by(tables.outbox.c.id.desc())
-            .limit(1)
-        ).one()
-    env = Envelope(row.message_id, "risk.check", RiskCheckSchema().load(jsonutil.loads(row.body)), order_id)
-    with UnitOfWork(engine, claim_outbox=True) as uow:
-        handle_risk_check(uow, env)
-        uow.commit()
+    row = outbox_of(engine, order_id, "risk.check")[-1]
+    env = envelope_of(row, RiskCheckSchema().load(row["body"]), as_sent=False)
+    handle(engine, handle_risk_check, env)
     request_id = env.body["request_id"]
-    with engine.connect() as connection:
-        query = select(tables.order_requests).where(tables.order_requests.c.request_id == request_id)
-        return request_id, dict(connection.execute(query).mappings().one())
-
-
-def outbox_bodies(engine: Engine, order_id: str, routing_key: str) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.outbox.c.body)
-            .where(tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == routing_key)
-            .order_by(tables.outbox.c.id)
-        )
-        return [jsonutil.loads(body) for body in rows.scalars()]
+    return request_id, request_row(engine, request_id)
 
 
 def test_a_replace_that_breaks_a_limit_is_rejected_and_the_order_keeps_its_terms(engine: Engine) -> None:

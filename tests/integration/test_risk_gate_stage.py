@@ -10,22 +10,32 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, update
 from sqlalchemy.dialects.postgresql import insert
 
-from common import jsonutil
 from common.contracts import RiskCheckSchema
-from common.domain import ExecType, ExecutionReportData
+from common.domain import ExecType
 from common.messaging.envelope import Envelope
 from common.runtime.stage import DeadLetter
 from common.store import tables
-from common.store.db import make_engine
 from common.store.uow import UnitOfWork
-from services.intake.commands import OrderRequest, cancel_order, modify_order, submit_order
+from services.intake.commands import cancel_order, modify_order
 from services.risk_gate import admin
 from services.risk_gate.handlers import handle_risk_check
 from tests.support.api import store_order
-from tools.seed import seed_demo
+from tests.support.db import open_engine
+from tests.support.orders import (
+    changing_order,
+    envelope_of,
+    events_of,
+    execution_report,
+    handle,
+    order_row,
+    outbox_of,
+    request_row,
+    risk_check,
+    submit_new,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,82 +49,28 @@ DEFAULT_MAX_NOTIONAL = D("50000000")
 
 @pytest.fixture(scope="module")
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-        for account_id in (CLOSING_ACCOUNT, LIMITED_ACCOUNT):
-            account = {"id": account_id, "name": account_id, "account_type": "MARGIN", "base_currency": "USD"}
-            connection.execute(
-                insert(tables.accounts)
-                .values(**account, cash_balance=D(0), active=True, created_at=datetime.now(UTC))
-                .on_conflict_do_nothing()
-            )
-    yield engine
-    engine.dispose()
-
-
-def submit(engine: Engine, **changes: Any) -> tuple[str, int]:
-    """Book a NEW order through the intake command; returns its id and version."""
-    fields: dict[str, Any] = {
-        "account_id": "ACC-001",
-        "symbol": "AAPL",
-        "side": "BUY",
-        "type": "LIMIT",
-        "quantity": D("100"),
-        "price": D("190.00"),
-        "client_order_id": str(uuid.uuid4()),
-    }
-    fields.update(changes)
-    with UnitOfWork(engine) as uow:
-        order, _ = submit_order(uow, OrderRequest(**fields), user_id=None, correlation_id=None, message_id=None)
-        uow.commit()
-    assert order.state == "NEW", order.rejection_reason
-    return order.id, order.version
-
-
-def risk_check(order_id: str, version: int) -> Envelope:
-    return Envelope(
-        message_id=str(uuid.uuid4()),
-        routing_key="risk.check",
-        body={"order_id": order_id, "version": version},
-        correlation_id=order_id,
-        type="RiskCheck",
-    )
+    with open_engine(database_url) as engine:
+        with engine.begin() as connection:
+            for account_id in (CLOSING_ACCOUNT, LIMITED_ACCOUNT):
+                account = {"id": account_id, "name": account_id, "account_type": "MARGIN", "base_currency": "USD"}
+                connection.execute(
+                    insert(tables.accounts)
+                    .values(**account, cash_balance=D(0), active=True, created_at=datetime.now(UTC))
+                    .on_conflict_do_nothing()
+                )
+        yield engine
 
 
 def run(engine: Engine, env: Envelope) -> None:
-    with UnitOfWork(engine, claim_outbox=True) as uow:
-        handle_risk_check(uow, env)
-        uow.commit()
-
-
-def order_row(engine: Engine, order_id: str) -> dict[str, Any]:
-    with engine.connect() as connection:
-        return dict(connection.execute(select(tables.orders).where(tables.orders.c.id == order_id)).mappings().one())
-
-
-def events_of(engine: Engine, order_id: str) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.order_events)
-            .where(tables.order_events.c.order_id == order_id)
-            .order_by(tables.order_events.c.sequence)
-        )
-        return [dict(r) for r in rows.mappings()]
+    handle(engine, handle_risk_check, env)
 
 
 def route_new_rows(engine: Engine, order_id: str) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.outbox)
-            .where(tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == "router.new")
-            .order_by(tables.outbox.c.id)
-        )
-        return [{**dict(r), "body": jsonutil.loads(r["body"])} for r in rows.mappings()]
+    return outbox_of(engine, order_id, "router.new")
 
 
 def test_an_order_within_limits_is_approved_and_handed_to_the_router(engine: Engine) -> None:
-    order_id, version = submit(engine)
+    order_id, version = submit_new(engine)
     run(engine, risk_check(order_id, version))
 
     order = order_row(engine, order_id)
@@ -134,7 +90,7 @@ def test_an_order_within_limits_is_approved_and_handed_to_the_router(engine: Eng
 
 
 def test_a_check_seen_twice_approves_once(engine: Engine) -> None:
-    order_id, version = submit(engine)
+    order_id, version = submit_new(engine)
     run(engine, risk_check(order_id, version))
     run(engine, risk_check(order_id, version))  # another message id: the order is no longer NEW
     assert len(route_new_rows(engine, order_id)) == 1
@@ -169,7 +125,7 @@ def test_a_check_seen_twice_approves_once(engine: Engine) -> None:
     ],
 )
 def test_default_limits_reject_above_them(engine: Engine, changes: dict[str, Any], code: str, reason: str) -> None:
-    order_id, version = submit(engine, **changes)
+    order_id, version = submit_new(engine, **changes)
     run(engine, risk_check(order_id, version))
 
     order = order_row(engine, order_id)
@@ -191,7 +147,7 @@ def test_default_limits_reject_above_them(engine: Engine, changes: dict[str, Any
 )
 def test_default_limits_approve_at_them(engine: Engine, changes: dict[str, Any]) -> None:
     assert DEFAULT_MAX_NOTIONAL == D("50000000")
-    order_id, version = submit(engine, **changes)
+    order_id, version = submit_new(engine, **changes)
     run(engine, risk_check(order_id, version))
     assert order_row(engine, order_id)["state"] == "APPROVED"
 
@@ -199,7 +155,7 @@ def test_default_limits_approve_at_them(engine: Engine, changes: dict[str, Any])
 def test_limits_are_configurable(engine: Engine) -> None:
     with engine.begin() as connection:
         admin.set_limits(connection, LIMITED_ACCOUNT, {"max_order_quantity": "50"}, by="tester")
-    order_id, version = submit(engine, account_id=LIMITED_ACCOUNT, quantity=D("51"))
+    order_id, version = submit_new(engine, account_id=LIMITED_ACCOUNT, quantity=D("51"))
     run(engine, risk_check(order_id, version))
     assert order_row(engine, order_id)["rejection_code"] == "MAX_ORDER_QUANTITY_EXCEEDED"
 
@@ -211,7 +167,7 @@ def test_the_global_defaults_come_with_the_schema(engine: Engine) -> None:
 
 
 def test_an_account_closed_after_intake_is_rejected(engine: Engine) -> None:
-    order_id, version = submit(engine, account_id=CLOSING_ACCOUNT)
+    order_id, version = submit_new(engine, account_id=CLOSING_ACCOUNT)
     with engine.begin() as connection:
         connection.execute(update(tables.accounts).where(tables.accounts.c.id == CLOSING_ACCOUNT).values(active=False))
     try:
@@ -227,7 +183,7 @@ def test_an_account_closed_after_intake_is_rejected(engine: Engine) -> None:
 
 
 def test_a_check_of_an_older_version_is_skipped(engine: Engine) -> None:
-    order_id, version = submit(engine)
+    order_id, version = submit_new(engine)
     with UnitOfWork(engine) as uow:
         modified = modify_order(
             uow, order_id, quantity=D("200"), price=None, stop_price=None, notes=None, user_id="trader-1"
@@ -246,7 +202,7 @@ def test_a_check_of_an_older_version_is_skipped(engine: Engine) -> None:
 
 
 def test_a_check_of_a_canceled_order_is_skipped(engine: Engine) -> None:
-    order_id, version = submit(engine)
+    order_id, version = submit_new(engine)
     with UnitOfWork(engine) as uow:
         canceled = cancel_order(uow, order_id, reason="changed my mind", user_id=None)
         uow.commit()
@@ -264,48 +220,22 @@ def test_an_unknown_order_is_dead_lettered(engine: Engine) -> None:
 # --------------------------------------------------------------------------- replaces of orders at the venue
 
 
-def outbox_rows(engine: Engine, order_id: str, routing_key: str) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.outbox)
-            .where(tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == routing_key)
-            .order_by(tables.outbox.c.id)
-        )
-        return [{**dict(r), "body": jsonutil.loads(r["body"])} for r in rows.mappings()]
-
-
-def request_row(engine: Engine, request_id: str) -> dict[str, Any]:
-    with engine.connect() as connection:
-        query = select(tables.order_requests).where(tables.order_requests.c.request_id == request_id)
-        return dict(connection.execute(query).mappings().one())
-
-
 def request_replace(engine: Engine, order_id: str, quantity: Decimal) -> Envelope:
     """Modify an order at the venue; the RiskCheck of the replace, as the gate receives it."""
     with UnitOfWork(engine) as uow:
         modify_order(uow, order_id, quantity=quantity, price=None, stop_price=None, notes=None, user_id="trader-1")
         uow.commit()
-    row = outbox_rows(engine, order_id, "risk.check")[-1]
-    return Envelope(
-        message_id=row["message_id"],
-        routing_key="risk.check",
-        body=RiskCheckSchema().load(row["body"]),
-        correlation_id=order_id,
-        type="RiskCheck",
-        headers=row["headers"],
-    )
+    row = outbox_of(engine, order_id, "risk.check")[-1]
+    return envelope_of(row, RiskCheckSchema().load(row["body"]))
 
 
 def venue_fill(engine: Engine, order_id: str, quantity: Decimal) -> None:
-    with UnitOfWork(engine) as uow:
-        order = uow.orders.get(order_id, for_update=True)
-        assert order is not None
+    with changing_order(engine, order_id) as (_, order):
         cum = order.filled_quantity + quantity
         now = datetime.now(UTC)
-        report = ExecutionReportData(
-            execution_id=str(uuid.uuid4()),
-            order_id=order_id,
-            exec_type=ExecType.FILL if cum == order.quantity else ExecType.PARTIAL_FILL,
+        report = execution_report(
+            order_id,
+            ExecType.FILL if cum == order.quantity else ExecType.PARTIAL_FILL,
             last_qty=quantity,
             last_px=order.price,
             cum_qty=cum,
@@ -314,8 +244,6 @@ def venue_fill(engine: Engine, order_id: str, quantity: Decimal) -> None:
             timestamp=now,
         )
         order.apply_report(report, now)
-        uow.orders.save(order, correlation_id=order_id, message_id=None)
-        uow.commit()
 
 
 def test_a_replace_check_is_skipped_once_a_later_replace_supersedes_it(engine: Engine) -> None:
@@ -326,11 +254,11 @@ def test_a_replace_check_is_skipped_once_a_later_replace_supersedes_it(engine: E
     run(engine, first)
     skipped = request_row(engine, first.body["request_id"])
     assert (skipped["status"], skipped["reason"]) == ("SKIPPED", f"superseded by replace {second.body['request_id']}")
-    assert outbox_rows(engine, order_id, "router.replace") == []
+    assert outbox_of(engine, order_id, "router.replace") == []
     assert events_of(engine, order_id)[-1]["type"] == "REPLACE_REQUESTED"  # nothing recorded on the order
 
     run(engine, second)  # the latest one is checked and goes on
-    [route] = outbox_rows(engine, order_id, "router.replace")
+    [route] = outbox_of(engine, order_id, "router.replace")
     assert route["body"] == {"orderId": order_id, "requestId": second.body["request_id"]}
     assert route["headers"] == {"x-oms-user": "trader-1"}
     approval = events_of(engine, order_id)[-1]
@@ -349,7 +277,7 @@ def test_a_replace_check_is_skipped_once_a_cancel_supersedes_it(engine: Engine) 
     run(engine, check)
     skipped = request_row(engine, check.body["request_id"])
     assert (skipped["status"], skipped["reason"]) == ("SKIPPED", f"superseded by cancel {cancel_id}")
-    assert outbox_rows(engine, order_id, "router.replace") == []
+    assert outbox_of(engine, order_id, "router.replace") == []
     assert order_row(engine, order_id)["pending_request"]["requestId"] == cancel_id
 
 
@@ -361,7 +289,7 @@ def test_a_replace_check_of_an_order_that_ended_is_skipped(engine: Engine) -> No
     run(engine, check)
     skipped = request_row(engine, check.body["request_id"])
     assert (skipped["status"], skipped["reason"]) == ("SKIPPED", "order is FILLED")
-    assert outbox_rows(engine, order_id, "router.replace") == []
+    assert outbox_of(engine, order_id, "router.replace") == []
 
 
 def test_a_replace_check_runs_though_a_fill_moved_the_order_version(engine: Engine) -> None:
@@ -371,7 +299,7 @@ def test_a_replace_check_runs_though_a_fill_moved_the_order_version(engine: Engi
     assert order_row(engine, order_id)["version"] > check.body["version"]
 
     run(engine, check)
-    assert len(outbox_rows(engine, order_id, "router.replace")) == 1
+    assert len(outbox_of(engine, order_id, "router.replace")) == 1
     order = order_row(engine, order_id)
     assert (order["state"], order["quantity"]) == ("PARTIALLY_FILLED", D("100"))  # not in force before the venue
 
@@ -390,7 +318,7 @@ def test_a_replace_check_after_the_router_sent_the_request_does_nothing(engine: 
 
     run(engine, replace(check, message_id=str(uuid.uuid4())))  # e.g. asked again by a job
     assert len(events_of(engine, order_id)) == events
-    assert len(outbox_rows(engine, order_id, "router.replace")) == 1
+    assert len(outbox_of(engine, order_id, "router.replace")) == 1
 
 
 def test_a_replace_check_naming_no_replace_request_is_dead_lettered(engine: Engine) -> None:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
-from common import jsonutil
 from common.contracts import (
     CancelRequestSchema,
     NewOrderRequestSchema,
@@ -21,16 +18,22 @@ from common.contracts import (
     RouteNewSchema,
     RouteReplaceSchema,
 )
-from common.domain import ExecType, ExecutionReportData
-from common.messaging.envelope import Envelope
+from common.domain import ExecType
 from common.runtime.stage import DeadLetter
 from common.store import tables
-from common.store.db import make_engine
 from common.store.uow import UnitOfWork
-from services.intake.commands import OrderRequest, cancel_order, modify_order, submit_order
+from services.intake.commands import cancel_order, modify_order
 from services.risk_gate.handlers import handle_risk_check
 from services.router.handlers import handle_route
-from tools.seed import seed_demo
+from tests.support.orders import (
+    apply_report,
+    envelope_of,
+    handle,
+    order_row,
+    outbox_of,
+    requests_of,
+    submit,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,99 +45,38 @@ ROUTE_SCHEMAS = {
 }
 
 
-@pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-    yield engine
-    engine.dispose()
-
-
 # --------------------------------------------------------------------------- helpers
 
 
-def outbox_of(engine: Engine, order_id: str, routing_key: str) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.outbox)
-            .where(tables.outbox.c.correlation_id == order_id, tables.outbox.c.routing_key == routing_key)
-            .order_by(tables.outbox.c.id)
-        )
-        return [{**dict(r), "body": jsonutil.loads(r["body"])} for r in rows.mappings()]
+VOD_STOP_LIMIT: dict[str, Any] = {
+    "account_id": "ACC-002",
+    "symbol": "VOD",
+    "side": "SELL",
+    "type": "STOP_LIMIT",
+    "quantity": D("300"),
+    "price": D("70.02"),
+    "stop_price": D("70.10"),
+    "time_in_force": "GTC",
+}
 
 
 def deliver(engine: Engine, row: dict[str, Any]) -> None:
     """Hand an outbox row to the router as the broker would: its body loaded through the route schema."""
-    env = Envelope(
-        message_id=row["message_id"],
-        routing_key=row["routing_key"],
-        body=ROUTE_SCHEMAS[row["routing_key"]].load(row["body"]),
-        correlation_id=row["correlation_id"],
-        type=row["type"],
-        headers=row["headers"],
-    )
-    with UnitOfWork(engine, claim_outbox=True) as uow:
-        handle_route(uow, env)
-        uow.commit()
+    handle(engine, handle_route, envelope_of(row, ROUTE_SCHEMAS[row["routing_key"]].load(row["body"])))
 
 
 def pass_risk(engine: Engine, order_id: str) -> None:
     """Run the risk gate on the order's latest RiskCheck (a replace's new terms go through it first)."""
     check = outbox_of(engine, order_id, "risk.check")[-1]
-    env = Envelope(
-        message_id=check["message_id"],
-        routing_key="risk.check",
-        body=RiskCheckSchema().load(check["body"]),
-        correlation_id=order_id,
-    )
-    with UnitOfWork(engine, claim_outbox=True) as uow:
-        handle_risk_check(uow, env)
-        uow.commit()
-
-
-def order_row(engine: Engine, order_id: str) -> dict[str, Any]:
-    with engine.connect() as connection:
-        return dict(connection.execute(select(tables.orders).where(tables.orders.c.id == order_id)).mappings().one())
-
-
-def requests_of(engine: Engine, order_id: str) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(tables.order_requests)
-            .where(tables.order_requests.c.order_id == order_id)
-            .order_by(tables.order_requests.c.created_at)
-        )
-        return [dict(r) for r in rows.mappings()]
+    handle(engine, handle_risk_check, envelope_of(check, RiskCheckSchema().load(check["body"]), as_sent=False))
 
 
 def approved_order(engine: Engine, **changes: Any) -> str:
     """An order through intake and risk, its RouteNew waiting in the outbox."""
-    fields: dict[str, Any] = {
-        "account_id": "ACC-002",
-        "symbol": "VOD",
-        "side": "SELL",
-        "type": "STOP_LIMIT",
-        "quantity": D("300"),
-        "price": D("70.02"),
-        "stop_price": D("70.10"),
-        "time_in_force": "GTC",
-        "client_order_id": str(uuid.uuid4()),
-    }
-    fields.update(changes)
-    with UnitOfWork(engine) as uow:
-        order, _ = submit_order(uow, OrderRequest(**fields), user_id=None, correlation_id=None, message_id=None)
-        uow.commit()
+    order, _ = submit(engine, **{**VOD_STOP_LIMIT, **changes})
     [check] = outbox_of(engine, order.id, "risk.check")
-    env = Envelope(
-        message_id=check["message_id"],
-        routing_key="risk.check",
-        body={"order_id": order.id, "version": check["body"]["version"]},
-        correlation_id=order.id,
-    )
-    with UnitOfWork(engine, claim_outbox=True) as uow:
-        handle_risk_check(uow, env)
-        uow.commit()
+    body = {"order_id": order.id, "version": check["body"]["version"]}
+    handle(engine, handle_risk_check, envelope_of(check, body, as_sent=False))
     assert order_row(engine, order.id)["state"] == "APPROVED"
     return order.id
 
@@ -144,23 +86,6 @@ def routed_order(engine: Engine, **changes: Any) -> str:
     [route] = outbox_of(engine, order_id, "router.new")
     deliver(engine, route)
     return order_id
-
-
-def venue_report(engine: Engine, order_id: str, exec_type: ExecType, **fields: Any) -> None:
-    """Apply a venue execution report as the execution handler would (enough to move the order)."""
-    with UnitOfWork(engine) as uow:
-        order = uow.orders.get(order_id, for_update=True)
-        assert order is not None
-        report = ExecutionReportData(
-            execution_id=str(uuid.uuid4()),
-            order_id=order_id,
-            exec_type=exec_type,
-            timestamp=datetime.now(UTC),
-            **fields,
-        )
-        order.apply_report(report, datetime.now(UTC))
-        uow.orders.save(order, correlation_id=order_id, message_id=None)
-        uow.commit()
 
 
 # --------------------------------------------------------------------------- new orders
@@ -265,7 +190,7 @@ def test_an_unknown_order_is_dead_lettered(engine: Engine) -> None:
 
 def test_a_cancel_is_sent_with_the_order_terms(engine: Engine) -> None:
     order_id = routed_order(engine)
-    venue_report(engine, order_id, ExecType.NEW, cum_qty=D(0), leaves_qty=D("300"), broker_order_id="B-1")
+    apply_report(engine, order_id, ExecType.NEW, cum_qty=D(0), leaves_qty=D("300"), broker_order_id="B-1")
     with UnitOfWork(engine) as uow:
         cancel_order(uow, order_id, reason="risk off", user_id="trader-3")
         uow.commit()
@@ -323,7 +248,7 @@ def test_a_request_for_an_order_that_ended_is_skipped(engine: Engine) -> None:
         cancel_order(uow, order_id, reason=None, user_id=None)
         uow.commit()
     # The venue fills the whole order before the cancel reaches it.
-    venue_report(
+    apply_report(
         engine,
         order_id,
         ExecType.FILL,

@@ -15,17 +15,17 @@ from sqlalchemy import Engine, insert, select
 from common import jsonutil
 from common.config import Settings
 from common.contracts import FillBookedSchema
-from common.domain import Order, OrderType, Side, TimeInForce
+from common.domain import OrderType, Side
 from common.messaging.envelope import Envelope
 from common.runtime.stage import StageSpec, StageWorker
 from common.store import tables
-from common.store.db import make_engine
 from common.store.settlement_repo import Position
-from common.store.uow import UnitOfWork
 from services.settlement.calendar import SettlementCalendar
 from services.settlement.handlers import handle, position_after
 from services.settlement.worker import SPEC
-from tools.seed import seed_demo
+from tests.support.api import new_account
+from tests.support.db import open_engine
+from tests.support.orders import create_order, mark_routed, store
 
 pytestmark = pytest.mark.integration
 
@@ -38,29 +38,27 @@ SATURDAY = "2026-11-28T15:00:00+00:00"
 
 @pytest.fixture(scope="module")
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        seed_demo(connection)
-        for symbol, asset_class, days in (("EURUSD", "FX", None), ("T2EQ", "EQUITY", 2)):
-            if connection.execute(
-                select(tables.instruments.c.symbol).where(tables.instruments.c.symbol == symbol)
-            ).first():
-                continue
-            connection.execute(
-                insert(tables.instruments).values(
-                    symbol=symbol,
-                    name=symbol,
-                    asset_class=asset_class,
-                    currency="USD",
-                    tick_size=D("0.0001"),
-                    lot_size=D(1),
-                    tradable=True,
-                    settlement_days=days,
-                    created_at=datetime.now(UTC),
+    with open_engine(database_url) as engine:
+        with engine.begin() as connection:
+            for symbol, asset_class, days in (("EURUSD", "FX", None), ("T2EQ", "EQUITY", 2)):
+                if connection.execute(
+                    select(tables.instruments.c.symbol).where(tables.instruments.c.symbol == symbol)
+                ).first():
+                    continue
+                connection.execute(
+                    insert(tables.instruments).values(
+                        symbol=symbol,
+                        name=symbol,
+                        asset_class=asset_class,
+                        currency="USD",
+                        tick_size=D("0.0001"),
+                        lot_size=D(1),
+                        tradable=True,
+                        settlement_days=days,
+                        created_at=datetime.now(UTC),
+                    )
                 )
-            )
-    yield engine
-    engine.dispose()
+        yield engine
 
 
 @pytest.fixture
@@ -78,44 +76,14 @@ def worker(engine: Engine, database_url: str) -> StageWorker:
 @pytest.fixture
 def account(engine: Engine) -> str:
     """An account of the test's own, so positions start flat."""
-    account_id = "T-" + uuid.uuid4().hex[:10]
-    with engine.begin() as connection:
-        connection.execute(
-            insert(tables.accounts).values(
-                id=account_id,
-                name=account_id,
-                account_type="MARGIN",
-                base_currency="USD",
-                cash_balance=D(1_000_000),
-                active=True,
-                created_at=datetime.now(UTC),
-            )
-        )
-    return account_id
+    return new_account(engine)
 
 
 def order_for(engine: Engine, account_id: str, symbol: str, side: Side) -> str:
-    now = datetime.now(UTC)
-    order = Order.create(
-        id=str(uuid.uuid4()),
-        account_id=account_id,
-        symbol=symbol,
-        side=side,
-        type=OrderType.MARKET,
-        quantity=D(1000),
-        price=None,
-        stop_price=None,
-        time_in_force=TimeInForce.DAY,
-        strategy_id=None,
-        notes=None,
-        client_order_id=None,
-        now=now,
-        user_id="tester",
+    order = create_order(
+        account_id=account_id, symbol=symbol, side=side, type=OrderType.MARKET, quantity=D(1000), price=None
     )
-    with UnitOfWork(engine) as uow:
-        uow.orders.add(order, correlation_id=order.id, message_id=None)
-        uow.commit()
-    return order.id
+    return store(engine, order)
 
 
 class Book:
@@ -458,27 +426,10 @@ async def test_a_fill_travels_from_the_venue_report_to_the_position(
         ready: bool = await async_wait_until(consuming, timeout=30, message="both stages consuming")
         assert ready
         now = datetime.now(UTC)
-        order = Order.create(
-            id=str(uuid.uuid4()),
-            account_id=account,
-            symbol="MSFT",
-            side=Side.BUY,
-            type=OrderType.MARKET,
-            quantity=D(30),
-            price=None,
-            stop_price=None,
-            time_in_force=TimeInForce.DAY,
-            strategy_id=None,
-            notes=None,
-            client_order_id=None,
-            now=now,
-            user_id="tester",
+        order = create_order(
+            account_id=account, symbol="MSFT", side=Side.BUY, type=OrderType.MARKET, quantity=D(30), price=None, now=now
         )
-        order.approve([], now)
-        order.mark_routed(str(uuid.uuid4()), now)
-        with UnitOfWork(engine) as uow:
-            uow.orders.add(order, correlation_id=order.id, message_id=None)
-            uow.commit()
+        store(engine, mark_routed(order, now, checks=[]))
         report = {
             "executionId": str(uuid.uuid4()),
             "orderId": order.id,

@@ -15,13 +15,18 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, insert, update
 
-from common.domain import ExecType, ExecutionReportData, Order, OrderType, Side, TimeInForce
+from common.config import Settings
+from common.domain import ExecType, ExecutionReportData, Order, OrderType, Side
 from common.store import tables
 from common.store.executions_repo import ExecutionReportRepository
 from common.store.uow import UnitOfWork
 from services.api.auth import SCOPE_OPERATIONS, SCOPE_READ, SCOPE_WRITE, TokenService
+from services.api.rest import create_app
+from tests.support.orders import create_order, mark_routed
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from tools.infra import InfraUrls
 
 TEST_SECRET = "front-end-tests-secret-0123456789abcdef"
@@ -31,6 +36,11 @@ ALL_SCOPES = (SCOPE_READ, SCOPE_WRITE, SCOPE_OPERATIONS)
 def token_service() -> TokenService:
     """The token service the tests' servers trust."""
     return TokenService(TEST_SECRET, "oms")
+
+
+def rest_app(engine: Engine, database_url: str, amqp_url: str) -> Flask:
+    """The REST app on the test session's database and vhost, trusting the tests' tokens."""
+    return create_app(Settings(database_url=database_url, amqp_url=amqp_url), engine, tokens=token_service())
 
 
 def bearer(
@@ -43,17 +53,24 @@ def bearer(
     return "Bearer " + token_service().issue(subject, accounts, scopes, ttl=ttl)
 
 
-def new_account(engine: Engine, active: bool = True) -> str:
+def new_account(
+    engine: Engine,
+    active: bool = True,
+    *,
+    prefix: str = "T-",
+    account_type: str = "MARGIN",
+    cash: Decimal = Decimal("1000000"),
+) -> str:
     """A fresh account of its own, so a test's counts are not disturbed by other tests' orders."""
-    account_id = f"T-{uuid.uuid4().hex[:12]}"
+    account_id = f"{prefix}{uuid.uuid4().hex[:12]}"
     with engine.begin() as connection:
         connection.execute(
             insert(tables.accounts).values(
                 id=account_id,
                 name=f"Test account {account_id}",
-                account_type="MARGIN",
+                account_type=account_type,
                 base_currency="USD",
-                cash_balance=Decimal("1000000"),
+                cash_balance=cash,
                 active=active,
                 created_at=datetime.now(UTC),
             )
@@ -93,21 +110,16 @@ def store_order(
 ) -> str:
     """Book an order and walk it to ``status`` (PENDING, OPEN, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED)."""
     now = datetime.now(UTC)
-    order = Order.create(
-        id=str(uuid.uuid4()),
+    order = create_order(
         account_id=account_id,
         symbol=symbol,
         side=side,
         type=order_type,
         quantity=quantity,
         price=price,
-        stop_price=None,
-        time_in_force=TimeInForce.DAY,
         strategy_id="test-strategy",
-        notes=None,
-        client_order_id=None,
-        now=now,
         user_id="tests",
+        now=now,
     )
     reports: list[ExecutionReportData] = []
     if status == "REJECTED":
@@ -115,8 +127,7 @@ def store_order(
     elif status == "CANCELED":
         order.cancel_unrouted("canceled by the test", now, "tests")
     elif status != "PENDING":
-        order.approve(["test"], now)
-        order.mark_routed(str(uuid.uuid4()), now)
+        mark_routed(order, now)
         reports.append(_report(order, ExecType.NEW))
         if status in ("PARTIALLY_FILLED", "FILLED"):
             half = quantity / 2 if status == "PARTIALLY_FILLED" else quantity
@@ -133,8 +144,8 @@ def store_order(
                 )
             )
     with UnitOfWork(engine) as uow:
-        executions = ExecutionReportRepository(uow.connection)
         uow.orders.add(order, correlation_id=order.id, message_id=None)
+        executions = ExecutionReportRepository(uow.connection)  # after the add: the connection flushes it
         for report in reports:
             order.apply_report(report, now)
             executions.record(report, quantity=report.last_qty, price=report.last_px or Decimal(0), received_at=now)
