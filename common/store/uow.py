@@ -6,6 +6,7 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 
+from common.store.executions_repo import ExecutionReportRepository
 from common.store.orders_repo import OrderRepository
 from common.store.outbox import Outbox, OutboxMessage
 from common.store.reference import ReferenceData
@@ -25,6 +26,7 @@ class UnitOfWork:
         self._connection.begin()
         self.outbox = Outbox(self._connection, claimed=self._claim_outbox)
         self.orders = OrderRepository(self._connection, self.outbox)
+        self.executions = ExecutionReportRepository(self._connection)
         self.reference = ReferenceData(self._connection)
         return self
 
@@ -36,26 +38,34 @@ class UnitOfWork:
         them; a handler that never needs the connection keeps its whole batch buffered until commit.
         """
         assert self._connection is not None, "unit of work used outside its with-block"
-        self.orders.flush()
+        self._flush()
         return self._connection
+
+    def _flush(self) -> None:
+        # Orders first: execution reports and events refer to them.
+        self.orders.flush()
+        self.executions.flush()
 
     def commit(self) -> list[OutboxMessage]:
         """Write what is buffered and commit; returns the messages now owed to the broker."""
-        self.orders.flush()
+        self._flush()
         self.outbox.flush()
         self.connection.commit()
-        self.orders.reset()
-        self.reference.reset()
+        self._reset()
         self.committed = list(self.outbox.written)
         self.outbox.written.clear()
         self.connection.begin()
         return self.committed
 
+    def _reset(self) -> None:
+        self.orders.reset()
+        self.executions.reset()
+        self.reference.reset()
+
     def rollback(self) -> None:
         """Undo everything since the last commit."""
         self.outbox.discard()
-        self.orders.reset()
-        self.reference.reset()
+        self._reset()
         self.connection.rollback()
         self.connection.begin()
 

@@ -78,7 +78,7 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
         raise DeadLetter(f"unknown order {report.order_id}")
 
     bust = report.exec_type is ExecType.TRADE_CANCEL
-    executions = ExecutionReportRepository(uow.connection)
+    executions = uow.executions
     row_id = executions.record(
         report,
         quantity=_ZERO - report.last_qty if bust else report.last_qty,

@@ -18,7 +18,6 @@ from sqlalchemy import Engine, insert, update
 from common.config import Settings
 from common.domain import ExecType, ExecutionReportData, Order, OrderType, Side
 from common.store import tables
-from common.store.executions_repo import ExecutionReportRepository
 from common.store.uow import UnitOfWork
 from services.api.auth import SCOPE_OPERATIONS, SCOPE_READ, SCOPE_WRITE, TokenService
 from services.api.rest import create_app
@@ -145,7 +144,7 @@ def store_order(
             )
     with UnitOfWork(engine) as uow:
         uow.orders.add(order, correlation_id=order.id, message_id=None)
-        executions = ExecutionReportRepository(uow.connection)  # after the add: the connection flushes it
+        executions = uow.executions
         for report in reports:
             order.apply_report(report, now)
             executions.record(report, quantity=report.last_qty, price=report.last_px or Decimal(0), received_at=now)
