@@ -259,6 +259,7 @@ class StageWorker:
         confirmed = await self._publisher.publish(outcome.published)
         if confirmed:
             await asyncio.to_thread(self._mark_sent, confirmed)
+        handled = []
         for d in valid:
             if d.message_id in outcome.dead:
                 await dead_letter(self._publisher, self.spec.queue, d.message, d.message_id, outcome.dead[d.message_id])
@@ -268,10 +269,14 @@ class StageWorker:
                 await d.message.nack(requeue=True)
                 STAGE_MESSAGES.labels(self.spec.stage, "failed").inc()
             else:
-                # Acked even if a publish was not confirmed: the committed outbox row is the durable copy,
-                # and the relay publishes it.
-                await d.message.ack()
-                STAGE_MESSAGES.labels(self.spec.stage, "handled").inc()
+                handled.append(d)
+        if handled:
+            # Acked even if a publish was not confirmed: the committed outbox row is the durable copy, and the
+            # relay publishes it. One frame for the batch: every delivery before the highest handled tag on this
+            # channel is settled (earlier batches entirely, this one above), so a multiple ack takes exactly these.
+            last = max(handled, key=lambda d: d.message.delivery_tag or 0)
+            await last.message.ack(multiple=True)
+            STAGE_MESSAGES.labels(self.spec.stage, "handled").inc(len(handled))
         STAGE_BATCH_SIZE.labels(self.spec.stage).observe(len(messages))
         STAGE_HANDLING_SECONDS.labels(self.spec.stage).observe(time.perf_counter() - started)
 
