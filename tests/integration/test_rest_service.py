@@ -12,13 +12,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
 from common import jsonutil
-from common.config import REPO_ROOT, Settings
+from common.config import Settings
 from services.api.health import ReadinessProbe
 from services.api.rest import create_app
 from tests.support.api import bearer, token_service
 from tests.support.db import open_engine
 
-SPEC = REPO_ROOT.parent / "shared" / "spec" / "openapi.yaml"
+SPEC = Path(__file__).resolve().parents[2] / "proto" / "openapi.yaml"  # the specification's, as it stands
 
 
 @pytest.fixture(scope="module")
