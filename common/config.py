@@ -22,6 +22,18 @@ def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, str(default)))
 
 
+# Loopback unless asked: on a shared machine a listener on every interface lets anyone reach the API and the
+# metrics. Containers set OMS_BIND_HOST=0.0.0.0 (docker-compose.yml, Dockerfile).
+DEFAULT_BIND_HOST = "127.0.0.1"
+
+
+def listen_host(variable: str | None = None) -> str:
+    """The address a listener binds: its own variable (e.g. ``OMS_API_HOST``), else ``OMS_BIND_HOST``, else
+    loopback."""
+    own = os.environ.get(variable, "").strip() if variable else ""
+    return own or os.environ.get("OMS_BIND_HOST", "").strip() or DEFAULT_BIND_HOST
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every tunable of the service; one instance is built by ``common.bootstrap``."""
@@ -42,6 +54,10 @@ class Settings:
     rest_port: int = field(default_factory=lambda: _env_int("OMS_REST_PORT", 8080))
     grpc_port: int = field(default_factory=lambda: _env_int("OMS_GRPC_PORT", 50051))
     metrics_port: int = field(default_factory=lambda: _env_int("OMS_METRICS_PORT", 0))
+    # Where the listeners bind (see ``listen_host``): REST and gRPC, and each process's /metrics + /health.
+    bind_host: str = field(default_factory=listen_host)
+    api_host: str = field(default_factory=lambda: listen_host("OMS_API_HOST"))
+    metrics_host: str = field(default_factory=lambda: listen_host("OMS_METRICS_HOST"))
     jwt_secret_file: Path = field(
         default_factory=lambda: Path(_env("OMS_JWT_SECRET_FILE", str(REPO_ROOT / ".data" / "jwt-secret")))
     )

@@ -2,18 +2,27 @@
 
 Bodies are camelCase JSON (see docs/messages.md); loaded dicts use snake_case keys and Decimal numbers.
 Unknown fields are ignored, so producers can add fields without breaking consumers.
+
+A body that loads is one the database can store and the handlers can apply: strings hold no NUL (Postgres
+text cannot) nor other control characters, numbers fit DECIMAL(20, 8), timestamps convert to UTC, and an
+execution report's figures are ones a venue can send (see ``ExecutionReportSchema``). Anything else is
+refused here, so the stage dead-letters it at once with the reason instead of failing it until the delivery
+limit. Error messages are keyed by the wire (camelCase) field name.
 """
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from common.domain import ExecType, OrderType, Side, TimeInForce
 
 __all__ = [
+    "MAX_DECIMAL_PLACES",
+    "MAX_INTEGER_DIGITS",
     "CancelRequestSchema",
     "ExecutionReportSchema",
     "FillBookedSchema",
@@ -25,7 +34,67 @@ __all__ = [
     "RouteReplaceSchema",
     "TradeDecisionSchema",
     "ValidationError",
+    "decimal_problem",
+    "text_problem",
 ]
+
+# DECIMAL(20, 8), the column type of every quantity, price and amount.
+MAX_INTEGER_DIGITS = 12
+MAX_DECIMAL_PLACES = 8
+# A trade decision's size is the intake's business rule (too large: a REJECTED order saying so); the contract
+# only keeps out numbers no rule could even print (1E+999999999).
+DECISION_MAX_INTEGER_DIGITS = 20
+# A rebate (negative fees on a fill) larger than this share of the notional is not one a venue pays.
+MAX_REBATE_RATE = Decimal("0.01")
+_ZERO = Decimal(0)
+# Control characters free text may carry; identifiers carry none.
+_TEXT_WHITESPACE = frozenset("\t\n\r")
+_TRADES = frozenset({ExecType.PARTIAL_FILL.value, ExecType.FILL.value})
+
+
+def text_problem(value: str, *, free_text: bool = False) -> str | None:
+    """Why ``value`` cannot be stored and shown as text (None: it can).
+
+    NUL cannot go into Postgres text, a lone surrogate cannot be encoded to UTF-8, and other control characters
+    in ids and names only hide what they are; free text may hold tabs and line breaks.
+    """
+    for ch in value:
+        code = ord(ch)
+        if code == 0:
+            return "Must not contain NUL characters."
+        if code < 0x20 or code == 0x7F:
+            if free_text and ch in _TEXT_WHITESPACE:
+                continue
+            return "Must not contain control characters."
+        if 0xD800 <= code <= 0xDFFF:
+            return "Must be valid Unicode (no lone surrogates)."
+    return None
+
+
+def decimal_problem(
+    value: Decimal, *, max_integer_digits: int = MAX_INTEGER_DIGITS, max_places: int = MAX_DECIMAL_PLACES
+) -> str | None:
+    """Why ``value`` does not fit DECIMAL(integer digits + places, places) (None: it fits).
+
+    Trailing zeros are not precision (1.50000000000 is 1.5). Never rounds: a value the column would round is
+    refused, so what is stored is what was sent. Safe for any exponent (no context arithmetic).
+    """
+    if not value.is_finite():
+        return "Must be a finite number."
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    significant = len(digits)
+    while significant > 1 and digits[significant - 1] == 0:
+        significant -= 1
+        exponent += 1
+    if significant == 1 and digits[0] == 0:
+        return None  # zero, whatever its exponent
+    if -exponent > max_places:
+        return f"Must have at most {max_places} decimal places."
+    integer_digits = significant + exponent  # digits before the point
+    if integer_digits > max_integer_digits:
+        return f"Must have at most {max_integer_digits} digits before the decimal point."
+    return None
 
 
 def _camel(name: str) -> str:
@@ -43,25 +112,81 @@ class CamelSchema(Schema):
         field_obj.data_key = field_obj.data_key or _camel(field_name)
 
 
-def _decimal(required: bool = False, allow_none: bool = True) -> fields.Decimal:
-    # allow_nan=False: NaN/Infinity are not prices.
-    return fields.Decimal(required=required, allow_none=allow_none and not required, allow_nan=False)
+class _Text(fields.String):
+    """A string Postgres can store: no NUL, no lone surrogate, no control characters (free text: but tab/CR/LF)."""
+
+    def __init__(self, *, free_text: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.free_text = free_text
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text: str = super()._deserialize(value, attr, data, **kwargs)
+        problem = text_problem(text, free_text=self.free_text)
+        if problem is not None:
+            raise ValidationError(problem)
+        return text
 
 
-def _id(required: bool = True, max_length: int = 100) -> fields.String:
-    return fields.String(required=required, allow_none=not required, validate=validate.Length(min=1, max=max_length))
+class _Amount(fields.Decimal):
+    """A JSON number as Decimal that fits DECIMAL(20, 8) (decisions: see DECISION_MAX_INTEGER_DIGITS)."""
+
+    def __init__(self, *, max_integer_digits: int = MAX_INTEGER_DIGITS, **kwargs: Any) -> None:
+        # allow_nan=False: NaN/Infinity are not prices.
+        super().__init__(allow_nan=False, **kwargs)
+        self.max_integer_digits = max_integer_digits
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        number: Decimal = super()._deserialize(value, attr, data, **kwargs)
+        problem = decimal_problem(number, max_integer_digits=self.max_integer_digits)
+        if problem is not None:
+            raise ValidationError(problem)
+        return number
+
+
+class _Timestamp(fields.AwareDateTime):
+    """An ISO 8601 instant (naive: UTC) that converts to UTC: handlers compare and store it in UTC."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(default_timezone=UTC, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment: datetime = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            moment.astimezone(UTC)  # 0001-01-01T00:00+01:00 has no UTC instant in Python's range
+        except OverflowError as exc:
+            raise ValidationError("Not a representable instant.") from exc
+        return moment
+
+
+def _decimal(required: bool = False, allow_none: bool = True, **kwargs: Any) -> _Amount:
+    return _Amount(required=required, allow_none=allow_none and not required, **kwargs)
+
+
+def _id(required: bool = True, max_length: int = 100) -> _Text:
+    return _Text(required=required, allow_none=not required, validate=validate.Length(min=1, max=max_length))
+
+
+def _free_text(max_length: int | None = None) -> _Text:
+    return _Text(free_text=True, allow_none=True, validate=validate.Length(max=max_length) if max_length else None)
 
 
 def _enum(values: type[Any], required: bool = True) -> fields.String:
     return fields.String(required=required, allow_none=not required, validate=validate.OneOf([v.value for v in values]))
 
 
+def _plain(value: Decimal) -> str:
+    # Bounds here come from DECIMAL(20, 8) figures, well inside the context's precision.
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
 class TradeDecisionSchema(CamelSchema):
     """A trade decision from the strategy service: CreateOrderRequest fields plus ``decisionId``.
 
     Only the shape is checked here (a body of the wrong shape is dead-lettered); business rules
-    (positive quantity, price per order type, tick and lot, known instrument) are the intake's, and a
-    decision that breaks one becomes a REJECTED order with the reason.
+    (positive quantity, price per order type, tick and lot, known instrument, too large to store) are the
+    intake's, and a decision that breaks one becomes a REJECTED order with the reason. A number with more than
+    8 decimal places is the wrong shape: the column would round it, and the order would not be what was sent.
     """
 
     decision_id = _id()
@@ -69,16 +194,28 @@ class TradeDecisionSchema(CamelSchema):
     symbol = _id(max_length=20)
     side = _enum(Side)
     type = _enum(OrderType)
-    quantity = _decimal(required=True)
-    price = _decimal()
-    stop_price = _decimal()
+    quantity = _decimal(required=True, max_integer_digits=DECISION_MAX_INTEGER_DIGITS)
+    price = _decimal(max_integer_digits=DECISION_MAX_INTEGER_DIGITS)
+    stop_price = _decimal(max_integer_digits=DECISION_MAX_INTEGER_DIGITS)
     time_in_force = _enum(TimeInForce, required=False)
-    strategy_id = fields.String(allow_none=True, validate=validate.Length(max=36))
-    notes = fields.String(allow_none=True, validate=validate.Length(max=2000))
+    strategy_id = _Text(allow_none=True, validate=validate.Length(max=36))
+    notes = _free_text(max_length=2000)
 
 
 class ExecutionReportSchema(CamelSchema):
-    """An execution report from the broker integration service (or the simulated venue)."""
+    """An execution report from the broker integration service (or the simulated venue).
+
+    Beyond the shape, the figures must be ones a venue can send (FIX allows zero only where nothing traded):
+
+    - quantities (lastQty, cumQty, leavesQty, orderQty) are not negative;
+    - price and stopPrice, when present, are positive; lastPx and avgPx are not negative, and avgPx is
+      positive once cumQty is (FIX sends AvgPx 0 before the first fill);
+    - a PARTIAL_FILL, FILL or TRADE_CANCEL has a positive lastQty and lastPx, and a TRADE_CANCEL names the
+      execution it busts (execRefId; whether that execution exists is the execution handler's check);
+    - fees, with N = lastQty × lastPx: on a fill from −1% of N (a rebate) to N; on a bust, which refunds the
+      busted fill's fees (negative, as ``Order.apply_report`` adds them), from −N to 1% of N; on a report
+      without a trade, 0 or absent.
+    """
 
     execution_id = _id()
     order_id = _id(max_length=36)
@@ -94,10 +231,55 @@ class ExecutionReportSchema(CamelSchema):
     price = _decimal()
     stop_price = _decimal()
     fees = _decimal()
-    venue = fields.String(allow_none=True, validate=validate.Length(max=50))
-    timestamp = fields.AwareDateTime(required=True, default_timezone=UTC)
-    reason = fields.String(allow_none=True)
+    venue = _Text(allow_none=True, validate=validate.Length(max=50))
+    timestamp = _Timestamp(required=True)
+    reason = _free_text()
     exec_ref_id = _id(required=False)
+
+    @validates_schema
+    def _figures_a_venue_can_send(self, data: dict[str, Any], **kwargs: Any) -> None:
+        errors: dict[str, list[str]] = {}
+
+        def refuse(name: str, message: str) -> None:
+            errors.setdefault(_camel(name), []).append(message)
+
+        for name in ("last_qty", "cum_qty", "leaves_qty", "order_qty", "last_px", "avg_px"):
+            value = data.get(name)
+            if value is not None and value < _ZERO:
+                refuse(name, "Must not be negative.")
+        for name in ("price", "stop_price"):
+            value = data.get(name)
+            if value is not None and value <= _ZERO:
+                refuse(name, "Must be positive.")
+        avg_px, cum_qty = data.get("avg_px"), data.get("cum_qty")
+        if avg_px is not None and avg_px == _ZERO and cum_qty is not None and cum_qty > _ZERO:
+            refuse("avg_px", "Must be positive once cumQty is positive.")
+
+        exec_type = data.get("exec_type")
+        trade, bust = exec_type in _TRADES, exec_type == ExecType.TRADE_CANCEL.value
+        last_qty, last_px, fees = data.get("last_qty"), data.get("last_px"), data.get("fees")
+        if trade or bust:
+            if last_qty is None or last_qty == _ZERO:  # a negative one is refused above
+                refuse("last_qty", f"A {exec_type} needs a positive lastQty.")
+            if last_px is None or last_px == _ZERO:  # a negative one is refused above
+                refuse("last_px", f"A {exec_type} needs a positive lastPx.")
+        if bust and not data.get("exec_ref_id"):
+            refuse("exec_ref_id", "A TRADE_CANCEL must name the execution it busts.")
+        if fees is not None and fees != _ZERO:
+            if not (trade or bust):
+                refuse("fees", f"A {exec_type} report has no trade: fees must be 0 or absent.")
+            elif last_qty is not None and last_px is not None and last_qty > _ZERO and last_px > _ZERO:
+                notional = last_qty * last_px
+                rebate = notional * MAX_REBATE_RATE
+                low, high = (_ZERO - rebate, notional) if trade else (_ZERO - notional, rebate)
+                if not low <= fees <= high:
+                    refuse(
+                        "fees",
+                        f"Must be between {_plain(low)} and {_plain(high)} on a {exec_type} of lastQty × lastPx"
+                        f" = {_plain(notional)}.",
+                    )
+        if errors:
+            raise ValidationError(errors)
 
 
 class RiskCheckSchema(CamelSchema):
@@ -105,7 +287,7 @@ class RiskCheckSchema(CamelSchema):
     new terms of that replace request of an order at the venue."""
 
     order_id = _id(max_length=36)
-    version = fields.Integer(required=True, strict=True)
+    version = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**31 - 1))
     request_id = _id(required=False, max_length=36)
 
 
@@ -120,7 +302,7 @@ class RouteCancelSchema(CamelSchema):
 
     order_id = _id(max_length=36)
     request_id = _id(max_length=36)
-    reason = fields.String(allow_none=True)
+    reason = _free_text()
 
 
 class RouteReplaceSchema(CamelSchema):
@@ -131,7 +313,8 @@ class RouteReplaceSchema(CamelSchema):
 
 
 class FillBookedSchema(CamelSchema):
-    """The execution handler hands one execution (or its reversal) to settlement."""
+    """The execution handler hands one execution (or its reversal) to settlement: a positive quantity and
+    price (a reversal carries the busted execution's own terms, see services/execution_handler)."""
 
     order_id = _id(max_length=36)
     execution_id = _id()
@@ -141,9 +324,19 @@ class FillBookedSchema(CamelSchema):
     quantity = _decimal(required=True)
     price = _decimal(required=True)
     fees = _decimal(required=True)
-    venue = fields.String(allow_none=True)
-    timestamp = fields.AwareDateTime(required=True, default_timezone=UTC)
+    venue = _Text(allow_none=True, validate=validate.Length(max=50))
+    timestamp = _Timestamp(required=True)
     reversal = fields.Boolean(required=True)
+
+    @validates_schema
+    def _a_real_execution(self, data: dict[str, Any], **kwargs: Any) -> None:
+        errors = {
+            _camel(name): ["Must be positive."]
+            for name in ("quantity", "price")
+            if data.get(name) is not None and data[name] <= _ZERO
+        }
+        if errors:
+            raise ValidationError(errors)
 
 
 class NewOrderRequestSchema(CamelSchema):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -26,6 +25,8 @@ from typing import Any
 import pika
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import Engine, text
+
+from common.config import listen_host
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def serve_process_endpoints(
     """Serve /metrics, /health/live and /health/ready on ``port`` in a daemon thread (0 means: do not serve)."""
     if not port:
         return None
-    address = host or os.environ.get("OMS_METRICS_HOST", "0.0.0.0")
+    address = host or listen_host("OMS_METRICS_HOST")
     server = ThreadingHTTPServer((address, port), _handler(service, Readiness(checks or {})))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name=f"{service}-endpoints", daemon=True)

@@ -19,3 +19,12 @@ OUTBOX_LAG_SECONDS = Gauge("oms_outbox_lag_seconds", "Age of the oldest unsent o
 ORDERS_BY_STATUS = Gauge("oms_orders", "Orders by public status", ["status"])
 RISK_REJECTIONS = Counter("oms_risk_rejections_total", "Orders rejected by the risk gate, by rule", ["rule"])
 DEAD_LETTER_DEPTH = Gauge("oms_dead_letter_depth", "Messages waiting in each dead-letter queue", ["queue"])
+EXECUTION_ANOMALIES = Counter(
+    "oms_execution_anomalies_total",
+    "Execution reports whose figures contradicted themselves or the order, by anomaly (see oms anomalies)",
+    ["anomaly"],
+)
+INVARIANT_VIOLATIONS = Gauge(
+    "oms_invariant_violations", "Violations found by the last invariant check (oms check), by check", ["check"]
+)
+INVARIANT_CHECKED_AT = Gauge("oms_invariant_checked_timestamp_seconds", "When the invariant check last completed")

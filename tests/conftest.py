@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             folder = item.path.resolve().relative_to(TESTS).parts[0]
         except ValueError:
             continue
-        if folder in {"integration", "e2e"}:
+        if folder in {"integration", "e2e", "fault"}:
             item.add_marker(folder)
 
 

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "the whole system: servers, schema, every worker, the API and the simulated venue",
     ),
     "down": ("tools.up", "down", "stop what `up --detach` started, and the servers"),
+    "ps": ("tools.up", "ps", "the processes `up` supervises: pid, state, restarts, uptime"),
     "decision": ("tools.decision", "main", "send a trade decision as the strategy service does"),
     "migrate": ("tools.migrate", "main", "apply database migrations (Alembic)"),
     "seed": ("tools.seed", "main", "load sample data"),
@@ -23,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("tools.bench", "main", "measure throughput"),
     "risk": ("tools.risk", "main", "risk limits, restricted symbols and the kill switch (show | set | halt ...)"),
     "bench-risk": ("tools.bench_risk", "main", "measure the cost of the risk checks per order"),
+    "check": ("tools.check", "main", "check the invariants: fills vs confirmations, positions, outbox, stuck"),
+    "anomalies": ("tools.anomalies", "main", "list execution reports that contradicted themselves or the order"),
 }
 
 

@@ -138,22 +138,28 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _print_message(message: DeadLetterMessage, body_chars: int) -> None:
+    # Every field came off the wire: printed escaped, so NUL or a terminal escape sequence shows as text.
     origin = (
         f"{message.original_exchange or '(default)'} / {message.original_routing_key}"
         if message.original_routing_key
         else "unknown"
     )
-    body = message.body_text
-    if body_chars and len(body) > body_chars:
-        body = body[:body_chars] + f"... ({len(message.body)} bytes)"
     headers = json.dumps(deadletters.to_plain(message.headers), default=str, sort_keys=True)
-    print(f"--- {message.queue}  message {message.message_id}  type {message.type}")
-    print(f"    reason      {message.reason}: {message.detail}")
-    print(f"    stage       {message.stage}    first sent to {origin}")
-    print(f"    correlation {message.correlation_id}    order {message.order_id}")
-    print(f"    dead at     {message.dead_lettered_at}    broker dead-letterings {message.deaths}")
-    print(f"    headers     {headers}")
-    print(f"    body        {body}")
+    body_format = message.body_format
+    body = message.body_preview(body_chars or None)
+    lines = [
+        f"--- {message.queue}  message {message.message_id}  type {message.type}",
+        f"    reason      {message.reason}: {message.detail}",
+        f"    stage       {message.stage}    first sent to {origin}",
+        f"    correlation {message.correlation_id}    order {message.order_id}",
+        f"    dead at     {message.dead_lettered_at}    broker dead-letterings {message.deaths}",
+        f"    headers     {headers}",
+        f"    body        {body}"
+        if body_format == "json"
+        else f"    body ({body_format}, {len(message.body)} bytes) {body}",
+    ]
+    for line in lines:
+        print(deadletters.printable(line))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -166,6 +172,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         shown += len(messages)
         if args.json:
             for message in messages:
+                # ensure_ascii (the default) escapes NUL and lone surrogates: one clean line per message.
                 print(json.dumps(message.as_dict(args.body_chars or None), default=str))
             continue
         if depth is None:
@@ -228,14 +235,15 @@ def _summarise(report: PassReport, verb: str) -> None:
         print(f"{report.queue}: would {verb} {report.selected} of {report.depth} message(s):")
         for message in report.messages:
             target = f"{message.original_exchange or '(default)'} / {message.original_routing_key}"
-            print(f"    {message.message_id}  {message.type}  {message.reason}  -> {target}")
+            print(deadletters.printable(f"    {message.message_id}  {message.type}  {message.reason}  -> {target}"))
         return
-    line = f"{report.queue}: {verb}ed {report.done} of {report.selected} selected ({report.depth} in the queue)"
+    done = verb.removesuffix("e") + "ed"  # replayed, purged
+    line = f"{report.queue}: {done} {report.done} of {report.selected} selected ({report.depth} in the queue)"
     if report.failed:
         line += f"; {report.failed} failed and stay in the queue"
     print(f"{line}  [run {report.run_id}]")
     for message_id, error in report.errors.items():
-        print(f"    failed {message_id}: {error}")
+        print(deadletters.printable(f"    failed {message_id}: {error}"))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

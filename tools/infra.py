@@ -37,6 +37,21 @@ DEFINITIONS_FILE = ROOT / "ops" / "rabbitmq-definitions.json"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 # A unix socket path longer than this (sun_path is 108 bytes) cannot be bound.
 MAX_SOCKET_PATH = 100
+# Who may log in to the local Postgres, and how (written at every start, so a cluster made when the socket was
+# `trust` is fixed too). The socket: only its owner reaches it (a 0700 folder), and peer authentication maps
+# the OS user to a role through PG_IDENT_MAP; TCP: passwords only, so the superuser, which has none, cannot
+# log in there at all.
+PG_IDENT_MAP = "oms"
+PG_HBA = f"""# Written by tools/infra.py at every start; change it there.
+# TYPE  DATABASE     USER  ADDRESS        METHOD
+local   all          all                  peer map={PG_IDENT_MAP}
+host    all          all   127.0.0.1/32   scram-sha-256
+host    all          all   ::1/128        scram-sha-256
+local   replication  all                  peer map={PG_IDENT_MAP}
+host    replication  all   127.0.0.1/32   scram-sha-256
+host    replication  all   ::1/128        scram-sha-256
+"""
+PG_SOCKET_MODE = 0o700
 
 
 class InfraError(RuntimeError):
@@ -349,11 +364,71 @@ def _pg_answers(settings: Settings) -> bool:
 
 
 def _pg_superuser_conn(settings: Settings) -> Any:
-    # Local connections over the socket are trusted (initdb --auth-local=trust), so no password exists for
-    # the superuser; the TCP listener only accepts password logins.
+    # Over the socket, by peer authentication: the superuser has no password (TCP logins need one), and only
+    # the cluster's OS owner and root reach the socket and map to it (PG_HBA, _pg_ident).
     return _pg_connect(
         "", host=str(settings.pg_socket_dir), port=settings.pg_port, user=PG_SUPERUSER, dbname="postgres"
     )
+
+
+def _pg_ident() -> str:
+    """pg_ident.conf: the OS users that may be the superuser over the socket, and everyone as themselves."""
+    lines = ["# Written by tools/infra.py at every start; change it there.", "# MAP  OS-USER  ROLE"]
+    # The cluster's owner: the postgres user when we run as root, else whoever runs the tools.
+    owners = [PG_SUPERUSER, "root"] if _is_root() else [pwd.getpwuid(os.geteuid()).pw_name]
+    lines += [f"{PG_IDENT_MAP}  {owner}  {PG_SUPERUSER}" for owner in owners]
+    lines.append(f"{PG_IDENT_MAP}  /^(.*)$  \\1")
+    return "\n".join(lines) + "\n"
+
+
+def _replace_owned(path: Path, text: str, owner: str | None) -> None:
+    """Write ``path`` whole (mode 600) or not at all: the server may re-read it at any moment."""
+    temporary = path.with_name(path.name + ".oms-new")
+    temporary.write_text(text)
+    temporary.chmod(0o600)
+    if owner and _is_root():
+        shutil.chown(temporary, owner, owner)
+    os.replace(temporary, path)
+
+
+def _pg_secure_socket_dir(settings: Settings) -> None:
+    """The socket's folder: its owner's alone, whatever unix_socket_permissions the server runs with."""
+    folder = settings.pg_socket_dir
+    _prepare_dir(folder, _pg_owner())
+    folder.chmod(PG_SOCKET_MODE)
+
+
+def _pg_configure_auth(settings: Settings, *, running: bool) -> None:
+    """Write pg_hba.conf / pg_ident.conf as PG_HBA says; a running server reloads them (never restarts).
+
+    Before the reload the new files are checked by the server itself (pg_hba_file_rules), over the
+    connection the old rules allow, and put back if it finds an error: a broken file would lock us out.
+    """
+    _pg_secure_socket_dir(settings)
+    files = {settings.pg_data / "pg_hba.conf": PG_HBA, settings.pg_data / "pg_ident.conf": _pg_ident()}
+    old = {path: path.read_text() if path.exists() else None for path in files}
+    if all(old[path] == text for path, text in files.items()):
+        return
+    for path, text in files.items():
+        _replace_owned(path, text, _pg_owner())
+    if not running:
+        return
+    _log("infra: postgres: socket logins by peer authentication only, TCP by password; reloading")
+    try:
+        with _pg_superuser_conn(settings) as conn:
+            errors = conn.execute("select line_number, error from pg_hba_file_rules where error is not null").fetchall()
+            if conn.execute("select to_regclass('pg_ident_file_mappings')").fetchone()[0] is not None:
+                errors += conn.execute(
+                    "select line_number, error from pg_ident_file_mappings where error is not null"
+                ).fetchall()
+            if errors:
+                raise InfraError(f"postgres: the new authentication rules do not parse: {errors}")
+            conn.execute("select pg_reload_conf()")
+    except Exception:
+        for path, previous in old.items():
+            if previous is not None:
+                _replace_owned(path, previous, _pg_owner())
+        raise
 
 
 def _pg_init(settings: Settings) -> None:
@@ -373,7 +448,8 @@ def _pg_init(settings: Settings) -> None:
         "-E",
         "UTF8",
         "--no-locale",
-        "--auth-local=trust",
+        # Replaced with PG_HBA before the first start (_pg_configure_auth).
+        "--auth-local=peer",
         "--auth-host=scram-sha-256",
     ]
     _run(_as_user(PG_SUPERUSER, cmd), timeout=300)
@@ -416,16 +492,25 @@ def _pg_start(settings: Settings) -> str:
             deadline=time.monotonic() + min(settings.timeout, 30),
             log=settings.pg_log,
         )
+        _pg_configure_auth(settings, running=True)
+        # The reload is a signal: wait until the new rules let us in again.
+        _wait_until(
+            lambda: _pg_superuser_answers(settings),
+            what="postgres (superuser over the socket, after the reload)",
+            deadline=time.monotonic() + min(settings.timeout, 30),
+            log=settings.pg_log,
+        )
         _pg_bootstrap(settings)
         return "already running"
     if _port_open(settings.pg_port):
         raise InfraError(
             f"postgres: port {settings.pg_port} is taken by another program; set OMS_PG_PORT to a free port"
         )
-    _prepare_dir(settings.pg_socket_dir, _pg_owner())
+    _pg_configure_auth(settings, running=False)
     started = time.monotonic()
     options = (
         f"-p {settings.pg_port} -k {settings.pg_socket_dir} -c listen_addresses={HOST} "
+        f"-c unix_socket_permissions=0{PG_SOCKET_MODE:o} "
         # Every worker process keeps a small pool; the default 100 is tight for the end-to-end tests.
         "-c max_connections=200"
     )
@@ -763,14 +848,37 @@ def create_database(name: str, server_url: str | None = None) -> str:
     return _with_path(server_url, "/" + name)
 
 
+def _is_local_server(settings: Settings, server_url: str) -> bool:
+    """Whether ``server_url`` names the Postgres this module runs (not, say, a container on the same port)."""
+    parts = urlsplit(server_url)
+    socket_file = settings.pg_socket_dir / f".s.PGSQL.{settings.pg_port}"
+    return (
+        parts.hostname in (HOST, "localhost")
+        and (parts.port or 5432) == settings.pg_port
+        and (settings.pg_data / "PG_VERSION").exists()
+        and socket_file.is_socket()
+    )
+
+
 def drop_database(name: str, server_url: str | None = None) -> None:
-    """Drop database ``name`` if it exists, closing its connections."""
+    """Drop database ``name`` if it exists, closing its connections.
+
+    On the local server as the superuser: ``with (force)`` terminates every session on the database, and only
+    a superuser may terminate another role's (the owner gets "must be a member of the role whose process is
+    being terminated"). Elsewhere (a container) as the URL's user, its superuser.
+    """
     from psycopg import sql
 
     _check_name(name)
-    server_url = server_url or Settings.from_env().urls.database_url
+    settings = Settings.from_env()
+    server_url = server_url or settings.urls.database_url
+    statement = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+    if _is_local_server(settings, server_url):
+        with _pg_superuser_conn(settings) as conn:
+            conn.execute(statement)
+        return
     with _pg_connect(_libpq_url(server_url)) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(statement)
 
 
 def _management(management_url: str | None) -> tuple[str, tuple[str, str]]:

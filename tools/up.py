@@ -3,31 +3,76 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 import urllib.parse
 from pathlib import Path
 
-from common.config import REPO_ROOT, load_settings
-from tools import infra, migrate, seed
+from common.config import REPO_ROOT, Settings, load_settings
+from tools import infra, migrate, seed, supervise
 from tools.processes import STAGES, ProcessSpec, Supervisor, system
 from tools.sandbox import consumers_ready
 
-FIRST_METRICS_PORT = 9101
+FIRST_METRICS_PORT = 9101  # OMS_METRICS_PORT_BASE changes it (two instances on one host)
+READY_SECONDS = 60.0
+# Long enough for the supervisor to SIGTERM its children, wait for them (20 s) and SIGKILL the rest.
+DOWN_TIMEOUT_SECONDS = 45.0
 
 
-def _pid_file() -> Path:
+def _legacy_pid_file() -> Path:
     return load_settings().data_dir / "run" / "pids.json"
+
+
+def metrics_port_base() -> int:
+    """The first metrics port (``OMS_METRICS_PORT_BASE``, default 9101)."""
+    raw = os.environ.get("OMS_METRICS_PORT_BASE", str(FIRST_METRICS_PORT))
+    try:
+        base = int(raw)
+    except ValueError:
+        raise SystemExit(f"oms up: OMS_METRICS_PORT_BASE must be a port number, not {raw!r}") from None
+    return base
 
 
 def _specs(args: argparse.Namespace) -> list[ProcessSpec]:
     specs = system(with_venue=not args.no_venue, with_api=not args.no_api, with_jobs=not args.no_jobs)
+    # Each process keeps its slot in the full list, so leaving one out (--no-venue) moves no other port.
+    slots = {spec.name: i for i, spec in enumerate(system(with_venue=True, with_api=True, with_jobs=True))}
+    base = metrics_port_base()
     return [
-        ProcessSpec(s.name, s.module, s.args, {**s.env, "OMS_METRICS_PORT": str(FIRST_METRICS_PORT + i)})
+        ProcessSpec(s.name, s.module, s.args, {**s.env, "OMS_METRICS_PORT": str(base + slots.get(s.name, i))})
         for i, s in enumerate(specs)
     ]
+
+
+def _metrics_ports(specs: list[ProcessSpec]) -> str:
+    return ", ".join(f"{s.name} {s.env['OMS_METRICS_PORT']}" for s in specs if s.name != "api")
+
+
+def _banner(settings: Settings, urls: infra.InfraUrls, specs: list[ProcessSpec]) -> str:
+    log_dir = settings.data_dir / "logs"
+    return f"""
+OMS is up.
+  REST API          http://127.0.0.1:{settings.rest_port}/orders   (OpenAPI: /openapi.json, browse: /docs)
+  gRPC              127.0.0.1:{settings.grpc_port}   (package trading.order.v1, reflection on)
+  RabbitMQ UI       {urls.management_url}   (guest / guest, from this machine only)
+  Postgres          {urls.database_url}
+  AMQP              {urls.amqp_url}
+  Logs (JSON)       {log_dir}/<process>.log
+  Metrics           http://127.0.0.1:<port>/metrics: {_metrics_ports(specs)}, api on its REST port
+  Processes         {", ".join(s.name for s in specs)}   (./oms ps)
+Send a trade decision:  ./oms decision --account ACC-001 --symbol AAPL --side BUY --type MARKET --quantity 100
+Mint a token:           ./oms token --sub me --accounts ACC-001 --scopes orders:read,orders:write
+"""
+
+
+def _vhost(amqp_url: str) -> str:
+    return urllib.parse.unquote(urllib.parse.urlparse(amqp_url).path.lstrip("/")) or "/"
 
 
 def main(argv: list[str]) -> int:
@@ -36,91 +81,192 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-venue", action="store_true", help="leave the broker exchange to a real broker service")
     parser.add_argument("--no-api", action="store_true", help="do not start the REST/gRPC front end")
     parser.add_argument("--no-jobs", action="store_true", help="do not start the jobs worker and scheduler")
-    parser.add_argument("--detach", action="store_true", help="start in the background and return (oms down)")
+    parser.add_argument("--detach", action="store_true", help="supervise in the background and return (oms down)")
     args = parser.parse_args(argv)
 
     settings = load_settings()
+    already = supervise.running_supervisor(settings.data_dir)
+    if already is not None:
+        print(
+            f"oms up: a supervisor from {settings.data_dir} is already running (pid {already}); "
+            "./oms ps shows it, ./oms down stops it",
+            file=sys.stderr,
+        )
+        return 1
     urls = infra.ensure_started()
     migrate.upgrade(urls.database_url)
     seed.main(["--url", urls.database_url])
 
     env = {"OMS_DATABASE_URL": urls.database_url, "OMS_AMQP_URL": urls.amqp_url}
-    log_dir = settings.data_dir / "logs"
-    supervisor = Supervisor(env, log_dir, REPO_ROOT)
     specs = _specs(args)
-    supervisor.start_all(specs)
-    vhost = urllib.parse.unquote(urllib.parse.urlparse(urls.amqp_url).path.lstrip("/")) or "/"
-    missing = consumers_ready(urls.management_url, vhost, [f"oms.{s}" for s in STAGES], timeout=60)
-    dead = supervisor.dead()
-    if missing or dead:
-        for running in dead:
-            tail = supervisor.tail(running.spec.name)
-            print(f"!! {running.spec.name} exited; last lines of {running.log_path}:\n{tail}")
-        print(f"!! stage queues without a consumer: {', '.join(missing) or 'none'}")
-        supervisor.stop_all()
-        return 1
-
-    print(
-        f"""
-OMS is up.
-  REST API          http://127.0.0.1:{settings.rest_port}/orders   (OpenAPI: /openapi.json, browse: /docs)
-  gRPC              127.0.0.1:{settings.grpc_port}   (package trading.order.v1, reflection on)
-  RabbitMQ UI       {urls.management_url}   (guest / guest, from this machine only)
-  Postgres          {urls.database_url}
-  AMQP              {urls.amqp_url}
-  Logs (JSON)       {log_dir}/<process>.log
-  Metrics           http://127.0.0.1:{FIRST_METRICS_PORT}..{FIRST_METRICS_PORT + len(specs) - 1}/metrics
-  Processes         {", ".join(s.name for s in specs)}
-Send a trade decision:  ./oms decision --account ACC-001 --symbol AAPL --side BUY --type MARKET --quantity 100
-Mint a token:           ./oms token --sub me --accounts ACC-001 --scopes orders:read,orders:write
-"""
-    )
     if args.detach:
-        pid_file = _pid_file()
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(json.dumps({r.spec.name: r.popen.pid for r in supervisor.running.values()}))
-        print(f"running in the background; stop with ./oms down (pids in {pid_file})")
-        return 0
-    return _supervise(supervisor)
+        return _detach(settings, urls, env, specs)
+    return _foreground(settings, urls, env, specs)
 
 
-def _supervise(supervisor: Supervisor) -> int:
-    stopping = False
+def _foreground(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], specs: list[ProcessSpec]) -> int:
+    supervisor = Supervisor(env, settings.data_dir / "logs", REPO_ROOT)
+    loop = supervise.SupervisionLoop(supervisor, specs, supervise.state_file(settings.data_dir))
+    stop = threading.Event()
+    supervise.install_stop_signals(stop)
+    supervise.write_pid_file(settings.data_dir, os.getpid())
+    failed: list[str] = []
 
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def announce() -> None:
+        missing = consumers_ready(
+            urls.management_url, _vhost(urls.amqp_url), [f"oms.{s}" for s in STAGES], timeout=READY_SECONDS
+        )
+        if stop.is_set():
+            return
+        if missing:
+            for child in loop.dead():
+                print(
+                    f"!! {child.spec.name} is not running; last lines of its log:\n{supervisor.tail(child.spec.name)}"
+                )
+            print(f"!! stage queues without a consumer: {', '.join(missing)}")
+            failed.append("not ready")
+            stop.set()
+            return
+        print(_banner(settings, urls, specs))
+        print("Ctrl-C stops the processes (the servers keep running; ./oms infra stop stops them).")
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    print("Ctrl-C stops the processes (the servers keep running; ./oms infra stop stops them).")
-    restarts: dict[str, int] = {}
-    while not stopping:
-        for running in supervisor.dead():
-            name = running.spec.name
-            restarts[name] = restarts.get(name, 0) + 1
-            print(f"{name} exited with {running.popen.returncode}; restarting (#{restarts[name]})")
-            running.log_file.close()
-            supervisor.start(running.spec)
-        time.sleep(0.5)  # supervisor tick
-    supervisor.stop_all()
+    try:
+        loop.start_all()
+        threading.Thread(target=announce, name="announce", daemon=True).start()
+        loop.run(stop)
+    finally:
+        supervise.remove_pid_file(settings.data_dir, os.getpid())
+    return 1 if failed else 0
+
+
+def _detach(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], specs: list[ProcessSpec]) -> int:
+    log_path = supervise.log_file(settings.data_dir)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        daemon = subprocess.Popen(
+            supervise.daemon_command(supervise.specs_to_json(specs), settings.data_dir),
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a daemon: no terminal, and Ctrl-C in this shell does not reach it
+        )
+    # Written here too (the daemon writes it as it starts): a second `oms up` right now must see it.
+    supervise.write_pid_file(settings.data_dir, daemon.pid)
+    missing = consumers_ready(
+        urls.management_url, _vhost(urls.amqp_url), [f"oms.{s}" for s in STAGES], timeout=READY_SECONDS
+    )
+    if missing or daemon.poll() is not None:
+        print(f"!! stage queues without a consumer: {', '.join(missing) or 'none'}")
+        print(f"!! the supervisor's log ({log_path}):\n{_tail(log_path)}")
+        _stop_supervisor(settings.data_dir, daemon.pid)
+        return 1
+    print(_banner(settings, urls, specs))
+    print(
+        f"Supervised in the background (supervisor pid {daemon.pid}, log {log_path}); "
+        "./oms ps lists the processes, ./oms down stops everything."
+    )
     return 0
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stop_supervisor(data_dir: Path, pid: int, timeout: float = DOWN_TIMEOUT_SECONDS) -> bool:
+    """SIGTERM the supervisor and wait for it to have stopped its children; True if it exited in time."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaps it when this process started it (a failed `up --detach`)
+        if not supervise.is_alive(pid):
+            return True
+        time.sleep(0.2)  # waiting for the supervisor to stop its children, with a deadline
+    return False
+
+
+def _kill_recorded_children(data_dir: Path) -> None:
+    """Last resort when the supervisor did not exit: SIGKILL the processes it recorded."""
+    with contextlib.suppress(OSError, ValueError):
+        state = json.loads(supervise.state_file(data_dir).read_text())
+        for name, process in state.get("processes", {}).items():
+            pid = process.get("pid")
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+                    print(f"killed {name} ({pid})")
 
 
 def down(argv: list[str]) -> int:
-    """Entry point of ``oms down``: stop processes started with ``oms up --detach``, and the servers."""
+    """Entry point of ``oms down``: stop the supervisor (and so every process it runs), then the servers."""
     parser = argparse.ArgumentParser(prog="oms down")
     parser.add_argument("--keep-infra", action="store_true", help="leave Postgres and RabbitMQ running")
+    parser.add_argument("--timeout", type=float, default=DOWN_TIMEOUT_SECONDS, help="seconds to wait for it")
     args = parser.parse_args(argv)
-    pid_file = _pid_file()
-    if pid_file.exists():
-        for name, pid in json.loads(pid_file.read_text()).items():
-            try:
-                os.kill(pid, signal.SIGTERM)
-                print(f"stopped {name} ({pid})")
-            except ProcessLookupError:
-                pass
-        pid_file.unlink()
+    data_dir = load_settings().data_dir
+    pid = supervise.running_supervisor(data_dir)
+    if pid is not None:
+        print(f"stopping the supervisor (pid {pid}) and its processes ...")
+        if _stop_supervisor(data_dir, pid, args.timeout):
+            print("stopped")
+        else:
+            print(f"!! the supervisor did not exit within {args.timeout:g}s; killing it and its processes")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _kill_recorded_children(data_dir)
+        supervise.remove_pid_file(data_dir, pid)
+    legacy = _legacy_pid_file()
+    if legacy.exists():  # written by an `oms up --detach` from before the supervisor
+        for name, old_pid in json.loads(legacy.read_text()).items():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(old_pid, signal.SIGTERM)
+                print(f"stopped {name} ({old_pid})")
+        legacy.unlink()
     if not args.keep_infra:
         infra.stop()
     return 0
+
+
+def ps(argv: list[str]) -> int:
+    """Entry point of ``oms ps``: each supervised process with its pid, state, restarts and uptime."""
+    parser = argparse.ArgumentParser(prog="oms ps", description="the processes `oms up` supervises")
+    parser.add_argument("--json", action="store_true", help="the supervisor's state as JSON")
+    args = parser.parse_args(argv)
+    data_dir = load_settings().data_dir
+    pid = supervise.running_supervisor(data_dir)
+    try:
+        state = json.loads(supervise.state_file(data_dir).read_text())
+    except (OSError, ValueError):
+        state = {}
+    if args.json:
+        processes = [{"name": name, **process} for name, process in state.get("processes", {}).items()]
+        print(json.dumps({"supervisor_pid": pid, "processes": processes}))
+        return 0 if pid is not None else 1
+    if pid is None:
+        print("no supervisor is running (./oms up starts one)")
+        return 1 if not state else 0
+    print(f"supervisor pid {pid}, up {_duration(time.time() - float(state.get('started_at', time.time())))}")
+    print(f"{'NAME':<20} {'PID':>8} {'STATE':<9} {'RESTARTS':>8} {'UPTIME':>10}")
+    for name, process in state.get("processes", {}).items():
+        process_pid = process.get("pid")
+        status = process.get("state", "?")
+        if status == "running" and process_pid and not supervise.is_alive(int(process_pid)):
+            status = "exited"  # between the exit and the supervisor's next tick
+        started = process.get("started_at")
+        uptime = _duration(time.time() - float(started)) if started and status == "running" else "-"
+        print(f"{name:<20} {process_pid or '-':>8} {status:<9} {process.get('restarts', 0):>8} {uptime:>10}")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

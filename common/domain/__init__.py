@@ -17,11 +17,12 @@ from common.domain.enums import (
 )
 from common.domain.errors import DomainError, InvalidCommand, InvalidTransition, ReportMismatch
 from common.domain.events import DomainEvent
-from common.domain.execution import ExecutionReportData, FillDelta, ReportOutcome
+from common.domain.execution import BookedExecution, ExecutionReportData, FillDelta, ReportOutcome
 from common.domain.order import Order, PendingRequest, order_terms_problems
 
 __all__ = [
     "TERMINAL_STATES",
+    "BookedExecution",
     "DomainError",
     "DomainEvent",
     "ExecType",

@@ -43,8 +43,21 @@ class ExecutionReportData:
 
 
 @dataclass(frozen=True, slots=True)
+class BookedExecution:
+    """What an earlier execution booked (the order's rise in cumulative quantity it carried): what a bust of
+    it reverses. ``busted`` is true once a bust has reversed it."""
+
+    execution_id: str
+    quantity: Decimal
+    price: Decimal
+    fees: Decimal
+    busted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class FillDelta:
-    """A fill to book for settlement (one per execution; a bust books a negative reversal)."""
+    """What to book for settlement: the rise (or, for a bust, the fall) of the order's cumulative filled
+    quantity that one report carried, priced by the report; fees only ever travel with a booked quantity."""
 
     execution_id: str
     quantity: Decimal
@@ -59,8 +72,10 @@ class ReportOutcome:
     """What ``Order.apply_report`` did.
 
     ``applied``: the order changed (persist it and its new events). ``state_changed``: the internal state
-    moved. ``status_changed``: the public status moved. ``fill``: the fill to book, if the report carried
-    one. ``anomalies``: short codes of what looked wrong (also recorded as an EXECUTION_ANOMALY event).
+    moved. ``status_changed``: the public status moved. ``fill``: what to book, if the report moved the
+    cumulative quantity. ``anomalies``: short codes of what looked wrong (also recorded as an
+    EXECUTION_ANOMALY event). ``unreported_delta``: how much this report changed the order's
+    ``unreported_quantity`` (stored with the report, so a bust can take its share back).
     """
 
     applied: bool = False
@@ -68,3 +83,4 @@ class ReportOutcome:
     state_changed: bool = False
     fill: FillDelta | None = None
     anomalies: list[str] = field(default_factory=list)
+    unreported_delta: Decimal = _ZERO

@@ -28,7 +28,7 @@ from common.domain.enums import (
 )
 from common.domain.errors import InvalidCommand, InvalidTransition, ReportMismatch
 from common.domain.events import DomainEvent
-from common.domain.execution import ExecutionReportData, FillDelta, ReportOutcome
+from common.domain.execution import BookedExecution, ExecutionReportData, FillDelta, ReportOutcome
 
 S = OrderState
 E = OrderEventType
@@ -117,6 +117,7 @@ class PendingRequest:
 
 
 _Handler = Callable[["Order", ExecutionReportData, "_Apply"], None]
+_FILL_TYPES = frozenset({ExecType.PARTIAL_FILL, ExecType.FILL})
 
 
 @dataclass(slots=True)
@@ -128,6 +129,8 @@ class _Apply:
     extra: list[tuple[OrderEventType, dict[str, object]]] = field(default_factory=list)
     fill: FillDelta | None = None
     cum_applied: bool = False
+    busted: BookedExecution | None = None
+    unreported_delta: Decimal = _ZERO
 
 
 @dataclass(slots=True, kw_only=True)
@@ -155,6 +158,10 @@ class Order:
     rejection_reason: str | None = None
     rejection_code: str | None = None
     overfilled: bool = False
+    # Filled quantity the venue's cumulative totals added beyond what the reports' own executions said (a
+    # report overtaken by a later one, or missed): a late report is matched against it instead of being
+    # taken for a contradiction.
+    unreported_quantity: Decimal = _ZERO
     pending_request: PendingRequest | None = None
     created_at: datetime
     updated_at: datetime
@@ -454,13 +461,36 @@ class Order:
         self._touch(now)
         self._emit(E.ORDER_EXPIRED, {"reason": reason, "source": "oms", "state": self.state}, now, user_id)
 
+    def record_anomaly(
+        self,
+        execution_id: str,
+        anomalies: Sequence[str],
+        now: datetime,
+        details: Mapping[str, object] | None = None,
+    ) -> None:
+        """Record a report that is not applied at all (it contradicts one already applied): nothing is booked,
+        but the audit trail says what came and why it was refused."""
+        self._touch(now)
+        payload: dict[str, object] = {
+            "execution_id": execution_id,
+            "anomalies": list(anomalies),
+            "applied": False,
+            "state": self.state,
+        }
+        self._emit(E.EXECUTION_ANOMALY, _with_details(details, payload), now)
+
     # ------------------------------------------------------------------ execution reports
 
-    def apply_report(self, report: ExecutionReportData, now: datetime) -> ReportOutcome:
+    def apply_report(
+        self, report: ExecutionReportData, now: datetime, *, busted: BookedExecution | None = None
+    ) -> ReportOutcome:
         """Apply one venue execution report (FIX semantics, see docs); never raises for venue content.
 
-        The caller guarantees each ``execution_id`` is applied once (the store dedups by it): a report
-        applied twice would count its fees and book its fill twice, though quantities would not move.
+        What it books (``outcome.fill``) is exactly the rise of the order's cumulative filled quantity, priced
+        by the report, with the report's fees; a bust (TRADE_CANCEL) books the reversal of ``busted``, what
+        the busted execution booked (the caller looks it up by ``exec_ref_id``). A report whose figures
+        contradict each other or the order is booked by that rule and its contradictions are returned as
+        anomalies, so the order and what settlement books never disagree.
         """
         if report.order_id != self.id:
             raise ReportMismatch(f"report {report.execution_id} is for order {report.order_id}, not {self.id}")
@@ -474,9 +504,9 @@ class Order:
                 self.broker_order_id = report.broker_order_id
             else:
                 ctx.anomalies.append("broker_order_id_mismatch")
-        if report.fees:
-            self.fees += report.fees
-        if report.exec_type is not ExecType.TRADE_CANCEL:
+        if report.exec_type is ExecType.TRADE_CANCEL:
+            ctx.busted = busted
+        else:
             ctx.cum_applied = self._absorb_cumulative(report, ctx)
         _HANDLERS[report.exec_type](self, report, ctx)
         # Whatever the report claimed, a live order whose cumulative quantity reached its quantity is filled.
@@ -490,6 +520,7 @@ class Order:
             status_changed=self.status is not status0,
             fill=ctx.fill,
             anomalies=ctx.anomalies,
+            unreported_delta=ctx.unreported_delta,
         )
         if applied:
             self._touch(now)
@@ -512,24 +543,56 @@ class Order:
     # -- the steps every report goes through
 
     def _absorb_cumulative(self, report: ExecutionReportData, ctx: _Apply) -> bool:
-        """Quantities follow the venue's cumulative totals, whatever status the report claims."""
-        if report.cum_qty <= self.filled_quantity:
+        """Quantities follow the venue's cumulative totals, whatever status the report claims; the rise is
+        what gets booked. Returns whether the cumulative quantity rose."""
+        is_fill = report.exec_type in _FILL_TYPES
+        increment = report.cum_qty - self.filled_quantity
+        if increment <= _ZERO:
+            if is_fill and report.last_qty > _ZERO:
+                self._match_late_fill(report, increment, ctx)
             return False
+        price = report.last_px if report.last_px is not None else report.avg_px
+        if price is None:
+            # Booking a trade at an invented price would be worse than not following the venue's total.
+            ctx.anomalies.append("cum_rise_without_price")
+            return False
+        unreported = _ZERO
+        if not is_fill:
+            # A fill this report does not carry: missed, or overtaken by this report (matched when it comes).
+            ctx.anomalies.append("cum_rise_without_fill")
+            unreported = increment
+        elif report.last_qty != increment:
+            ctx.anomalies.append("last_qty_mismatch")
+            if _ZERO < report.last_qty < increment:
+                unreported = increment - report.last_qty
         if report.avg_px is not None:
             average: Decimal | None = report.avg_px
-        elif report.last_px is not None:
-            # No venue average: weight the increment at last_px (exact only if no report was missed).
-            increment = report.cum_qty - self.filled_quantity
-            notional = (self.average_execution_price or _ZERO) * self.filled_quantity
-            notional += report.last_px * increment
-            average = (notional / report.cum_qty).quantize(_PRICE_QUANTUM, ROUND_HALF_EVEN)
-            ctx.anomalies.append("avg_px_missing")
         else:
-            average = self.average_execution_price
+            # No venue average: weight the increment at its price (exact only if no report was missed).
+            notional = (self.average_execution_price or _ZERO) * self.filled_quantity + price * increment
+            average = (notional / report.cum_qty).quantize(_PRICE_QUANTUM, ROUND_HALF_EVEN)
             ctx.anomalies.append("avg_px_missing")
         self.filled_quantity = report.cum_qty
         self.average_execution_price = average
+        self.fees += report.fees
+        self.unreported_quantity += unreported
+        ctx.unreported_delta = unreported
+        ctx.fill = FillDelta(report.execution_id, increment, price, report.fees)
         return True
+
+    def _match_late_fill(self, report: ExecutionReportData, increment: Decimal, ctx: _Apply) -> None:
+        """A fill whose execution the cumulative quantity already counts, or a contradiction: nothing is booked."""
+        if report.last_qty <= self.unreported_quantity:
+            # Overtaken by a later report whose cumulative total included it: it is accounted for.
+            self.unreported_quantity -= report.last_qty
+            ctx.unreported_delta = -report.last_qty
+            ctx.flags["explains_unreported"] = report.last_qty
+        else:
+            ctx.anomalies.append("no_cum_change" if increment == _ZERO else "cum_backwards")
+        if report.fees:
+            # Fees travel with booked quantity; these have none to travel with, so they are not booked: said.
+            ctx.flags["fees_not_booked"] = report.fees
+            ctx.anomalies.append("fees_not_booked")
 
     def _check_overfill(self, report: ExecutionReportData, ctx: _Apply) -> None:
         if self.filled_quantity <= self.quantity:
@@ -599,11 +662,6 @@ class Order:
         if not ctx.cum_applied:
             ctx.flags["stale"] = True  # out of order or a resend: quantities already include it
         if report.last_qty > _ZERO:
-            price = report.last_px if report.last_px is not None else report.avg_px
-            if price is None:
-                ctx.anomalies.append("fill_without_price")
-            else:
-                ctx.fill = FillDelta(report.execution_id, report.last_qty, price, report.fees)
             if self.time_in_force is TimeInForce.FOK and report.cum_qty < self.quantity:
                 ctx.anomalies.append("fok_partial_fill")
         else:
@@ -764,39 +822,40 @@ class Order:
             ctx.anomalies.append("expire_before_routed")
 
     def _on_trade_cancel(self, report: ExecutionReportData, ctx: _Apply) -> None:
-        if report.exec_ref_id is None:
-            ctx.anomalies.append("bust_without_exec_ref")
+        """A bust reverses exactly what the busted execution booked; the venue's figures are checked against it."""
+        busted = ctx.busted
+        if busted is None:
+            ctx.anomalies.append("bust_of_unknown_execution")
+            return
+        if busted.busted:
+            ctx.anomalies.append("bust_repeated")
+            return
+        if busted.quantity <= _ZERO:
+            ctx.anomalies.append("bust_of_unbooked_execution")  # it booked nothing, so nothing is reversed
+            return
         previous_filled, previous_average = self.filled_quantity, self.average_execution_price
-        if report.cum_qty > previous_filled:
-            ctx.anomalies.append("bust_raises_cum_qty")
-        self.filled_quantity = report.cum_qty
-        if report.cum_qty == _ZERO:
-            self.average_execution_price = None
-        elif report.avg_px is not None:
-            self.average_execution_price = report.avg_px
-        elif previous_average is not None and report.last_px is not None:
-            busted = previous_filled - report.cum_qty
-            notional = previous_average * previous_filled - report.last_px * busted
-            self.average_execution_price = (notional / report.cum_qty).quantize(_PRICE_QUANTUM, ROUND_HALF_EVEN)
+        remaining = previous_filled - busted.quantity
+        if remaining < _ZERO:
+            ctx.anomalies.append("bust_exceeds_filled")  # only if what was booked no longer adds up
+            return
+        if report.cum_qty != remaining:
+            ctx.anomalies.append("bust_cum_mismatch")
+        if report.last_qty != busted.quantity or (report.last_px is not None and report.last_px != busted.price):
+            ctx.anomalies.append("bust_terms_mismatch")
+        self.filled_quantity = remaining
+        self.average_execution_price = self._average_after_bust(report, busted, previous_filled, previous_average)
+        if self.average_execution_price is not None and report.avg_px is None:
             ctx.anomalies.append("avg_px_missing")
-        else:
-            ctx.anomalies.append("avg_px_missing")
-        if report.last_qty > _ZERO:
-            price = report.last_px if report.last_px is not None else previous_average
-            if price is None:
-                ctx.anomalies.append("bust_without_price")
-            else:
-                ctx.fill = FillDelta(
-                    report.execution_id,
-                    -report.last_qty,
-                    price,
-                    report.fees,
-                    reversal=True,
-                    reverses_execution_id=report.exec_ref_id,
-                )
-        else:
-            ctx.anomalies.append("bust_without_quantity")
-        ctx.flags["busted_quantity"] = previous_filled - self.filled_quantity
+        self.fees -= busted.fees
+        ctx.fill = FillDelta(
+            report.execution_id,
+            -busted.quantity,
+            busted.price,
+            -busted.fees,
+            reversal=True,
+            reverses_execution_id=busted.execution_id,
+        )
+        ctx.flags["busted_quantity"] = busted.quantity
         state = self.state
         if state in lifecycle.DEAD or state in lifecycle.UNROUTED or state is S.ROUTED:
             return  # a dead order stays dead; its quantities still follow the venue
@@ -805,6 +864,25 @@ class Order:
             self._move("bust", self._working_state(), ctx)
 
     # ------------------------------------------------------------------ internals
+
+    def _average_after_bust(
+        self,
+        report: ExecutionReportData,
+        busted: BookedExecution,
+        previous_filled: Decimal,
+        previous_average: Decimal | None,
+    ) -> Decimal | None:
+        remaining = previous_filled - busted.quantity
+        if remaining == _ZERO:
+            return None
+        if report.avg_px is not None and report.cum_qty == remaining:
+            return report.avg_px
+        if previous_average is None:
+            return None
+        notional = previous_average * previous_filled - busted.price * busted.quantity
+        average = (notional / remaining).quantize(_PRICE_QUANTUM, ROUND_HALF_EVEN)
+        # The venue's averages and the booked prices disagree if this is not positive: keep the old figure.
+        return average if average > _ZERO else previous_average
 
     def _check(self, trigger: str) -> frozenset[OrderState]:
         dests = lifecycle.TABLE.get((trigger, self.state))
@@ -853,6 +931,7 @@ class Order:
             self.broker_order_id,
             self.pending_request,
             self.overfilled,
+            self.unreported_quantity,
             self.rejection_code,
             self.rejection_reason,
         )

@@ -1,11 +1,51 @@
-"""Connecting to RabbitMQ: robust connections that reconnect and restore their consumers."""
+"""Connecting to RabbitMQ: robust connections that reconnect and restore their consumers.
+
+aio-pika's robust connection reconnects by itself once it has connected, but its first connect fails at once
+when the broker is down; a process started during a broker outage would exit. ``connect`` waits instead.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
+log = logging.getLogger(__name__)
 
-async def connect(url: str, name: str) -> AbstractRobustConnection:
-    """A robust connection named for the management UI's connection list."""
-    return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+FIRST_DELAY_SECONDS = 0.5
+MAX_DELAY_SECONDS = 30.0
+# Between the robust connection's own reconnect attempts once it has connected (aio-pika's default is 5 s).
+RECONNECT_INTERVAL_SECONDS = 1.0
+
+
+async def connect(
+    url: str, name: str, *, attempts: int | None = None, max_delay: float = MAX_DELAY_SECONDS
+) -> AbstractRobustConnection:
+    """A robust connection named for the management UI's connection list.
+
+    Retries the first connect with exponential back-off, logging each failed attempt, until it succeeds
+    (or ``attempts`` failed, then the last error is raised; None: no limit).
+    """
+    delay = FIRST_DELAY_SECONDS
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            connection: AbstractRobustConnection = await aio_pika.connect_robust(
+                url, client_properties={"connection_name": name}, reconnect_interval=RECONNECT_INTERVAL_SECONDS
+            )
+        except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+            if attempts is not None and attempt >= attempts:
+                raise
+            log.warning(
+                "broker not reachable; retrying",
+                extra={"connection_name": name, "attempt": attempt, "delay": delay, "error": repr(exc)},
+            )
+            await asyncio.sleep(delay)  # back-off while the broker is down
+            delay = min(delay * 2, max_delay)
+            continue
+        if attempt > 1:
+            log.info("broker connected", extra={"connection_name": name, "attempt": attempt})
+        return connection

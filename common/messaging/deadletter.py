@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -17,6 +19,18 @@ ORIGINAL_ROUTING_KEY_HEADER = "x-oms-original-routing-key"
 DEAD_LETTERED_AT_HEADER = "x-oms-dead-lettered-at"
 
 
+def republishable(value: Any) -> Any:
+    """A header value as the client can send it again: a string header that was not UTF-8 arrives as bytes,
+    which the encoder refuses; as a byte array it goes back with the same bytes."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, Mapping):
+        return {k: republishable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [republishable(v) for v in value]
+    return value
+
+
 async def dead_letter(
     publisher: Publisher, queue: StageQueue, message: AbstractIncomingMessage, message_id: str, reason: str
 ) -> None:
@@ -24,7 +38,7 @@ async def dead_letter(
 
     The caller acks the original only after this returns: the broker confirmed the copy, so nothing is lost.
     """
-    headers = dict(message.headers or {})
+    headers = {k: republishable(v) for k, v in (message.headers or {}).items()}
     headers.update(
         {
             ERROR_HEADER: reason[:4000],

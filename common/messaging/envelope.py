@@ -21,6 +21,9 @@ class Envelope:
     type: str | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
     redelivered: bool = False
+    # sha256 of the raw body bytes: the inbox keeps it to tell a redelivery from a different message that
+    # reuses the id. None where the runtime has not set it (tests building envelopes by hand).
+    digest: str | None = None
 
     @property
     def user_id(self) -> str | None:
@@ -34,3 +37,8 @@ def message_id_of(message: AbstractIncomingMessage) -> str:
     if message.message_id:
         return str(message.message_id)
     return "sha256:" + hashlib.sha256(message.body).hexdigest()
+
+
+def body_digest(body: bytes) -> str:
+    """The digest the inbox keeps of a message body (sha256, hex)."""
+    return hashlib.sha256(body).hexdigest()

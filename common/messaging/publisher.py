@@ -60,8 +60,17 @@ class Publisher:
         if not messages:
             return []
         async with self._lock:
-            channel = await self._channel_ready()
-            exchanges = {m.exchange: await self._exchange(m.exchange) for m in messages}
+            try:
+                channel = await self._channel_ready()
+                exchanges = {m.exchange: await self._exchange(m.exchange) for m in messages}
+            except Exception as exc:
+                # No channel while the broker is away (the robust connection reconnects meanwhile): nothing
+                # is confirmed, and every caller already treats an unconfirmed message as "try again later".
+                log.warning(
+                    "no publishing channel; nothing published",
+                    extra={"count": len(messages), "error": repr(exc)},
+                )
+                return []
             results = await asyncio.gather(
                 *(
                     exchanges[m.exchange].publish(

@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
+from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
@@ -28,6 +30,8 @@ _DUE = text(
     "WHERE sent_at IS NULL AND (NOT claimed OR created_at < now() - make_interval(secs => :grace)) "
     "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
+_FIRST_DELAY = 0.5
+_MAX_DELAY = 30.0
 _OLDEST = text("SELECT min(created_at) FROM outbox WHERE sent_at IS NULL")
 
 
@@ -78,29 +82,76 @@ class OutboxRelay:
                 await asyncio.to_thread(mark_sent, connection, confirmed)
             await asyncio.to_thread(connection.commit)
         finally:
-            await asyncio.to_thread(connection.close)
+            with contextlib.suppress(Exception):  # a connection the database dropped cannot close cleanly
+                await asyncio.to_thread(connection.close)
         OUTBOX_PUBLISHED.inc(len(confirmed))
         OUTBOX_LAG_SECONDS.set(await asyncio.to_thread(self._lag))
         return len(confirmed)
 
-    async def run(self) -> None:
-        """Relay until stopped."""
-        amqp = await connect(self.settings.amqp_url, "oms.outbox_relay")
-        publisher = Publisher(amqp)
+    async def _listen(self) -> psycopg.AsyncConnection[Any]:
         listener = await psycopg.AsyncConnection.connect(libpq_url(self.settings.database_url), autocommit=True)
-        await listener.execute("LISTEN oms_outbox")
+        try:
+            await listener.execute("LISTEN oms_outbox")
+        except BaseException:
+            await listener.close()
+            raise
+        return listener
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)  # back-off, ended early by stop()
+
+    async def _connect_amqp(self) -> AbstractRobustConnection | None:
+        connecting = asyncio.ensure_future(connect(self.settings.amqp_url, "oms.outbox_relay"))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        return None
+
+    async def run(self) -> None:
+        """Relay until stopped; broker and database outages are waited out with back-off, never fatal."""
+        amqp = await self._connect_amqp()  # waits for the broker; the robust connection then reconnects itself
+        if amqp is None:
+            return
+        publisher = Publisher(amqp)
+        listener: psycopg.AsyncConnection[Any] | None = None
+        delay = _FIRST_DELAY
         log.info("outbox relay running")
         try:
             while not self._stopping.is_set():
-                while await self.relay_once(publisher) >= self.batch:
-                    pass  # a backlog: keep going before sleeping
-                # Wake on the first notification, or after the poll interval for crash leftovers.
-                with contextlib.suppress(TimeoutError):
-                    async for _ in listener.notifies(timeout=self.settings.outbox_poll_seconds, stop_after=1):
-                        break
+                try:
+                    if listener is None or listener.closed:
+                        listener = await self._listen()
+                        if delay > _FIRST_DELAY:
+                            log.info("outbox relay resumed")
+                    while await self.relay_once(publisher) >= self.batch:
+                        pass  # a backlog: keep going before sleeping
+                    delay = _FIRST_DELAY
+                    # Wake on the first notification, or after the poll interval for crash leftovers.
+                    with contextlib.suppress(TimeoutError):
+                        async for _ in listener.notifies(timeout=self.settings.outbox_poll_seconds, stop_after=1):
+                            break
+                except Exception as exc:
+                    # The database or the broker went away. Rows taken in the failed round were not marked
+                    # sent (the transaction rolled back with the connection), so the next round takes them.
+                    log.error("outbox relay round failed; retrying", extra={"error": repr(exc), "delay": delay})
+                    if listener is not None:
+                        with contextlib.suppress(Exception):
+                            await listener.close()
+                        listener = None
+                    await self._pause(delay)
+                    delay = min(delay * 2, _MAX_DELAY)
         finally:
-            await listener.close()
-            await amqp.close()
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await listener.close()
+            with contextlib.suppress(Exception):
+                await amqp.close()
 
     def stop(self) -> None:
         """Return from ``run`` after the round at hand."""

@@ -11,24 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import ChannelInvalidStateError
 from marshmallow import Schema, ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from common import jsonutil
 from common.config import Settings
+from common.contracts import text_problem
 from common.logging import log_context
 from common.messaging.connection import connect
 from common.messaging.deadletter import dead_letter
-from common.messaging.envelope import Envelope, message_id_of
+from common.messaging.envelope import Envelope, body_digest, message_id_of
 from common.messaging.publisher import Publisher
 from common.messaging.topology import STAGE_QUEUES, StageQueue, declare_stage_queue, declare_topology
 from common.metrics import STAGE_BATCH_SIZE, STAGE_HANDLING_SECONDS, STAGE_MESSAGES
@@ -36,6 +40,16 @@ from common.store.outbox import OutboxMessage, claim_inbox, mark_sent, record_fa
 from common.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
+
+# Test hook for the fault suite: a stage named here (``OMS_TEST_CRASH_AFTER_COMMIT=router``) kills itself with
+# os._exit(137) right after committing a batch that wrote outbox rows, before publishing or marking them sent:
+# the crash the outbox relay and the consumers' inboxes must absorb. With ``router:/some/file`` it crashes only
+# while that file exists (and removes it first), so a supervised stage crashes once when a test asks, not at
+# every restart. Never set outside tests.
+CRASH_AFTER_COMMIT_ENV = "OMS_TEST_CRASH_AFTER_COMMIT"
+# How long marking published rows sent is retried while the database is away before giving up on it: the
+# relay publishes unsent rows again after the grace period, and the consumers' inboxes make that harmless.
+MARK_SENT_GIVE_UP_SECONDS = 60.0
 
 Handler = Callable[[UnitOfWork, Envelope], None]
 # Work done once per batch, in its transaction, after the orders are locked and before the handler runs.
@@ -95,43 +109,106 @@ class _Outcome:
     published: list[OutboxMessage] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # message_id -> error (retry via the broker)
     dead: dict[str, str] = field(default_factory=dict)  # message_id -> reason (dead-letter now)
+    # (message_id, digest) -> reason: a different message reusing an id already applied (dead-letter now). By
+    # digest, not id: the message the id was first used for may be in the same batch and is handled.
+    conflicts: dict[tuple[str, str | None], str] = field(default_factory=dict)
 
 
-def decode(spec: StageSpec, message: AbstractIncomingMessage) -> _Delivery:
-    """Parse and validate a delivery against the schema of its routing key."""
-    delivery = _Delivery(message=message, message_id=message_id_of(message))
+# What the database can store of a delivery's properties (inbox.message_id, order_events.correlation_id and
+# user_id are VARCHAR(100)): anything else fails every transaction it is in, so it is refused as the body is.
+_MAX_PROPERTY_LENGTH = 100
+
+
+def _property_problem(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    if len(text) > _MAX_PROPERTY_LENGTH:
+        return f"{name} is longer than {_MAX_PROPERTY_LENGTH} characters"
+    problem = text_problem(text)
+    return None if problem is None else f"{name}: {problem}"
+
+
+def _decode(spec: StageSpec, message: AbstractIncomingMessage, delivery: _Delivery) -> None:
+    for name, value in (
+        ("message_id", message.message_id),
+        ("correlation_id", message.correlation_id),
+        ("header x-oms-user", (message.headers or {}).get("x-oms-user")),
+    ):
+        problem = _property_problem(name, value)
+        if problem is not None:
+            delivery.error = f"invalid properties: {problem}"
+            return
     schema = spec.schemas.get(message.routing_key or "") or spec.schemas.get("*")
     if schema is None:
         delivery.error = f"no schema for routing key {message.routing_key!r}"
-        return delivery
+        return
+    body = message.body
+    if len(body) > jsonutil.MAX_BODY_BYTES:
+        delivery.error = f"body too large: {len(body)} bytes (limit {jsonutil.MAX_BODY_BYTES})"
+        return
     try:
-        raw = jsonutil.loads(message.body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        raw = jsonutil.loads(body)
+    except jsonutil.JSONLimitError as exc:
+        delivery.error = f"body refused: {exc}"
+        return
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
         delivery.error = f"body is not JSON: {exc}"
-        return delivery
+        return
     if not isinstance(raw, dict):
         delivery.error = "body is not a JSON object"
-        return delivery
+        return
     try:
-        body = schema.load(raw)
+        loaded = schema.load(raw)
     except ValidationError as exc:
         delivery.error = "invalid body: " + jsonutil.dumps(exc.messages)
-        return delivery
+        return
     delivery.envelope = Envelope(
         message_id=delivery.message_id,
         routing_key=message.routing_key or "",
-        body=body,
+        body=loaded,
         correlation_id=message.correlation_id,
         type=message.type,
         headers=dict(message.headers or {}),
         redelivered=bool(message.redelivered),
     )
+
+
+def decode(spec: StageSpec, message: AbstractIncomingMessage) -> _Delivery:
+    """Parse and validate a delivery against the schema of its routing key.
+
+    Total: any delivery whatsoever gives either an envelope or an error (the reason it is dead-lettered with),
+    never an exception, because an exception here fails the whole batch and the worker with it.
+    """
+    try:
+        delivery = _Delivery(message=message, message_id=message_id_of(message))
+    except Exception as exc:  # a message id that cannot even be read: name the copy by its body
+        delivery = _Delivery(message=message, message_id="sha256:" + body_digest(bytes(message.body or b"")))
+        delivery.error = f"invalid properties: message_id unreadable ({type(exc).__name__})"
+        return delivery
+    try:
+        _decode(spec, message, delivery)
+    except Exception as exc:  # the limits above should make this unreachable; a crash must not be the answer
+        delivery.envelope = None
+        delivery.error = f"body could not be decoded: {type(exc).__name__}: {exc}"[:1000]
     return delivery
 
 
 def _is_infrastructure_error(exc: BaseException) -> bool:
     # The database went away: retrying later will work, and nacking would burn the delivery limit.
     return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def _reused_id_reason(message_id: str) -> str:
+    return f"message id {message_id} was already used for a different body"
+
+
+def _open_channel_of(message: AbstractIncomingMessage) -> object | None:
+    """The channel a delivery came on, or None when it has closed (the broker requeued the delivery)."""
+    try:
+        return message.channel
+    except ChannelInvalidStateError:
+        return None
 
 
 class StageWorker:
@@ -146,16 +223,41 @@ class StageWorker:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
         self._companions: list[Companion] = []
+        # Read once: the test hook (see CRASH_AFTER_COMMIT_ENV) is decided when the process starts.
+        stage, _, trigger = os.environ.get(CRASH_AFTER_COMMIT_ENV, "").partition(":")
+        self._crash_after_commit = stage == spec.stage
+        self._crash_trigger = trigger or None
+
+    def _crash_now(self) -> bool:
+        if self._crash_trigger is None:
+            return True
+        try:
+            os.remove(self._crash_trigger)  # consumed: the restarted process runs normally
+        except FileNotFoundError:
+            return False
+        return True
 
     # --- database side (runs in a worker thread) ---------------------------------------------------
 
-    def _handle_in_transaction(self, uow: UnitOfWork, envelopes: list[Envelope]) -> None:
-        fresh = claim_inbox(uow.connection, self.spec.stage, [e.message_id for e in envelopes])
+    def _handle_in_transaction(self, uow: UnitOfWork, envelopes: list[Envelope]) -> dict[tuple[str, str | None], str]:
+        """Claim the inbox rows and run the handler on what is new; returns the envelopes reusing an id."""
+        digests: dict[str, str | None] = {}
+        for env in envelopes:
+            digests.setdefault(env.message_id, env.digest)
+        fresh, previous = claim_inbox(uow.connection, self.spec.stage, digests)
+        conflicts: dict[tuple[str, str | None], str] = {}
+        claimed: dict[str, str | None] = {}  # message id -> digest of the copy this batch handles
         todo: list[Envelope] = []
         for env in envelopes:
-            if env.message_id in fresh:
-                fresh.discard(env.message_id)  # a duplicate within one batch runs once
+            mid = env.message_id
+            if mid in fresh:
+                fresh.discard(mid)  # a duplicate within one batch runs once
+                claimed[mid] = env.digest
                 todo.append(env)
+                continue
+            recorded = claimed[mid] if mid in claimed else previous.get(mid)
+            if env.digest is not None and recorded is not None and env.digest != recorded:
+                conflicts[(mid, env.digest)] = _reused_id_reason(mid)
         uow.orders.lock(oid for oid in (self.spec.order_id_of(e) for e in todo) if oid)
         if todo and self.spec.prepare is not None:
             self.spec.prepare(uow, todo)
@@ -166,14 +268,16 @@ class StageWorker:
                 order_id=self.spec.order_id_of(env),
             ):
                 self.spec.handler(uow, env)
+        return conflicts
 
     def process(self, envelopes: list[Envelope]) -> _Outcome:
         """Handle a batch in one transaction; on failure, each message alone. Blocking: call in a thread."""
         outcome = _Outcome()
         with UnitOfWork(self.engine, claim_outbox=True) as uow:
             try:
-                self._handle_in_transaction(uow, envelopes)
+                conflicts = self._handle_in_transaction(uow, envelopes)
                 outcome.published = uow.commit()
+                outcome.conflicts.update(conflicts)
                 return outcome
             except Exception as exc:
                 uow.rollback()
@@ -185,8 +289,9 @@ class StageWorker:
                 log.info("batch failed; handling its messages one by one", extra={"error": repr(exc)})
             for env in envelopes:
                 try:
-                    self._handle_in_transaction(uow, [env])
+                    conflicts = self._handle_in_transaction(uow, [env])
                     outcome.published.extend(uow.commit())
+                    outcome.conflicts.update(conflicts)
                 except Exception as exc:
                     uow.rollback()
                     if _is_infrastructure_error(exc):
@@ -209,6 +314,29 @@ class StageWorker:
     def _mark_sent(self, message_ids: list[str]) -> None:
         with self.engine.begin() as connection:
             mark_sent(connection, message_ids)
+
+    async def _mark_sent_with_retry(self, message_ids: list[str]) -> None:
+        """Mark published rows sent; never fails the stage (unmarked rows are only published again later)."""
+        delay = 0.2
+        give_up_at = time.monotonic() + MARK_SENT_GIVE_UP_SECONDS
+        while True:
+            try:
+                await asyncio.to_thread(self._mark_sent, message_ids)
+                return
+            except Exception as exc:
+                retry = _is_infrastructure_error(exc) and not self._stopping.is_set() and time.monotonic() < give_up_at
+                if not retry:
+                    log.warning(
+                        "published outbox rows not marked sent; the relay publishes them again after the grace "
+                        "period and the consumers' inboxes skip the copies",
+                        extra={"count": len(message_ids), "error": repr(exc)},
+                    )
+                    return
+                log.error(
+                    "database unavailable; retrying to mark rows sent", extra={"error": repr(exc), "delay": delay}
+                )
+                await asyncio.sleep(delay)  # back-off while the database is down
+                delay = min(delay * 2, 5.0)
 
     # --- broker side -------------------------------------------------------------------------------
 
@@ -234,10 +362,51 @@ class StageWorker:
                 break
         return batch
 
+    async def _settle(self, message_id: str, what: str, action: Callable[[], Awaitable[None]]) -> bool:
+        """Ack or nack; False when the delivery's channel is gone (a broker restart, a dropped connection).
+
+        Then there is nothing to settle: the broker has requeued the delivery and brings it back, and the
+        inbox makes the copy a no-op. Dropping it here is the normal path after an outage, not an error.
+        """
+        try:
+            await action()
+            return True
+        except Exception as exc:
+            log.warning(
+                "delivery not settled: its channel is gone; the broker redelivers it",
+                extra={"stage": self.spec.stage, "message_id": message_id, "action": what, "error": repr(exc)},
+            )
+            return False
+
+    async def _dead_letter(self, delivery: _Delivery, reason: str, outcome: str) -> None:
+        """Copy to the stage's DLQ, then ack; if the copy is not confirmed, requeue (never lose, never exit)."""
+        assert self._publisher is not None
+        message = delivery.message
+        try:
+            await dead_letter(self._publisher, self.spec.queue, message, delivery.message_id, reason)
+        except Exception as exc:
+            log.warning(
+                "dead-lettering failed; the message is requeued and comes back",
+                extra={"stage": self.spec.stage, "message_id": delivery.message_id, "error": repr(exc)},
+            )
+            # Settled now, or a later multiple ack on this channel would take it without a copy in the DLQ.
+            await self._settle(delivery.message_id, "nack", lambda: message.nack(requeue=True))
+            return
+        if await self._settle(delivery.message_id, "ack", message.ack):
+            STAGE_MESSAGES.labels(self.spec.stage, outcome).inc()
+
     async def _run_batch(self, messages: list[AbstractIncomingMessage]) -> None:
         assert self._publisher is not None
         started = time.perf_counter()
-        deliveries = [decode(self.spec, m) for m in messages]
+        # Deliveries still queued here from a channel that has since closed were requeued by the broker, which
+        # delivers them again on the new channel; handling these copies would only be undone.
+        live = [m for m in messages if _open_channel_of(m) is not None]
+        if len(live) < len(messages):
+            log.warning(
+                "deliveries from a closed channel dropped; the broker redelivers them",
+                extra={"stage": self.spec.stage, "count": len(messages) - len(live)},
+            )
+        deliveries = [decode(self.spec, m) for m in live]
         for d in deliveries:
             if d.error is not None:
                 log.warning(
@@ -248,39 +417,59 @@ class StageWorker:
                         "routing_key": d.message.routing_key,
                     },
                 )
-                await dead_letter(self._publisher, self.spec.queue, d.message, d.message_id, d.error)
-                await d.message.ack()
-                STAGE_MESSAGES.labels(self.spec.stage, "invalid").inc()
+                await self._dead_letter(d, d.error, "invalid")
         valid = [d for d in deliveries if d.envelope is not None]
         if not valid:
             return
-        envelopes = [d.envelope for d in valid if d.envelope is not None]
+        envelopes = [dataclasses.replace(d.envelope, digest=body_digest(d.message.body)) for d in valid if d.envelope]
         outcome = await self._process_with_retry(envelopes)
-        confirmed = await self._publisher.publish(outcome.published)
+        if outcome is None:
+            return  # stopping while the database is away: left unacked, the broker redelivers them
+        if outcome.published and self._crash_after_commit and self._crash_now():
+            log.warning("test hook: crashing after commit, before publishing", extra={"stage": self.spec.stage})
+            os._exit(137)
+        try:
+            confirmed = await self._publisher.publish(outcome.published)
+        except Exception as exc:  # the committed rows are the durable copies: the relay publishes them
+            log.warning("outbox rows not published; the relay will", extra={"error": repr(exc)})
+            confirmed = []
         if confirmed:
-            await asyncio.to_thread(self._mark_sent, confirmed)
-        handled = []
-        for d in valid:
-            if d.message_id in outcome.dead:
-                await dead_letter(self._publisher, self.spec.queue, d.message, d.message_id, outcome.dead[d.message_id])
-                await d.message.ack()
-                STAGE_MESSAGES.labels(self.spec.stage, "dead_lettered").inc()
+            await self._mark_sent_with_retry(confirmed)
+        handled: list[_Delivery] = []
+        for d, env in zip(valid, envelopes, strict=True):
+            conflict = outcome.conflicts.get((d.message_id, env.digest))
+            if conflict is not None:
+                log.warning(
+                    "message id reused for a different body; dead-lettered",
+                    extra={"message_id": d.message_id, "reason": conflict, "correlation_id": env.correlation_id},
+                )
+                await self._dead_letter(d, conflict, "dead_lettered")
+            elif d.message_id in outcome.dead:
+                await self._dead_letter(d, outcome.dead[d.message_id], "dead_lettered")
             elif d.message_id in outcome.failed:
-                await d.message.nack(requeue=True)
-                STAGE_MESSAGES.labels(self.spec.stage, "failed").inc()
+                if await self._settle(d.message_id, "nack", lambda m=d.message: m.nack(requeue=True)):  # type: ignore[misc]
+                    STAGE_MESSAGES.labels(self.spec.stage, "failed").inc()
             else:
                 handled.append(d)
         if handled:
             # Acked even if a publish was not confirmed: the committed outbox row is the durable copy, and the
-            # relay publishes it. One frame for the batch: every delivery before the highest handled tag on this
-            # channel is settled (earlier batches entirely, this one above), so a multiple ack takes exactly these.
-            last = max(handled, key=lambda d: d.message.delivery_tag or 0)
-            await last.message.ack(multiple=True)
-            STAGE_MESSAGES.labels(self.spec.stage, "handled").inc(len(handled))
+            # relay publishes it. One frame per channel: every delivery before the highest handled tag on a
+            # channel is settled (earlier batches entirely, this one above), so a multiple ack takes exactly
+            # these. After a reconnect a batch can hold deliveries of two channels, whose tags are unrelated.
+            by_channel: dict[int, list[_Delivery]] = {}
+            for d in handled:
+                by_channel.setdefault(id(_open_channel_of(d.message)), []).append(d)
+            acked = 0
+            for group in by_channel.values():
+                last = max(group, key=lambda d: d.message.delivery_tag or 0)
+                if await self._settle(last.message_id, "ack", lambda m=last.message: m.ack(multiple=True)):  # type: ignore[misc]
+                    acked += len(group)
+            STAGE_MESSAGES.labels(self.spec.stage, "handled").inc(acked)
         STAGE_BATCH_SIZE.labels(self.spec.stage).observe(len(messages))
         STAGE_HANDLING_SECONDS.labels(self.spec.stage).observe(time.perf_counter() - started)
 
-    async def _process_with_retry(self, envelopes: list[Envelope]) -> _Outcome:
+    async def _process_with_retry(self, envelopes: list[Envelope]) -> _Outcome | None:
+        """The batch's outcome, retried with back-off while the database is away; None if stopped meanwhile."""
         delay = 0.2
         while True:
             try:
@@ -288,8 +477,13 @@ class StageWorker:
             except Exception as exc:
                 if not _is_infrastructure_error(exc):
                     raise
-                log.error("database unavailable; retrying the batch", extra={"error": repr(exc), "delay": delay})
-                await asyncio.sleep(delay)  # back-off while the database is down, not a wait for state
+                if self._stopping.is_set():
+                    return None
+                # Down, restarting, or a deadlock or serialization failure: the same batch again will do.
+                log.error("database error; retrying the batch", extra={"error": repr(exc), "delay": delay})
+                with contextlib.suppress(TimeoutError):
+                    # back-off while the database is down, ended early by stop()
+                    await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, 5.0)
 
     async def _keep_running(self, companion: Companion) -> None:
@@ -319,17 +513,47 @@ class StageWorker:
                 companion.stop()
             await asyncio.gather(*companion_tasks, return_exceptions=True)
 
+    async def _connect(self) -> AbstractRobustConnection | None:
+        """Connect (waiting for the broker with back-off), unless stopped first."""
+        connecting = asyncio.ensure_future(connect(self.settings.amqp_url, f"oms.{self.spec.stage}"))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        return None
+
     async def _consume(self) -> None:
-        self._connection = await connect(self.settings.amqp_url, f"oms.{self.spec.stage}")
-        self._publisher = Publisher(self._connection)
-        channel = await self._connection.channel()
-        if self.spec.queue_override is None:
-            # Every stage queue, so a hand-over to a stage that has not started yet is queued, not returned.
-            await declare_topology(channel, self.settings.delivery_limit)
-        # Two batches' worth in flight: one being handled while the next arrives.
-        await channel.set_qos(prefetch_count=self.settings.batch_size * 2)
-        queue = await declare_stage_queue(channel, self.spec.queue, self.settings.delivery_limit)
-        tag = await queue.consume(self._on_message)
+        delay = 0.5
+        while True:
+            connection = await self._connect()
+            if connection is None:
+                return
+            try:
+                channel = await connection.channel()
+                if self.spec.queue_override is None:
+                    # Every stage queue, so a hand-over to a stage that has not started yet is queued.
+                    await declare_topology(channel, self.settings.delivery_limit)
+                # Two batches' worth in flight: one being handled while the next arrives.
+                await channel.set_qos(prefetch_count=self.settings.batch_size * 2)
+                queue = await declare_stage_queue(channel, self.spec.queue, self.settings.delivery_limit)
+                # The robust channel consumes again by itself after a reconnect; deliveries keep arriving here.
+                tag = await queue.consume(self._on_message)
+                break
+            except Exception as exc:  # the broker went away again while we set up: start over
+                log.warning("stage setup failed; retrying", extra={"error": repr(exc), "delay": delay})
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)  # back-off, ended early by stop()
+                if self._stopping.is_set():
+                    return
+                delay = min(delay * 2, 30.0)
+        self._connection = connection
+        self._publisher = Publisher(connection)
         log.info("stage consuming", extra={"stage": self.spec.stage, "queue": queue.name})
         try:
             while not self._stopping.is_set():
@@ -344,7 +568,8 @@ class StageWorker:
         finally:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
-            await self._connection.close()
+            with contextlib.suppress(Exception):
+                await connection.close()
 
     def stop(self) -> None:
         """Finish the batch at hand and return from ``run`` (companions are stopped too)."""

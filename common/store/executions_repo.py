@@ -1,16 +1,57 @@
-"""Execution reports, one row per ``execution_id``, in the caller's transaction."""
+"""Execution reports, one row per ``execution_id``, in the caller's transaction.
+
+A row keeps what the report said (``last_qty``, ``last_px``, ``cum_qty``...) beside what it booked
+(``quantity``, ``price``, ``fees``: the rise of the order's cumulative quantity it carried, negative for a
+bust), so a bust reverses exactly what was booked and a reused execution id can be told from a resend.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, insert, select, update
 
-from common.domain import ExecutionReportData
+from common.domain import BookedExecution, ExecutionReportData, FillDelta
 from common.store import tables
+
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    """The terms of a recorded report that identify it: a resend carries the same ones."""
+
+    order_id: str
+    exec_type: str
+    last_qty: Decimal | None
+    last_px: Decimal | None
+    cum_qty: Decimal | None
+    exec_ref_id: str | None
+
+    def differences(self, report: ExecutionReportData) -> list[str]:
+        """The fields in which ``report`` differs from this one (empty: the same report sent again)."""
+        theirs = {
+            "orderId": report.order_id,
+            "execType": report.exec_type.value,
+            "lastQty": report.last_qty,
+            "lastPx": report.last_px,
+            "cumQty": report.cum_qty,
+            "execRefId": report.exec_ref_id,
+        }
+        ours = {
+            "orderId": self.order_id,
+            "execType": self.exec_type,
+            # Rows from before revision 0005 have no last_qty; a missing lastQty is reported as 0.
+            "lastQty": self.last_qty if self.last_qty is not None else report.last_qty,
+            "lastPx": self.last_px if self.last_qty is not None else report.last_px,
+            "cumQty": self.cum_qty,
+            "execRefId": self.exec_ref_id,
+        }
+        return [name for name, value in theirs.items() if value != ours[name]]
 
 
 class ExecutionReportRepository:
@@ -26,37 +67,54 @@ class ExecutionReportRepository:
 
     def reset(self) -> None:
         """Forget what this transaction looked up and buffered."""
-        self._known: set[str] = set()
+        self._known: dict[str, StoredReport] = {}
         self._checked: set[str] = set()
         self._pending: list[dict[str, object]] = []
 
     def prefetch(self, execution_ids: Iterable[str]) -> None:
-        """Find, in one round trip, which of these execution ids were recorded before."""
+        """Find, in one round trip, which of these execution ids were recorded before, with their terms."""
         ids = set(execution_ids) - self._checked
         if ids:
             e = tables.execution_reports.c
-            found = self._connection.execute(select(e.execution_id).where(e.execution_id.in_(ids))).scalars()
-            self._known.update(found)
+            rows = self._connection.execute(
+                select(e.execution_id, e.order_id, e.exec_type, e.last_qty, e.last_px, e.cum_qty, e.exec_ref_id).where(
+                    e.execution_id.in_(ids)
+                )
+            )
+            for row in rows:
+                self._known[row.execution_id] = StoredReport(
+                    row.order_id, row.exec_type, row.last_qty, row.last_px, row.cum_qty, row.exec_ref_id
+                )
             self._checked.update(ids)
 
+    def known(self, execution_id: str) -> StoredReport | None:
+        """The report recorded before under this ``execution_id`` (in this transaction or earlier), if any."""
+        self.prefetch([execution_id])
+        return self._known.get(execution_id)
+
     def record(
-        self, report: ExecutionReportData, *, quantity: Decimal, price: Decimal, received_at: datetime
-    ) -> str | None:
-        """Record the report; returns its row id, or None when this ``execution_id`` was recorded before."""
-        self.prefetch([report.execution_id])
-        if report.execution_id in self._known:
-            return None
+        self,
+        report: ExecutionReportData,
+        *,
+        booked: FillDelta | None,
+        unreported_delta: Decimal,
+        received_at: datetime,
+    ) -> str:
+        """Record a report not recorded before (see ``known``); returns its row id."""
         row_id = str(uuid.uuid4())
-        self._known.add(report.execution_id)
+        self._known[report.execution_id] = StoredReport(
+            report.order_id, report.exec_type.value, report.last_qty, report.last_px, report.cum_qty, report.exec_ref_id
+        )
+        self._checked.add(report.execution_id)
         self._pending.append(
             {
                 "id": row_id,
                 "order_id": report.order_id,
                 "execution_id": report.execution_id,
-                "quantity": quantity,
-                "price": price,
+                "quantity": booked.quantity if booked else _ZERO,
+                "price": booked.price if booked else (report.last_px or _ZERO),
                 "timestamp": report.timestamp,
-                "fees": report.fees,
+                "fees": booked.fees if booked else _ZERO,
                 "venue": report.venue,
                 "exec_type": report.exec_type.value,
                 "request_id": report.request_id,
@@ -68,6 +126,9 @@ class ExecutionReportRepository:
                 "reason": report.reason,
                 "busted": False,
                 "received_at": received_at,
+                "last_qty": report.last_qty,
+                "last_px": report.last_px,
+                "unreported_delta": unreported_delta,
             }
         )
         return row_id
@@ -78,19 +139,25 @@ class ExecutionReportRepository:
             self._connection.execute(insert(tables.execution_reports), self._pending)
             self._pending.clear()
 
-    def mark_busted(self, order_id: str, execution_id: str) -> bool | None:
-        """Flag a busted execution of this order. True: flagged now; False: already busted; None: unknown."""
+    def booked(self, order_id: str, execution_id: str) -> BookedExecution | None:
+        """What this order's execution ``execution_id`` booked (for a bust of it); None if it has no such one."""
         self.flush()  # the busted execution may be in this batch
         e = tables.execution_reports.c
-        flagged = self._connection.execute(
+        row = self._connection.execute(
+            select(e.quantity, e.price, e.fees, e.busted, e.exec_type).where(
+                e.order_id == order_id, e.execution_id == execution_id
+            )
+        ).first()
+        if row is None or row.exec_type == "TRADE_CANCEL":
+            return None
+        return BookedExecution(execution_id, row.quantity, row.price, row.fees, busted=row.busted)
+
+    def mark_busted(self, order_id: str, execution_id: str) -> None:
+        """Flag a busted execution of this order (its bust has been applied)."""
+        self.flush()
+        e = tables.execution_reports.c
+        self._connection.execute(
             update(tables.execution_reports)
-            .where(e.order_id == order_id, e.execution_id == execution_id, e.busted.is_(False))
+            .where(e.order_id == order_id, e.execution_id == execution_id)
             .values(busted=True)
-            .returning(e.id)
-        ).first()
-        if flagged is not None:
-            return True
-        known = self._connection.execute(
-            select(e.id).where(e.order_id == order_id, e.execution_id == execution_id)
-        ).first()
-        return False if known is not None else None
+        )

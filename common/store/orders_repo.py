@@ -11,6 +11,7 @@ from sqlalchemy import Connection, RowMapping, bindparam, insert, select, tuple_
 
 from common.domain import (
     Order,
+    OrderEventType,
     OrderState,
     OrderType,
     PendingRequest,
@@ -63,6 +64,7 @@ def order_from_row(row: RowMapping) -> Order:
         rejection_reason=row["rejection_reason"],
         rejection_code=row["rejection_code"],
         overfilled=row["overfilled"],
+        unreported_quantity=row["unreported_quantity"],
         pending_request=_pending_from_json(row["pending_request"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -94,6 +96,7 @@ def _order_values(order: Order) -> dict[str, Any]:
         "rejection_code": order.rejection_code,
         "fees": order.fees,
         "overfilled": order.overfilled,
+        "unreported_quantity": order.unreported_quantity,
         "pending_request": _pending_to_json(order.pending_request),
         "version": order.version,
     }
@@ -147,6 +150,7 @@ class OrderRepository:
         self._event_rows: list[dict[str, Any]] = []
         self._sequence: dict[str, int] = {}
         self._seen: dict[str, tuple[str, Decimal, str]] = {}
+        self._creation_terms: dict[str, dict[str, Any]] = {}
 
     def _remember(self, order: Order, last_sequence: int) -> Order:
         self._orders[order.id] = order
@@ -163,16 +167,24 @@ class OrderRepository:
         ]
 
     def lock(self, order_ids: Iterable[str]) -> None:
-        """Lock and load orders in id order, so writers of overlapping batches queue instead of deadlocking."""
+        """Lock and load orders in id order, so writers of overlapping batches queue instead of deadlocking.
+
+        Two statements, not one: in READ COMMITTED a ``SELECT ... FOR UPDATE`` that waited for another writer
+        returns that writer's version of the locked row, but every other table it reads (the last event
+        sequence) through the snapshot taken before the wait, so it would hand out a sequence the other writer
+        has just used. Loading after the locks are held reads everything they guard as committed.
+        """
         ids = sorted(set(order_ids) - self._locked - set(self._dirty))
         if ids:
-            query = (
-                select(tables.orders, _EVENT_SEQ)
-                .where(tables.orders.c.id.in_(ids))
-                .order_by(tables.orders.c.id)
-                .with_for_update(of=tables.orders)
-            )
-            self._locked.update(order.id for order in self._load(query))
+            o = tables.orders.c
+            # NO KEY UPDATE: writers of an order still queue, but the foreign-key checks of rows that refer to
+            # it (settlement's confirmations, in its own message order) take KEY SHARE, which this does not
+            # block; a plain FOR UPDATE would, and two such lockers in different orders deadlock.
+            locking = select(o.id).where(o.id.in_(ids)).order_by(o.id).with_for_update(key_share=True)
+            locked = list(self._connection.execute(locking).scalars())
+            if locked:
+                self._load(select(tables.orders, _EVENT_SEQ).where(o.id.in_(locked)))
+            self._locked.update(locked)
 
     def get(self, order_id: str, for_update: bool = False) -> Order | None:
         """The order (locked when asked); the same object for every call in this transaction."""
@@ -213,6 +225,27 @@ class OrderRepository:
         self.prefetch_client_orders([(account_id, client_order_id)])
         order_id = self._by_client_key.get((account_id, client_order_id))
         return None if order_id is None else self._orders[order_id]
+
+    def creation_terms(self, order_id: str) -> Mapping[str, Any] | None:
+        """The terms the order was created with (its ``ORDER_CREATED`` event), whatever changed since.
+
+        An idempotency key is checked against these, not the current terms: a modify after the create must
+        not make a retry of that create look like another order.
+        """
+        cached = self._creation_terms.get(order_id)
+        if cached is not None:
+            return cached
+        e = tables.order_events.c
+        payload = self._connection.execute(
+            select(e.payload)
+            .where(e.order_id == order_id, e.type == OrderEventType.ORDER_CREATED.value)
+            .order_by(e.sequence)
+            .limit(1)
+        ).scalar()
+        if payload is None:
+            return None
+        self._creation_terms[order_id] = dict(payload)
+        return self._creation_terms[order_id]
 
     def add(
         self,
@@ -276,6 +309,8 @@ class OrderRepository:
         sequence = self._sequence.get(order.id, 0)
         for event in events:
             sequence += 1
+            if event.type is OrderEventType.ORDER_CREATED:
+                self._creation_terms[order.id] = dict(event.payload)
             self._event_rows.append(
                 {
                     "id": str(uuid.uuid4()),

@@ -91,6 +91,7 @@ orders = Table(
     Column("rejection_code", String(50)),
     _money("fees", nullable=False),
     Column("overfilled", Boolean, nullable=False),
+    _money("unreported_quantity", nullable=False),
     Column("pending_request", JSONB),
     Column("created_by", String(100)),
     Column("version", Integer, nullable=False),
@@ -117,6 +118,9 @@ execution_reports = Table(
     Column("reason", Text),
     Column("busted", Boolean, nullable=False),
     _ts("received_at"),
+    _money("last_qty"),
+    _money("last_px"),
+    _money("unreported_delta", nullable=False),
 )
 
 order_events = Table(

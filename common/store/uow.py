@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 
 from sqlalchemy import Connection, Engine
@@ -20,6 +21,7 @@ class UnitOfWork:
         self._claim_outbox = claim_outbox
         self._connection: Connection | None = None
         self.committed: list[OutboxMessage] = []
+        self._after_commit: list[Callable[[], None]] = []
 
     def __enter__(self) -> UnitOfWork:
         self._connection = self._engine.connect()
@@ -41,6 +43,11 @@ class UnitOfWork:
         self._flush()
         return self._connection
 
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once this transaction commits (never if it rolls back): metrics and log lines about
+        what was committed, so a batch retried message by message does not count them twice."""
+        self._after_commit.append(action)
+
     def _flush(self) -> None:
         # Orders first: execution reports and events refer to them.
         self.orders.flush()
@@ -54,6 +61,9 @@ class UnitOfWork:
         self._reset()
         self.committed = list(self.outbox.written)
         self.outbox.written.clear()
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            action()
         self.connection.begin()
         return self.committed
 
@@ -66,6 +76,7 @@ class UnitOfWork:
         """Undo everything since the last commit."""
         self.outbox.discard()
         self._reset()
+        self._after_commit.clear()
         self.connection.rollback()
         self.connection.begin()
 

@@ -58,10 +58,13 @@ def _gunicorn_app(options: dict[str, Any], on_exit: Any) -> Any:
 
         def load(self) -> Any:
             from common import bootstrap
+            from services.api.health import answer_503_while_the_database_is_away
             from services.api.rest import create_app
 
             configure_logging("oms.api.rest", bootstrap.settings().log_level)
-            return create_app(bootstrap.settings(), bootstrap.engine())
+            app = create_app(bootstrap.settings(), bootstrap.engine())
+            answer_503_while_the_database_is_away(app)
+            return app
 
     return RestApplication()
 
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--rest-only", action="store_true", help="serve REST only")
     only.add_argument("--grpc-only", action="store_true", help="serve gRPC only")
-    parser.add_argument("--host", default=os.environ.get("OMS_API_HOST", "0.0.0.0"), help="address to listen on")
+    parser.add_argument("--host", default=settings.api_host, help="address to listen on (OMS_API_HOST)")
     parser.add_argument("--rest-port", type=int, default=settings.rest_port)
     parser.add_argument("--grpc-port", type=int, default=settings.grpc_port)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("OMS_API_WORKERS", "2")))

@@ -48,3 +48,14 @@ class Conflict(ApiError):
 
 class Unavailable(ApiError):
     """A dependency (the broker) did not take the request; retrying may help (REST 503, gRPC UNAVAILABLE)."""
+
+
+class IdempotencyConflict(Conflict):
+    """An Idempotency-Key / clientOrderId used before for an order with other terms (REST 422 with ``code`` and
+    ``errors`` naming the terms that differ; gRPC FAILED_PRECONDITION, as a Conflict)."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+    def __init__(self, message: str, errors: Sequence[FieldError] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors)

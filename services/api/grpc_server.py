@@ -4,7 +4,9 @@ Calls share the REST front end's order service (run in threads: SQLAlchemy is sy
 come in the ``authorization`` metadata. StreamOrderUpdates consumes an exclusive, auto-deleted queue bound to
 ``oms.order_updates`` with one routing key per (account, symbol, status) asked for; it sends its initial
 metadata once the queue is bound (so a client that waits for it misses nothing) and ends, deleting the
-queue, when the client goes away.
+queue, when the client goes away. Its channel is a robust one: after a broker restart aio-pika declares the
+queue again, binds it and consumes again, and the stream goes on (updates published meanwhile are not seen:
+a live stream, not a log). The broker connection waits for a broker that is down at start.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from marshmallow import ValidationError, validate
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from common import jsonutil
 from common.config import Settings
@@ -140,6 +143,11 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
         except ApiError as error:
             await _abort(context, error)
         except grpc.aio.AbortError:
+            raise
+        except OperationalError as exc:
+            # The database is away: temporary, and the caller may retry (the pool reconnects once it is back).
+            log.warning("gRPC call failed: the database is unavailable", extra={"error": repr(exc)})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry shortly")
             raise
         except Exception:
             # The caller gets a plain INTERNAL; the details stay in the log, not on the wire.
@@ -287,7 +295,11 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             subscription = self._subscription(principal, request)
         except ApiError as error:
             await _abort(context, error)
-        channel = await self._amqp.channel()
+        try:
+            channel = await self._amqp.channel()
+        except Exception as exc:  # the broker is away; the robust connection is reconnecting
+            log.warning("order update stream refused: no broker channel", extra={"error": repr(exc)})
+            await _abort(context, Unavailable("the broker is unavailable; retry shortly"))
         queue_name = ""
         try:
             await channel.set_qos(prefetch_count=256)
@@ -332,10 +344,11 @@ class GrpcServer:
         engine: Engine,
         tokens: TokenService | None = None,
         readiness: ReadinessProbe | None = None,
-        host: str = "[::]",
+        host: str | None = None,
         port: int | None = None,
     ) -> None:
         self.settings = settings
+        host = settings.api_host if host is None else host
         self._engine = engine
         self._tokens = tokens or TokenService.from_settings(settings)
         self._readiness = readiness or ReadinessProbe(engine, settings.amqp_url)

@@ -3,14 +3,23 @@ report them."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import psycopg
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from common.health import UP, dependency_checks
 from common.health import Readiness as CachedChecks
 
-__all__ = ["UP", "Readiness", "ReadinessProbe"]
+if TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["UP", "Readiness", "ReadinessProbe", "answer_503_while_the_database_is_away"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,3 +43,21 @@ class ReadinessProbe:
     def check(self) -> Readiness:
         """Run the checks (or return the answer of the last second)."""
         return Readiness(self._checks.results())
+
+
+DATABASE_UNAVAILABLE = "the database is unavailable; retry shortly"
+
+
+def _database_unavailable(error: Exception) -> tuple[dict[str, str], int, dict[str, str]]:
+    log.warning("request answered 503: the database is unavailable", extra={"error": repr(error)})
+    return {"message": DATABASE_UNAVAILABLE}, 503, {"Retry-After": "2"}
+
+
+def answer_503_while_the_database_is_away(app: Flask) -> None:
+    """Make a request that meets a database outage a 503 the client may retry, rather than a 500.
+
+    The worker process itself survives either way (the pool reconnects with pre-ping once the database is
+    back); this only tells the caller the truth: it is temporary.
+    """
+    app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(psycopg.OperationalError, _database_unavailable)

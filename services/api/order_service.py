@@ -9,38 +9,47 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from common.domain import InvalidCommand, InvalidTransition
+from common.domain import InvalidCommand, InvalidTransition, Order
 from common.domain.validation import Code, validate_order
 from common.logging import log_context
 from common.store.uow import UnitOfWork
 from services.api import queries
 from services.api.auth import SCOPE_READ, SCOPE_WRITE, Principal
-from services.api.errors import Conflict, FieldError, Forbidden, InvalidRequest, NotFound
+from services.api.errors import Conflict, FieldError, Forbidden, IdempotencyConflict, InvalidRequest, NotFound
 from services.intake.commands import (
+    ConflictingDuplicate,
     InvalidOrderTerms,
     OrderNotFound,
     OrderRequest,
     UnknownAccount,
     cancel_order,
+    check_duplicate,
     modify_order,
     submit_order,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Rules whose breach is a fact about the market or the account, not a mistake in the request: the order is
 # booked REJECTED with the reason (201), as intake does for a trade decision. Every other rule is the
 # caller's to fix: 400, and nothing is booked.
 BOOKED_AS_REJECTED = frozenset({Code.ACCOUNT_INACTIVE, Code.INSTRUMENT_NOT_TRADABLE})
 _CLIENT_ORDER_ID_CONSTRAINT = "uq_orders_client_order_id"
+# A command on an order runs under the order's row lock, so it cannot collide with another writer of that
+# order; these are what is left (a writer that broke the rule, a deadlock with a batch) and a fresh
+# transaction resolves them. Anything else is a bug and must surface.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_RETRYABLE_CONSTRAINTS = frozenset({"uq_order_events_sequence"})
+COMMAND_ATTEMPTS = 4
 
 
 def _field_errors(violations: Any) -> list[FieldError]:
@@ -64,6 +73,36 @@ def valid_order_id(order_id: str) -> bool:
 def _is_client_order_conflict(exc: IntegrityError) -> bool:
     diag = getattr(exc.orig, "diag", None)
     return getattr(diag, "constraint_name", None) == _CLIENT_ORDER_ID_CONSTRAINT
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    if getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+        return True
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "constraint_name", None) in _RETRYABLE_CONSTRAINTS
+
+
+def _retrying(what: str, attempt: Callable[[], T]) -> T:
+    """Run ``attempt`` (one transaction) again when it lost a race the database could only end by failing it."""
+    for number in range(1, COMMAND_ATTEMPTS + 1):
+        try:
+            return attempt()
+        except DBAPIError as exc:
+            if number == COMMAND_ATTEMPTS or not _is_retryable(exc):
+                raise
+            log.info("order command lost a race; retrying", extra={"command": what, "error": repr(exc.orig)})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _key_reused(exc: ConflictingDuplicate) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"Idempotency-Key (clientOrderId) {exc.key} was already used for order {exc.order.id} with other "
+        f"terms: {', '.join(exc.fields)} differ",
+        [
+            FieldError(d.field, f"differs from the order booked with this key ({d.booked} there, {d.received} here)")
+            for d in exc.differences
+        ],
+    )
 
 
 class OrderService:
@@ -127,18 +166,31 @@ class OrderService:
         except IntegrityError as exc:
             if request.client_order_id is None or not _is_client_order_conflict(exc):
                 raise
-        # A concurrent submission with the same key committed first: answer with its order.
+        # A concurrent submission with the same key committed first: answer with its order, if it is this one.
         with UnitOfWork(self._engine) as uow:
             existing = uow.orders.find_by_client_order_id(request.account_id, request.client_order_id)
             if existing is None:  # pragma: no cover - the constraint said it exists
                 raise RuntimeError("client order id conflict without an order")
+            self._check_replay(uow, existing, request)
             return self._read(uow, existing.id), False
+
+    @staticmethod
+    def _check_replay(uow: UnitOfWork, existing: Order, request: OrderRequest) -> None:
+        try:
+            check_duplicate(uow, existing, request)
+        except ConflictingDuplicate as exc:
+            log.warning(
+                "idempotency key reused with other terms",
+                extra={"order_id": existing.id, "client_order_id": exc.key, "fields": exc.fields},
+            )
+            raise _key_reused(exc) from exc
 
     def _create_once(self, principal: Principal, request: OrderRequest) -> tuple[dict[str, Any], bool]:
         with UnitOfWork(self._engine) as uow:
             if request.client_order_id is not None:
                 existing = uow.orders.find_by_client_order_id(request.account_id, request.client_order_id)
                 if existing is not None:
+                    self._check_replay(uow, existing, request)
                     log.info("idempotent replay", extra={"order_id": existing.id})
                     return self._read(uow, existing.id), False
             account = uow.reference.account(request.account_id)
@@ -150,6 +202,8 @@ class OrderService:
                 order, created = submit_order(
                     uow, request, user_id=principal.subject, correlation_id=None, message_id=None
                 )
+            except ConflictingDuplicate as exc:  # pragma: no cover - checked above in this transaction
+                raise _key_reused(exc) from exc
             except UnknownAccount as exc:
                 raise InvalidRequest(
                     "Invalid order request", [FieldError("accountId", f"account {exc.account_id} does not exist")]
@@ -165,6 +219,9 @@ class OrderService:
         """Cancel the order (at once if unrouted, else by a request to the venue)."""
         self.require_scope(principal, SCOPE_WRITE)
         self._visible(principal, order_id)
+        return _retrying("cancel", lambda: self._cancel_once(principal, order_id, reason))
+
+    def _cancel_once(self, principal: Principal, order_id: str, reason: str | None) -> dict[str, Any]:
         with UnitOfWork(self._engine) as uow, log_context(order_id=order_id):
             try:
                 cancel_order(uow, order_id, reason=reason or "canceled by user", user_id=principal.subject)
@@ -188,6 +245,23 @@ class OrderService:
         """Change the order's terms (values left None keep the current ones)."""
         self.require_scope(principal, SCOPE_WRITE)
         self._visible(principal, order_id)
+        return _retrying(
+            "modify",
+            lambda: self._modify_once(
+                principal, order_id, quantity=quantity, price=price, stop_price=stop_price, notes=notes
+            ),
+        )
+
+    def _modify_once(
+        self,
+        principal: Principal,
+        order_id: str,
+        *,
+        quantity: Decimal | None,
+        price: Decimal | None,
+        stop_price: Decimal | None,
+        notes: str | None,
+    ) -> dict[str, Any]:
         with UnitOfWork(self._engine) as uow, log_context(order_id=order_id):
             try:
                 modify_order(

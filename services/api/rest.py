@@ -13,7 +13,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-import simplejson
 from apispec import BasePlugin
 from flask import Flask, Response, current_app, g, request
 from flask.json.provider import DefaultJSONProvider
@@ -41,6 +40,7 @@ from services.api.errors import (
     Conflict,
     FieldError,
     Forbidden,
+    IdempotencyConflict,
     InvalidRequest,
     NotFound,
     Unauthenticated,
@@ -82,6 +82,7 @@ _STATUS_TEXT = {
 }
 _LOCATIONS = frozenset({"json", "query", "querystring", "headers", "path", "view_args"})
 _API_ERROR_STATUS: dict[type[ApiError], int] = {
+    IdempotencyConflict: 422,  # before Conflict, its base: the first match wins
     InvalidRequest: 400,
     Unauthenticated: 401,
     Forbidden: 403,
@@ -101,7 +102,8 @@ class DecimalJSONProvider(DefaultJSONProvider):
         return jsonutil.dumps(obj)
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return jsonutil.loads(s)
+        # Bounded: Flask answers a ValueError here with 400 (a JSONLimitError is one).
+        return jsonutil.loads(s, max_bytes=jsonutil.MAX_BODY_BYTES)
 
 
 def _flatten(messages: Any, prefix: str = "") -> list[FieldError]:
@@ -130,10 +132,14 @@ class ApiParser(FlaskParser):
             return webargs_core.missing
         data = req.get_data(cache=True)
         try:
-            return jsonutil.loads(data)
-        except (simplejson.JSONDecodeError, UnicodeDecodeError) as exc:
+            return jsonutil.loads(data, max_bytes=jsonutil.MAX_BODY_BYTES)
+        except jsonutil.JSONLimitError as exc:  # too deep or too large: say which, not just "malformed"
+            raise InvalidRequest("Malformed JSON body", [FieldError("body", f"Refused: {exc}.")]) from exc
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
             # webargs expects the standard library's error type for its invalid-JSON hook.
-            raise json.JSONDecodeError(str(exc), doc=data.decode("utf-8", "replace") or " ", pos=0) from exc
+            raise json.JSONDecodeError(str(exc), doc=" ", pos=0) from exc
+        except Exception as exc:  # the limits make this unreachable; a client's bytes must never be a 500
+            raise InvalidRequest("Malformed JSON body", [FieldError("body", "Invalid JSON.")]) from exc
 
     def _handle_invalid_json_error(self, error: Any, req: Any, *args: Any, **kwargs: Any) -> NoReturn:
         raise InvalidRequest("Malformed JSON body", [FieldError("body", "Invalid JSON.")])
@@ -279,6 +285,12 @@ class OrdersResource(MethodView):
     @orders_blp.alt_response(400, response="BadRequest")
     @orders_blp.alt_response(401, response="Unauthorized")
     @orders_blp.alt_response(403, **_FORBIDDEN_DOC)
+    @orders_blp.alt_response(
+        422,
+        schema=ValidationErrorsSchema,
+        description="The Idempotency-Key (or clientOrderId) was used before with other terms: errors name them; "
+        "code is IDEMPOTENCY_KEY_REUSED",
+    )
     def post(self, headers: dict[str, Any], body: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """Create a new order.
 
@@ -429,8 +441,10 @@ def _install_error_handlers(app: Flask) -> None:
         status = next(code for kind, code in _API_ERROR_STATUS.items() if isinstance(error, kind))
         body: dict[str, Any] = {"message": error.message}
         headers: dict[str, str] = {}
-        if isinstance(error, InvalidRequest):
+        if isinstance(error, InvalidRequest | IdempotencyConflict):
             body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
+        if isinstance(error, IdempotencyConflict):
+            body["code"] = error.code
         if isinstance(error, Unauthenticated):
             headers["WWW-Authenticate"] = 'Bearer realm="oms"'
         return body, status, headers

@@ -9,6 +9,11 @@
 
 Every change is audited with the token's subject as its author (``services.risk_gate.admin``) and applies to
 the risk gate's next batch: no restart. Register with ``register(app, api, engine)``.
+
+The ``operations`` scope acts only on the token's accounts: an account's limits, halt or restrictions need the
+account in the token; the global ones (limits every account inherits, the global halt, restrictions for
+everyone) need a token for every account (``accounts: ["*"]``). Lists show only what the token may act on.
+Anything else is 403.
 """
 
 from __future__ import annotations
@@ -125,14 +130,36 @@ def _authorise() -> None:
     g.principal = principal
 
 
+def _principal() -> Principal:
+    principal: Principal = g.principal
+    return principal
+
+
+def _require_scope_of(account_id: str | None) -> None:
+    """Raise Forbidden unless the token may act on ``account_id`` (None: every account, the global setting).
+
+    Checked before the account is looked up, so a token learns nothing about accounts it was not granted.
+    """
+    principal = _principal()
+    if account_id is None:
+        if not principal.all_accounts:
+            raise Forbidden('global risk settings need a token for every account (accounts: ["*"])')
+    elif not principal.may_use(account_id):
+        raise Forbidden(f"this token does not grant account {account_id}")
+
+
+def _may_see(account_id: str | None) -> bool:
+    principal = _principal()
+    return principal.all_accounts if account_id is None else principal.may_use(account_id)
+
+
 def _engine() -> Engine:
     engine: Engine = current_app.extensions[ENGINE_KEY]
     return engine
 
 
 def _author() -> str:
-    principal: Principal = g.principal
-    return principal.subject
+    return _principal().subject
 
 
 def _view(view: admin.LimitsView) -> dict[str, Any]:
@@ -147,6 +174,7 @@ def _view(view: admin.LimitsView) -> dict[str, Any]:
 
 
 def _show(account_id: str | None) -> dict[str, Any]:
+    _require_scope_of(account_id)
     try:
         with _engine().connect() as connection:
             return _view(admin.show_limits(connection, account_id))
@@ -155,6 +183,7 @@ def _show(account_id: str | None) -> dict[str, Any]:
 
 
 def _change(account_id: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    _require_scope_of(account_id)
     try:
         with _engine().begin() as connection:
             admin.set_limits(connection, account_id, body["limits"], by=_author(), reason=body.get("reason"))
@@ -173,7 +202,9 @@ def _restriction(r: Restriction) -> dict[str, Any]:
     return {"symbol": r.symbol, "account_id": r.account_id, "reason": r.reason}
 
 
-_FORBIDDEN = {"description": "The token lacks the operations scope"}
+_FORBIDDEN = {
+    "description": 'The token lacks the operations scope, or the account (global settings: every account, "*")'
+}
 
 
 # ---- views ------------------------------------------------------------------------------------------------
@@ -233,7 +264,7 @@ class Halts(MethodView):
     def get(self) -> dict[str, Any]:
         """Every halt in force."""
         with _engine().connect() as connection:
-            return {"halts": [_halt(h) for h in admin.halts(connection)]}
+            return {"halts": [_halt(h) for h in admin.halts(connection) if _may_see(h.account_id)]}
 
     @blp.doc(operationId="haltTrading")
     @blp.arguments(HaltSchema)
@@ -244,6 +275,7 @@ class Halts(MethodView):
     @blp.alt_response(404, description="No such account")
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """Halt new orders of an account, or of every account (no accountId). Cancels still go through."""
+        _require_scope_of(body.get("account_id"))
         try:
             with _engine().begin() as connection:
                 halt, new = admin.halt(connection, body.get("account_id"), by=_author(), reason=body["reason"])
@@ -259,6 +291,7 @@ class Halts(MethodView):
     def delete(self, args: dict[str, Any]) -> None:
         """Lift the halt of an account, or the global one (no accountId)."""
         account_id = args.get("account_id")
+        _require_scope_of(account_id)
         with _engine().begin() as connection:
             if not admin.resume(connection, account_id, by=_author(), reason=None):
                 raise NotFound(f"no halt in force for {account_id or 'all accounts'}")
@@ -274,7 +307,11 @@ class RestrictedSymbols(MethodView):
     def get(self) -> dict[str, Any]:
         """Every restricted symbol."""
         with _engine().connect() as connection:
-            return {"restricted_symbols": [_restriction(r) for r in admin.restrictions(connection)]}
+            return {
+                "restricted_symbols": [
+                    _restriction(r) for r in admin.restrictions(connection) if _may_see(r.account_id)
+                ]
+            }
 
     @blp.doc(operationId="restrictSymbol")
     @blp.arguments(RestrictionSchema)
@@ -286,6 +323,7 @@ class RestrictedSymbols(MethodView):
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """Restrict a symbol for an account, or for every account (no accountId)."""
         restriction = Restriction(body.get("account_id"), body["symbol"], body.get("reason"))
+        _require_scope_of(restriction.account_id)
         try:
             with _engine().begin() as connection:
                 new = admin.restrict(
@@ -303,6 +341,7 @@ class RestrictedSymbols(MethodView):
     def delete(self, args: dict[str, Any]) -> None:
         """Lift a restriction of an account, or a global one (no accountId)."""
         account_id, symbol = args.get("account_id"), args["symbol"]
+        _require_scope_of(account_id)
         with _engine().begin() as connection:
             if not admin.unrestrict(connection, account_id, symbol, by=_author(), reason=args.get("reason")):
                 raise NotFound(f"{symbol} is not restricted for {account_id or 'all accounts'}")

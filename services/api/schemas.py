@@ -14,6 +14,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_dump, validate, validates_schema
 
+from common.contracts import decimal_problem
 from common.domain.enums import OrderStatus, OrderType, Side, TimeInForce
 
 # DECIMAL(20, 8): twelve integer digits and eight decimals.
@@ -98,13 +99,10 @@ class Number(fields.Decimal):
             # The specification says number; a string is a type error, not a number in disguise.
             raise self.make_error("invalid")
         number: Decimal = super()._deserialize(value, attr, data, **kwargs)
-        if number.is_finite() and number != 0:
-            # adjusted(): the exponent of the leading digit, so 123.4 -> 2 (three integer digits).
-            if number.adjusted() >= MAX_INTEGER_DIGITS:
-                raise self.make_error("too_large")
-            exponent = number.normalize().as_tuple().exponent
-            if isinstance(exponent, int) and -exponent > MAX_DECIMALS:
-                raise self.make_error("too_precise")
+        # Not normalize(): it rounds to the context's 28 digits, and 1.000000000000000000000000000001 would pass.
+        problem = decimal_problem(number, max_integer_digits=MAX_INTEGER_DIGITS, max_places=MAX_DECIMALS)
+        if problem is not None:
+            raise ValidationError(problem)
         return number
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Decimal | None:

@@ -1,15 +1,20 @@
-"""The execution handler: apply a venue execution report to its order and hand each fill to settlement.
+"""The execution handler: apply a venue execution report to its order and hand what it booked to settlement.
 
-Per report: record it in ``execution_reports`` (a report whose ``executionId`` was seen before is a
-duplicate and changes nothing); apply it to the order (FIX semantics live in ``Order.apply_report``); save the
-order, which announces an ``OrderUpdate`` carrying the execution for fill reports; hand the fill to settlement
-as a ``FillBooked``; and mark the OMS request the report answers.
+Per report: a report whose ``executionId`` was seen before is a resend and changes nothing, unless its terms
+differ, which is recorded on the order as an anomaly (nothing applied). A bust must name an execution of the
+order (else the report is dead-lettered at once: there is nothing it can reverse). Then the report is applied
+to the order (FIX semantics and the booking rule live in ``Order.apply_report``), recorded in
+``execution_reports`` with what it booked, and the order saved, which announces an ``OrderUpdate``; what it
+booked goes to settlement as a ``FillBooked``; the OMS request the report answers is marked.
 
-FillBooked sign convention (shared with settlement): ``quantity``, ``price`` and ``fees`` are the
-execution's own terms with a positive quantity. A bust (TRADE_CANCEL) hands over ``reversal: true`` with
-``executionId`` = the busted execution and its terms, meaning "undo that execution". In
-``execution_reports`` a TRADE_CANCEL row stores the reversed quantity as a negative number (and its fees as
-reported: a refund is negative, as ``Order.apply_report`` adds them), so an order's rows sum to what stands.
+The booking rule (docs/design.md): what is booked for an order is exactly the rise of its cumulative filled
+quantity, priced by the report; a bust books the reversal of what the busted execution booked. Every
+contradiction is an ``EXECUTION_ANOMALY`` event, a metric and a WARNING log line, never a silent drop.
+
+FillBooked sign convention (shared with settlement): ``quantity``, ``price`` and ``fees`` are the booked
+terms with a positive quantity. A bust hands over ``reversal: true`` with ``executionId`` = the busted
+execution and its booked terms, meaning "undo that execution". In ``execution_reports`` a TRADE_CANCEL row
+stores the reversed quantity and fees as negative numbers, so an order's rows sum to what stands.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from typing import Any
 from common.domain import ExecType, ExecutionReportData, FillDelta, Order
 from common.messaging.envelope import Envelope
 from common.messaging.topology import OMS_EXCHANGE
+from common.metrics import EXECUTION_ANOMALIES
 from common.runtime.stage import DeadLetter
-from common.store.executions_repo import ExecutionReportRepository
 from common.store.requests_repo import REQUEST_ACCEPTED, REQUEST_DONE, REQUEST_REJECTED, answer_request
 from common.store.uow import UnitOfWork
 
@@ -77,21 +82,31 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
     if order is None:
         raise DeadLetter(f"unknown order {report.order_id}")
 
-    bust = report.exec_type is ExecType.TRADE_CANCEL
     executions = uow.executions
-    row_id = executions.record(
-        report,
-        quantity=_ZERO - report.last_qty if bust else report.last_qty,
-        price=report.last_px if report.last_px is not None else _ZERO,
-        received_at=now,
-    )
-    if row_id is None:
-        log.info("duplicate execution report skipped", extra={"execution_id": report.execution_id})
-        return
-    if bust and not _flag_busted(executions, report):
+    stored = executions.known(report.execution_id)
+    if stored is not None:
+        differences = stored.differences(report)
+        if not differences:
+            log.info("duplicate execution report skipped", extra={"execution_id": report.execution_id})
+            return
+        # The same id for other terms: which one is true cannot be known, so the first stands and this is shown.
+        order.record_anomaly(report.execution_id, ["execution_id_reused"], now, {"differences": differences})
+        uow.orders.save(order, correlation_id=env.correlation_id or order.id, message_id=env.message_id)
+        _report_anomalies(uow, order, report, ["execution_id_reused"], {"differences": differences, **_ids(env)})
         return
 
-    outcome = order.apply_report(report, now)
+    busted = None
+    if report.exec_type is ExecType.TRADE_CANCEL:
+        if report.exec_ref_id is None:
+            raise DeadLetter("TRADE_CANCEL without execRefId: it names no execution to reverse")
+        busted = executions.booked(order.id, report.exec_ref_id)
+        if busted is None:
+            raise DeadLetter(f"TRADE_CANCEL of execution {report.exec_ref_id}, which order {order.id} never had")
+
+    outcome = order.apply_report(report, now, busted=busted)
+    row_id = executions.record(report, booked=outcome.fill, unreported_delta=outcome.unreported_delta, received_at=now)
+    if outcome.fill is not None and outcome.fill.reversal and busted is not None:
+        executions.mark_busted(order.id, busted.execution_id)
     latest = _latest_execution(row_id, outcome.fill, report) if outcome.fill is not None else None
     uow.orders.save(
         order,
@@ -105,36 +120,35 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
     if report.request_id is not None and report.exec_type in _REQUEST_STATUS:
         _answer_request(uow, report, now)
     if outcome.anomalies:
-        log.warning(
-            "execution report anomaly",
-            extra={
-                "order_id": order.id,
-                "execution_id": report.execution_id,
-                "exec_type": report.exec_type.value,
-                "anomalies": outcome.anomalies,
-                "state": order.state.value,
-            },
-        )
+        booked = outcome.fill.quantity if outcome.fill is not None else _ZERO
+        _report_anomalies(uow, order, report, outcome.anomalies, {"booked_quantity": str(booked), **_ids(env)})
 
 
-def _flag_busted(executions: ExecutionReportRepository, report: ExecutionReportData) -> bool:
-    """Mark the busted execution; False when it was busted already (the second bust must not apply)."""
-    if report.exec_ref_id is None:
-        return True  # the domain records the missing reference as an anomaly
-    flagged = executions.mark_busted(report.order_id, report.exec_ref_id)
-    if flagged is False:
-        log.warning(
-            "execution already busted; bust recorded, not applied",
-            extra={"order_id": report.order_id, "exec_ref_id": report.exec_ref_id},
-        )
-        return False
-    if flagged is None:
-        # The venue is the authority on cumulative quantities: apply the bust, but say so.
-        log.warning(
-            "bust of an execution this OMS never recorded",
-            extra={"order_id": report.order_id, "exec_ref_id": report.exec_ref_id},
-        )
-    return True
+def _ids(env: Envelope) -> dict[str, Any]:
+    # The line is written after the commit, outside the message's log context: it carries the ids itself.
+    return {"message_id": env.message_id, "correlation_id": env.correlation_id}
+
+
+def _report_anomalies(
+    uow: UnitOfWork, order: Order, report: ExecutionReportData, anomalies: list[str], details: dict[str, Any]
+) -> None:
+    """Make a contradiction visible once it is committed: a metric per anomaly and a WARNING line (the event is
+    on the order). After the commit, so a batch retried message by message does not count it twice."""
+    extra = {
+        "order_id": order.id,
+        "execution_id": report.execution_id,
+        "exec_type": report.exec_type.value,
+        "anomalies": list(anomalies),
+        "state": order.state.value,
+        **details,
+    }
+
+    def announce() -> None:
+        for anomaly in anomalies:
+            EXECUTION_ANOMALIES.labels(anomaly.split(":", 1)[0]).inc()
+        log.warning("execution report anomaly", extra=extra)
+
+    uow.after_commit(announce)
 
 
 def _latest_execution(row_id: str, fill: FillDelta, report: ExecutionReportData) -> dict[str, Any]:

@@ -116,7 +116,117 @@ class InvalidOrderTerms(InvalidCommand):
         super().__init__("; ".join(v.message for v in self.violations))
 
 
+class ConflictingDuplicate(Exception):
+    """An idempotency key (decision id, Idempotency-Key, clientOrderId) seen before with other order terms.
+
+    Answering with the first order would tell the sender its second request was booked when it was not.
+    ``differences`` name each term that differs, as on the wire (camelCase).
+    """
+
+    def __init__(self, order: Order, key: str, differences: Sequence[TermDifference]) -> None:
+        self.order = order
+        self.key = key
+        self.differences = list(differences)
+        super().__init__(
+            f"{key} was already used for order {order.id} with other terms: "
+            + "; ".join(str(d) for d in self.differences)
+        )
+
+    @property
+    def fields(self) -> list[str]:
+        """The names of the terms that differ."""
+        return [d.field for d in self.differences]
+
+
+@dataclass(frozen=True)
+class TermDifference:
+    """One order term whose value differs between the order booked under a key and a new request with it."""
+
+    field: str
+    booked: object
+    received: object
+
+    def __str__(self) -> str:
+        return f"{self.field} (booked {_shown(self.booked)}, received {_shown(self.received)})"
+
+
+# The terms an idempotency key stands for: (name on the wire, OrderRequest attribute / ORDER_CREATED key).
+_TERMS = (
+    ("accountId", "account_id"),
+    ("symbol", "symbol"),
+    ("side", "side"),
+    ("type", "type"),
+    ("quantity", "quantity"),
+    ("price", "price"),
+    ("stopPrice", "stop_price"),
+    ("timeInForce", "time_in_force"),
+    ("strategyId", "strategy_id"),
+    ("notes", "notes"),
+)
+_NUMERIC_TERMS = frozenset({"quantity", "price", "stop_price"})
+_SHOWN_MAX = 40
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+def _shown(value: object) -> str:
+    text = "null" if value is None else str(value)
+    return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 3] + "..."
+
+
+def _same_number(booked: object, received: object) -> bool:
+    if booked is None or received is None:
+        return booked is None and received is None
+    try:
+        # Through str: JSONB read by an engine without the Decimal deserialiser gives float.
+        a, b = Decimal(str(booked)), Decimal(str(received))
+    except ArithmeticError:
+        return str(booked) == str(received)
+    if not (a.is_finite() and b.is_finite()):
+        return str(a) == str(b)
+    return a == b  # numerically: 100 and 100.0 are the same quantity
+
+
+def _same_text(booked: object, received: object) -> bool:
+    # An absent text and an empty one say the same thing; enums compare by their value.
+    def norm(value: object) -> str | None:
+        text = None if value is None else str(getattr(value, "value", value))
+        return text or None
+
+    return norm(booked) == norm(received)
+
+
+def term_differences(booked: Mapping[str, Any], request: OrderRequest) -> list[TermDifference]:
+    """The terms of ``request`` that differ from those an order was created with (its ORDER_CREATED payload).
+
+    An order born REJECTED recorded only the values it could store, so the request is compared in that form.
+    """
+    born_rejected = str(booked.get("state", "")) == OrderState.REJECTED.value
+    differences = []
+    for wire, name in _TERMS:
+        received = getattr(request, name)
+        if name in _NUMERIC_TERMS:
+            if born_rejected:
+                received = _storable(received)
+                if name == "quantity" and received is None:
+                    received = _ZERO
+            same = _same_number(booked.get(name), received)
+        else:
+            same = _same_text(booked.get(name), received)
+        if not same:
+            differences.append(TermDifference(wire, booked.get(name), getattr(request, name)))
+    return differences
+
+
+def check_duplicate(uow: UnitOfWork, existing: Order, request: OrderRequest) -> None:
+    """Raise ``ConflictingDuplicate`` unless ``request`` asks for the order ``existing`` was created as."""
+    booked = uow.orders.creation_terms(existing.id)
+    if booked is None:  # no creation event (written by hand): its current terms are the best record
+        booked = {name: getattr(existing, name) for _, name in _TERMS}
+    differences = term_differences(booked, request)
+    if differences:
+        raise ConflictingDuplicate(existing, request.client_order_id or "", differences)
 
 
 def _headers(user_id: str | None) -> dict[str, str]:
@@ -160,9 +270,9 @@ def submit_order(
 ) -> tuple[Order, bool]:
     """Book an order: NEW with a RiskCheck, or REJECTED with the broken rules' code and reason.
 
-    Idempotent on (account_id, client_order_id): a request seen before returns ``(existing, False)``.
-    Raises ``UnknownAccount`` (nowhere to book it) and ``InvalidOrderTerms`` (side, type or time in force
-    outside the enums: nothing to record).
+    Idempotent on (account_id, client_order_id): the same request seen before returns ``(existing, False)``;
+    the same key with other terms raises ``ConflictingDuplicate``. Raises ``UnknownAccount`` (nowhere to book
+    it) and ``InvalidOrderTerms`` (side, type or time in force outside the enums: nothing to record).
     """
     account = uow.reference.account(request.account_id)
     if account is None:
@@ -170,6 +280,7 @@ def submit_order(
     if request.client_order_id is not None:
         existing = uow.orders.find_by_client_order_id(request.account_id, request.client_order_id)
         if existing is not None:
+            check_duplicate(uow, existing, request)
             return existing, False
     instrument = uow.reference.instrument(request.symbol)
     violations = validate_order(request, instrument, account)
@@ -330,12 +441,16 @@ def modify_order(
 
 
 __all__ = [
+    "ConflictingDuplicate",
     "InvalidOrderTerms",
     "OrderNotFound",
     "OrderRequest",
     "UnknownAccount",
+    "TermDifference",
     "ask_risk",
     "cancel_order",
+    "check_duplicate",
     "modify_order",
     "submit_order",
+    "term_differences",
 ]

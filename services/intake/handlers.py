@@ -9,7 +9,13 @@ from typing import Any
 from common.messaging.envelope import Envelope
 from common.runtime.stage import DeadLetter
 from common.store.uow import UnitOfWork
-from services.intake.commands import InvalidOrderTerms, OrderRequest, UnknownAccount, submit_order
+from services.intake.commands import (
+    ConflictingDuplicate,
+    InvalidOrderTerms,
+    OrderRequest,
+    UnknownAccount,
+    submit_order,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +26,21 @@ def request_from_decision(body: Mapping[str, Any]) -> OrderRequest:
 
 
 def handle_decision(uow: UnitOfWork, env: Envelope) -> None:
-    """Book the decision's order; the same decision twice makes one order."""
+    """Book the decision's order; the same decision twice makes one order.
+
+    A decision id seen before with other terms is dead-lettered, naming the terms that differ: the strategy
+    meant a second order, and dropping it as a duplicate would lose it without anyone knowing.
+    """
     request = request_from_decision(env.body)
     try:
         order, created = submit_order(
             uow, request, user_id=env.user_id, correlation_id=env.correlation_id, message_id=env.message_id
         )
+    except ConflictingDuplicate as exc:
+        raise DeadLetter(
+            f"decision {request.client_order_id} was already booked as order {exc.order.id} with other terms; "
+            f"differing: {', '.join(exc.fields)} ({'; '.join(str(d) for d in exc.differences)})"
+        ) from exc
     except UnknownAccount as exc:
         raise DeadLetter(f"unknown account {exc.account_id}: the order cannot be booked") from exc
     except InvalidOrderTerms as exc:

@@ -23,7 +23,7 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine
 
 from common import bootstrap
-from services.jobs import deadletters, expiry, reconcile, retention, statistics
+from services.jobs import deadletters, expiry, invariants, reconcile, retention, statistics
 from services.jobs.config import JOBS_QUEUE, JobsConfig
 from services.jobs.middleware import JobsProcess
 from services.jobs.runs import run_job
@@ -99,6 +99,13 @@ def reconcile_stuck_orders() -> None:
     )
 
 
+@dramatiq.actor(queue_name=JOBS_QUEUE, max_retries=3, min_backoff=5_000, max_backoff=_MINUTE, time_limit=10 * _MINUTE)
+def check_invariants() -> None:
+    """Check the invariants (``oms check``) over what changed in the last ``OMS_CHECK_WINDOW_HOURS``."""
+    config, engine = wiring()
+    run_job(engine, "check_invariants", lambda: invariants.run_invariant_check(engine, config.check_window_hours))
+
+
 @dramatiq.actor(queue_name=JOBS_QUEUE, max_retries=2, min_backoff=10_000, max_backoff=_MINUTE, time_limit=120 * _MINUTE)
 def replay_dead_letters(
     queues: list[str],
@@ -131,4 +138,5 @@ PERIODIC_ACTORS: dict[str, dramatiq.Actor[..., Any]] = {
     "refresh_statistics": refresh_statistics,
     "purge_retention": purge_retention,
     "reconcile_stuck_orders": reconcile_stuck_orders,
+    "check_invariants": check_invariants,
 }

@@ -35,6 +35,9 @@ class JobsConfig:
     reconcile_every_seconds: float = 60.0
     expiry_check_every_seconds: float = 300.0
     gauges_every_seconds: float = 15.0
+    # The invariant check (oms check): how often, and how far back each run looks.
+    check_every_seconds: float = 300.0
+    check_window_hours: float = 24.0
     delivery_limit: int = 5
 
     @property
@@ -62,5 +65,7 @@ class JobsConfig:
             reconcile_every_seconds=float(env("OMS_RECONCILE_EVERY_SECONDS", "60")),
             expiry_check_every_seconds=float(env("OMS_EXPIRY_CHECK_EVERY_SECONDS", "300")),
             gauges_every_seconds=float(env("OMS_GAUGES_EVERY_SECONDS", "15")),
+            check_every_seconds=float(env("OMS_CHECK_EVERY_SECONDS", "300")),
+            check_window_hours=float(env("OMS_CHECK_WINDOW_HOURS", "24")),
             delivery_limit=settings.delivery_limit,
         )

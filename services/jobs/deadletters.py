@@ -37,8 +37,9 @@ from common.messaging.deadletter import (
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
     STAGE_HEADER,
+    republishable,
 )
-from common.messaging.envelope import message_id_of
+from common.messaging.envelope import body_digest, message_id_of
 from common.messaging.topology import STAGE_QUEUES
 from common.store import tables as core_tables
 from common.store.tables import dlq_replays
@@ -66,8 +67,19 @@ _DEATH_HEADERS = frozenset(
         DEAD_LETTERED_AT_HEADER,
     }
 )
-# The stage runtime's own words for a body it could not read (common/runtime/stage.py ``decode``).
-_INVALID_PREFIXES = ("invalid body", "body is not JSON", "body is not a JSON object", "no schema for routing key")
+# The stage runtime's own words for a delivery it could not read (common/runtime/stage.py ``decode``).
+_INVALID_PREFIXES = (
+    "invalid body",
+    "invalid properties",
+    "body is not JSON",
+    "body is not a JSON object",
+    "body refused",
+    "body too large",
+    "body could not be decoded",
+    "no schema for routing key",
+)
+# Control characters shown escaped (C0, DEL, C1): a message must not drive the operator's terminal.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def dead_letter_queues() -> list[str]:
@@ -88,9 +100,38 @@ def queue_for_stage(stage: str) -> str:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, bytes):
+    if isinstance(value, bytes | bytearray):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print and to store in Postgres text: control characters and lone surrogates escaped."""
+    escaped = text.translate(_ESCAPES)
+    return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _storable(value: Any, limit: int) -> str | None:
+    return None if value is None else printable(_text(value))[:limit]
+
+
+def _readable_text(body: bytes) -> str | None:
+    """The body as text when it is UTF-8 with no control characters but tab, CR and LF; else None."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any((ord(ch) < 0x20 and ch not in "\t\n\r") or 0x7F <= ord(ch) < 0xA0 for ch in text):
+        return None
+    return text
+
+
+def _parse(body: bytes) -> Any:
+    """The body as JSON, or None when it is not JSON within the limits the stages apply (never raises)."""
+    try:
+        return jsonutil.loads(body, max_bytes=jsonutil.MAX_BODY_BYTES)
+    except Exception:  # any bytes at all can sit in a dead-letter queue
+        return None
 
 
 def to_plain(value: Any) -> Any:
@@ -101,7 +142,7 @@ def to_plain(value: Any) -> Any:
         return [to_plain(v) for v in value]
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, bytes):
+    if isinstance(value, bytes | bytearray):
         return _text(value)
     return value
 
@@ -126,22 +167,52 @@ class DeadLetterMessage:
     body: bytes = field(repr=False)
 
     @property
+    def body_format(self) -> str:
+        """``json`` (JSON within the stages' limits), ``text`` (other readable UTF-8) or ``bytes`` (anything else)."""
+        text = _readable_text(self.body)
+        if text is None:
+            return "bytes"
+        return "json" if _parse(self.body) is not None or text.strip() == "null" else "text"
+
+    @property
     def body_text(self) -> str:
-        """The body as text (the pipeline's messages are JSON)."""
-        return _text(self.body)
+        """The body as it can be shown: the text itself when readable, else the escaped bytes (``b'...'``)."""
+        return self.body_preview(None)
+
+    def body_preview(self, max_chars: int | None) -> str:
+        """``body_text`` cut at ``max_chars`` (None or 0: whole), the cut saying how many bytes there are."""
+        text = _readable_text(self.body)
+        if text is None:
+            # Escaped bytes take up to four characters each: escape no more than can be shown.
+            head = self.body if not max_chars else self.body[: max_chars + 1]
+            text = repr(head)
+            if max_chars and len(self.body) > max_chars and len(text) <= max_chars:
+                text += " "  # cut below all the same, so the length is said
+        if max_chars and len(text) > max_chars:
+            return text[:max_chars] + f"... ({len(self.body)} bytes)"
+        return text
 
     def as_dict(self, body_chars: int | None = None) -> dict[str, Any]:
         """JSON-friendly form for ``oms dlq show --json``."""
         data = asdict(self)
         data["headers"] = to_plain(self.headers)
-        body = self.body_text
-        data["body"] = body if body_chars is None else body[:body_chars]
+        data["body"] = self.body_preview(body_chars)
+        data["body_format"] = self.body_format
+        data["body_bytes"] = len(self.body)
         return data
 
 
 def _deaths(headers: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     value = headers.get("x-death")
     return [d for d in value if isinstance(d, Mapping)] if isinstance(value, list | tuple) else []
+
+
+def _count(death: Mapping[str, Any]) -> int:
+    # The broker writes an integer; anyone can publish straight into a dead-letter queue with anything.
+    try:
+        return max(int(death.get("count", 1) or 1), 1)
+    except (TypeError, ValueError, OverflowError):
+        return 1
 
 
 def _stage_of_queue(queue: str) -> str | None:
@@ -152,13 +223,10 @@ def _stage_of_queue(queue: str) -> str | None:
 
 
 def _order_id_of(body: bytes) -> str | None:
-    try:
-        data = jsonutil.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    data = _parse(body)
     if isinstance(data, dict):
         value = data.get("orderId")
-        return None if value is None else str(value)
+        return None if value is None else printable(_text(value))[:200]
     return None
 
 
@@ -174,6 +242,33 @@ def original_destination(headers: Mapping[str, Any]) -> tuple[str, str] | None:
         if keys:
             return _text(first.get("exchange", "")), _text(keys[0])
     return None
+
+
+def describe_safely(
+    queue: str, message: AbstractIncomingMessage, failures: Mapping[str, str] | None = None
+) -> DeadLetterMessage:
+    """``describe``, or, for a message it cannot read, a description that still lets it be shown and purged."""
+    try:
+        return describe(queue, message, failures)
+    except Exception as exc:
+        body = bytes(message.body or b"")
+        headers = message.headers
+        return DeadLetterMessage(
+            queue=queue,
+            message_id=_text(message.message_id) if message.message_id else "sha256:" + body_digest(body),
+            type=None if message.type is None else _text(message.type),
+            correlation_id=None if message.correlation_id is None else _text(message.correlation_id),
+            order_id=None,
+            reason="unknown",
+            detail=f"could not read the message: {type(exc).__name__}: {exc}",
+            stage=None,
+            original_exchange=None,
+            original_routing_key=None,
+            dead_lettered_at=None,
+            deaths=0,
+            headers=dict(headers) if isinstance(headers, Mapping) else {},
+            body=body,
+        )
 
 
 def describe(
@@ -207,6 +302,7 @@ def describe(
     dead_at = headers.get(DEAD_LETTERED_AT_HEADER)
     if dead_at is None and deaths and isinstance(deaths[0].get("time"), datetime):
         dead_at = deaths[0]["time"]
+    dead_at_text = None if dead_at is None else to_plain(dead_at)
     return DeadLetterMessage(
         queue=queue,
         message_id=message_id,
@@ -218,8 +314,8 @@ def describe(
         stage=stage,
         original_exchange=destination[0] if destination else None,
         original_routing_key=destination[1] if destination else None,
-        dead_lettered_at=None if dead_at is None else to_plain(dead_at),
-        deaths=sum(int(d.get("count", 1) or 1) for d in deaths),
+        dead_lettered_at=None if dead_at_text is None else _text(dead_at_text),
+        deaths=sum(_count(d) for d in deaths),
         headers=headers,
         body=message.body,
     )
@@ -237,7 +333,8 @@ class Selection:
 
     def matches(self, message: DeadLetterMessage) -> bool:
         """True when the message passes every filter (the limit is counted by the caller)."""
-        if self.message_ids and message.message_id not in self.message_ids:
+        # An id is also found as ``show`` prints it (escaped): an id holding NUL cannot be typed on a command line.
+        if self.message_ids and not {message.message_id, printable(message.message_id)} & self.message_ids:
             return False
         if self.type and (message.type or "").lower() != self.type.lower():
             return False
@@ -313,7 +410,10 @@ async def _release(held: Sequence[AbstractIncomingMessage]) -> None:
 def _failures(engine: Engine | None, messages: Sequence[AbstractIncomingMessage]) -> dict[str, str]:
     if engine is None or not messages:
         return {}
-    ids = [message_id_of(m) for m in messages]
+    # An id Postgres cannot compare (NUL, too long) has no failure row: leave it out rather than fail the query.
+    ids = [i for i in (message_id_of(m) for m in messages) if len(i) <= 100 and printable(i) == i]
+    if not ids:
+        return {}
     failures = core_tables.message_failures
     try:
         with engine.connect() as connection:
@@ -334,7 +434,7 @@ async def _take_described(
 
     async def described() -> list[tuple[AbstractIncomingMessage, DeadLetterMessage]]:
         failures = await asyncio.to_thread(_failures, engine, pending)
-        return [(m, describe(queue, m, failures)) for m in pending]
+        return [(m, describe_safely(queue, m, failures)) for m in pending]
 
     async for message in _take(channel, queue, depth):
         pending.append(message)
@@ -421,21 +521,31 @@ def _audit_rows(
         {
             "run_id": report.run_id,
             "action": report.action,
-            "actor": actor[:100],
-            "queue": report.queue,
-            "message_id": m.message_id[:100],
-            "message_type": m.type,
-            "correlation_id": m.correlation_id,
-            "reason": f"{m.reason}: {m.detail}"[:4000],
-            "target_exchange": m.original_exchange,
-            "target_routing_key": m.original_routing_key,
+            # Whatever the message carried (NUL, lone surrogates, over-long ids), the audit row must be writable.
+            "actor": printable(actor)[:100],
+            "queue": printable(report.queue)[:255],
+            "message_id": printable(m.message_id)[:100],
+            "message_type": _storable(m.type, 100),
+            "correlation_id": _storable(m.correlation_id, 100),
+            "reason": printable(f"{m.reason}: {m.detail}")[:4000],
+            "target_exchange": _storable(m.original_exchange, 255),
+            "target_routing_key": _storable(m.original_routing_key, 255),
             "outcome": outcome,
-            "detail": detail,
-            "filters": selection.as_dict(),
+            "detail": _storable(detail, 4000),
+            "filters": {key: _plain_filter(value) for key, value in selection.as_dict().items()},
             "created_at": now,
         }
         for m, outcome, detail in items
     ]
+
+
+def _plain_filter(value: Any) -> Any:
+    # JSONB refuses \u0000 as text does.
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [_plain_filter(v) for v in value]
+    return value
 
 
 def _check_database(engine: Engine) -> None:
@@ -451,7 +561,7 @@ def _write_audit(engine: Engine, rows: list[dict[str, Any]]) -> None:
 
 def replay_message(message: AbstractIncomingMessage, run_id: str) -> aio_pika.Message:
     """The message as it was first published: same id, body and properties, without the death headers."""
-    headers = {k: v for k, v in (message.headers or {}).items() if k not in _DEATH_HEADERS}
+    headers = {k: republishable(v) for k, v in (message.headers or {}).items() if k not in _DEATH_HEADERS}
     headers[REPLAYED_AT_HEADER] = datetime.now(UTC).isoformat()
     headers[REPLAY_RUN_HEADER] = run_id
     return aio_pika.Message(

@@ -4,7 +4,8 @@
   ``OMS_EXPIRY_CHECK_EVERY_SECONDS`` (300) as a sweep;
 - ``refresh_statistics``: every ``OMS_STATISTICS_EVERY_SECONDS`` (300);
 - ``purge_retention``: every ``OMS_RETENTION_EVERY_SECONDS`` (3600);
-- ``reconcile_stuck_orders``: every ``OMS_RECONCILE_EVERY_SECONDS`` (60).
+- ``reconcile_stuck_orders``: every ``OMS_RECONCILE_EVERY_SECONDS`` (60);
+- ``check_invariants``: every ``OMS_CHECK_EVERY_SECONDS`` (300).
 
 Every job also runs once when the scheduler starts, so a scheduler that was down catches up. The jobs judge by
 the state of the database (expiry: the latest close that has passed), so a late or repeated run is harmless;
@@ -85,6 +86,7 @@ class Scheduler:
             "refresh_statistics": config.statistics_every_seconds,
             "purge_retention": config.retention_every_seconds,
             "reconcile_stuck_orders": config.reconcile_every_seconds,
+            "check_invariants": config.check_every_seconds,
         }
         # Everything once at start (catch-up), then on its interval; the expiry also at each close.
         self.entries = [_Entry(job, timedelta(seconds=seconds), now) for job, seconds in every.items()]

@@ -12,7 +12,9 @@ Liquidity is unlimited at the reference price, so an order trades whenever it is
   trades, the rest is canceled. FOK trades its whole quantity in one execution or is canceled, never partly.
 - DAY and GTC orders rest until filled, canceled or replaced: expiring DAY orders is the OMS's job.
 
-Every method returns the execution reports it produced, in the order they happened.
+Every method returns the execution reports it produced, in the order they happened; ``take_changed`` names
+the orders changed since it was last called (what the venue journals), and ``restore`` takes working orders
+back from such a journal.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
@@ -213,10 +215,34 @@ class Book:
     finished: OrderedDict[str, SimOrder] = field(default_factory=OrderedDict)
     _sequence: int = 0
     _symbols: dict[str, _SymbolBook] = field(default_factory=dict)
+    _changed: dict[str, SimOrder] = field(default_factory=dict)
 
     def order(self, order_id: str) -> SimOrder | None:
         """The order, working or finished (while remembered)."""
         return self.working.get(order_id) or self.finished.get(order_id)
+
+    @property
+    def sequence(self) -> int:
+        """The last arrival sequence handed out (broker order ids are numbered by it)."""
+        return self._sequence
+
+    def take_changed(self) -> list[SimOrder]:
+        """The orders changed since the last call (accepted, traded, triggered, replaced, finished)."""
+        changed = list(self._changed.values())
+        self._changed.clear()
+        return changed
+
+    def restore(self, orders: Iterable[SimOrder], sequence: int = 0) -> None:
+        """Take back working orders (from the venue's journal), filed exactly as ``new_order`` files them;
+        new orders are numbered after both them and ``sequence``, so no broker order id is handed out twice."""
+        for order in sorted(orders, key=lambda o: o.sequence):
+            self._sequence = max(self._sequence, order.sequence)
+            if order.done or order.order_id in self.working:
+                continue
+            self.working[order.order_id] = order
+            self._symbol(order.symbol).working[order.order_id] = order
+            self._index(order)
+        self._sequence = max(self._sequence, sequence)
 
     # --- requests ----------------------------------------------------------------------------------
 
@@ -247,6 +273,7 @@ class Book:
         )
         self.working[order.order_id] = order
         self._symbol(order.symbol).working[order.order_id] = order
+        self._changed[order.order_id] = order
         reports = [self._report(order, ExecType.NEW, order.request_id, now)]
         self._match(order, now, reports)
         return reports
@@ -320,6 +347,7 @@ class Book:
                 self._index(order)
                 return
             order.triggered = True
+            self._changed[order.order_id] = order  # a triggered stop limit may rest without a report
         if order.type in _LIMIT_TYPES:
             assert order.price is not None  # a limit order without a limit is rejected on arrival
             marketable = order.price >= price if order.side is Side.BUY else order.price <= price
@@ -383,6 +411,7 @@ class Book:
 
     def _finish(self, order: SimOrder) -> None:
         order.done = True
+        self._changed[order.order_id] = order
         self.working.pop(order.order_id, None)
         book = self._symbols.get(order.symbol)
         if book is not None:
@@ -429,6 +458,8 @@ class Book:
         fees: Decimal = _ZERO,
         reason: str | None = None,
     ) -> Report:
+        # Every change to an order is reported, and a report may carry one (a fill, new terms): mark it.
+        self._changed[order.order_id] = order
         return Report(
             execution_id=self.new_id(),
             order_id=order.order_id,

@@ -39,6 +39,10 @@ class VenueConfig:
     # kept; tests that run the venue alone turn it off to leave the shared vhost alone.
     declare_pipeline: bool = True
     publish_prices: bool = True
+    # Journal the venue's state in the database (answered request ids, working orders, unpublished reports:
+    # services.venue_sim.journal) so that a restarted venue carries on where it stopped. None: when it reads its
+    # instruments from the database (tests that give instruments run without one unless they ask).
+    durable: bool | None = None
 
     @classmethod
     def from_env(cls, settings: Settings | None = None) -> VenueConfig:
@@ -62,6 +66,11 @@ class VenueConfig:
             prefetch=int(env("OMS_VENUE_PREFETCH", "500")),
             delivery_limit=settings.delivery_limit,
         )
+
+    @property
+    def journaled(self) -> bool:
+        """Whether the venue's state is kept in the database."""
+        return self.instruments is None if self.durable is None else self.durable
 
     @property
     def rules(self) -> BookRules:

@@ -6,8 +6,14 @@ book. A sender task, one batch behind, publishes each batch's reports with pipel
 acks the batch's requests (one ack with ``multiple``). So each order's reports leave in the order they
 happened, and a request is acked only once its answer is safe with the broker.
 
-State is in memory only: working orders are lost when the process stops, and a restarted venue answers a
-cancel for an order it no longer knows with CANCEL_REJECTED "unknown order".
+The book is in memory only: working orders are lost when the process stops, and a restarted venue answers a
+cancel for an order it no longer knows with CANCEL_REJECTED "unknown order". What it does remember across
+restarts is which requests it has answered (``services.venue_sim.requests``): like a real venue with ClOrdID,
+it refuses a request whose ``requestId`` it has seen before, without a report (a REJECTED would wrongly end
+the live order), logging it and counting it in ``oms_venue_duplicate_requests_total``.
+
+Broker and database outages are waited out: the first connect and the loading of the seen requests retry
+with back-off, the robust connection reconnects and consumes again, unconfirmed reports are published again.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import contextlib
 import functools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,9 +30,10 @@ from decimal import Decimal
 from typing import cast
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from aiormq.abc import FieldTable
 from marshmallow import Schema, ValidationError
+from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -53,6 +59,7 @@ from common.store.outbox import OutboxMessage
 from services.venue_sim.book import Book, OrderRequest, Report
 from services.venue_sim.config import VenueConfig
 from services.venue_sim.prices import DEFAULT_REFERENCE_PRICE, InstrumentSpec, Market
+from services.venue_sim.requests import SeenRequests, request_key
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +67,13 @@ MARKETDATA_EXCHANGE = "marketdata"
 REPORT_ROUTING_KEY = "execution.report"
 REPORT_TYPE = "ExecutionReport"
 PRICE_TYPE = "Price"
-# Requests answered recently, by routing key and request id: a redelivery republishes the same reports.
-_ANSWERED_MEMORY = 10_000
 _DB_WAIT_SECONDS = 30.0
+
+DUPLICATE_REQUESTS = Counter(
+    "oms_venue_duplicate_requests_total",
+    "Requests the simulated venue refused because their requestId was seen before",
+    ["routing_key"],
+)
 
 SCHEMAS: Mapping[str, Schema] = {
     "orders.new": NewOrderRequestSchema(),
@@ -227,7 +238,7 @@ class VenueSim:
         self._delayed: asyncio.Queue[tuple[float, AbstractIncomingMessage]] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self._tick_pending = False
-        self._answered: OrderedDict[str, list[OutboxMessage]] = OrderedDict()
+        self._requests = SeenRequests(config.database_url if config.remembers_requests else None)
         self._publisher: Publisher | None = None
         self._feed: Publisher | None = None
         self._feed_task: asyncio.Task[None] | None = None
@@ -246,7 +257,10 @@ class VenueSim:
             instruments = await _instruments_with_retry(config.database_url)
         self.market = Market(instruments, config.seed, config.volatility, config.mean_reversion)
         self.book = Book(self.market, config.rules)
-        connection = await connect(config.amqp_url, "oms.venue_sim")
+        await self._requests.load(self._stopping)
+        connection = await self._connect()
+        if connection is None:
+            return  # stopped while waiting for the broker
         background: list[asyncio.Task[None]] = []
         try:
             # Reports and the price feed on channels of their own: a busy feed never delays a report.
@@ -277,6 +291,19 @@ class VenueSim:
             await asyncio.gather(*background, return_exceptions=True)
             await connection.close()
             log.info("venue stopped")
+
+    async def _connect(self) -> AbstractRobustConnection | None:
+        """Connect, waiting for the broker with back-off; None if stopped first."""
+        connecting = asyncio.ensure_future(connect(self.config.amqp_url, "oms.venue_sim"))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        return None
 
     # --- intake ------------------------------------------------------------------------------------
 
@@ -357,6 +384,8 @@ class VenueSim:
         while (batch := await self._outbound.get()) is not None:
             if not await self._publish_reports(batch.reports):
                 continue  # stopping with reports unconfirmed: the requests stay unacked and come back
+            # Before the ack: a copy redelivered after a restart is refused, its answer being with the broker.
+            await self._requests.save()
             last_ok: AbstractIncomingMessage | None = None
             for message, decoded in batch.deliveries:
                 if decoded.error is None or await self._dead_letter(message, decoded):
@@ -370,14 +399,19 @@ class VenueSim:
         self, message: AbstractIncomingMessage, decoded: Decoded, request: OrderRequest, now: datetime
     ) -> list[OutboxMessage]:
         assert self.book is not None
-        key = f"{decoded.routing_key}/{request.request_id}"
+        key = request_key(decoded.routing_key, request.request_id)
         with log_context(
             order_id=request.order_id, message_id=decoded.message_id, correlation_id=message.correlation_id
         ):
-            previous = self._answered.get(key)
-            if previous is not None:
-                log.info("request seen before; its reports are published again", extra={"request_id": key})
-                return previous
+            if self._requests.seen(key):
+                # Its answer went out the first time; a second answer would be a second order at the venue.
+                log.warning(
+                    "duplicate request refused",
+                    extra={"request_id": request.request_id, "routing_key": decoded.routing_key},
+                )
+                DUPLICATE_REQUESTS.labels(decoded.routing_key).inc()
+                return []
+            self._requests.remember(key)
             handle: Callable[[OrderRequest, datetime], list[Report]] = {
                 "orders.new": self.book.new_order,
                 "orders.cancel": self.book.cancel,
@@ -392,11 +426,7 @@ class VenueSim:
                         "request refused",
                         extra={"exec_type": report.exec_type.value, "reason": report.reason},
                     )
-        messages = [report_message(r) for r in reports]
-        self._answered[key] = messages
-        while len(self._answered) > _ANSWERED_MEMORY:
-            self._answered.popitem(last=False)
-        return messages
+        return [report_message(r) for r in reports]
 
     async def _publish_reports(self, messages: list[OutboxMessage]) -> bool:
         """Publish with confirms; what is not confirmed is published again until it is (or we stop)."""

@@ -10,6 +10,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from common.messaging.connection import connect
 from common.messaging.topology import declare_topology
+from tests.support.invariants import assert_invariants_hold
 from tools.sandbox import Sandbox, sandbox
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ def pipeline_with_venue(infra_urls: InfraUrls) -> Iterator[Sandbox]:
     """Every stage, the relay and the simulated venue (fills in two partials; ESZ6 rejected by the venue)."""
     with sandbox(infra_urls, with_venue=True, env={**E2E_ENV, **VENUE_ENV}, label="oms_e2e") as running:
         yield running
+        assert_invariants_hold(running.engine)  # every module's run ends with `oms check` clean
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,7 @@ def pipeline_without_venue(infra_urls: InfraUrls) -> Iterator[Sandbox]:
     """Every stage and the relay; the test plays the broker on the ``broker`` exchange."""
     with sandbox(infra_urls, with_venue=False, env=E2E_ENV, label="oms_e2e") as running:
         yield running
+        assert_invariants_hold(running.engine)  # every module's run ends with `oms check` clean
 
 
 @pytest.fixture

@@ -155,6 +155,8 @@ async def test_bad_messages_are_dead_lettered_with_the_reason_and_work_goes_on(
             "executionId": str(uuid.uuid4()),
             "orderId": unknown_order,
             "execType": "FILL",
+            "lastQty": 1,
+            "lastPx": 10,
             "cumQty": 1,
             "leavesQty": 0,
             "timestamp": datetime.now(UTC),

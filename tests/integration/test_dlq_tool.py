@@ -329,3 +329,93 @@ async def test_operator_requested_replay_runs_as_a_job(stage: Stage) -> None:
             .limit(1)
         ).one()
     assert run.outcome == "OK" and run.summary["replayed"] == 2
+
+
+# ---- any message at all (issue 9, finding 3): poison bodies and odd headers ----------------------------
+
+
+async def _taken_by_id(stage: Stage, message_id: str) -> bytes | None:
+    """The body of ``message_id`` if it is in the dead-letter queue now (every other message is handed back)."""
+    channel = await stage.connection.channel()
+    try:
+        source = await channel.declare_queue(stage.dlq, passive=True)
+        held, body = [], None
+        while (message := await source.get(no_ack=False, fail=False)) is not None:
+            if message.message_id == message_id and body is None:
+                body = message.body
+            held.append(message)
+        for message in held:
+            await message.nack(requeue=True)
+        return body
+    finally:
+        await channel.close()
+
+
+async def test_poison_bodies_and_odd_headers_are_shown_filtered_replayed_and_purged(stage: Stage) -> None:
+    deep = b'{"text":' * 5_000 + b'"x"' + b"}" * 5_000
+    binary = b"\xff\xfe\x00\x01\x1b[31mnot json"
+    huge = b'{"text":"' + b"x" * (1024 * 1024) + b'"}'
+    ids = {
+        "deep": await stage.publish(deep),
+        "binary": await stage.publish(binary),
+        "huge": await stage.publish(huge),
+    }
+    # Published straight into the dead-letter queue by someone: NUL everywhere, an x-death of the wrong shape.
+    odd_id = "odd\x00id"
+    odd = OutboxMessage(
+        odd_id,
+        DEAD_LETTER_EXCHANGE,
+        stage.dlq,
+        "Odd\x00Type",
+        "corr\x00",
+        deep,
+        headers={
+            "x-oms-error": "refused \x00 for a reason",
+            "x-death": [{"count": "many", "reason": "delivery\x00limit", "queue": 7}],
+            ORIGINAL_EXCHANGE_HEADER: OMS_EXCHANGE,
+            ORIGINAL_ROUTING_KEY_HEADER: stage.work_key,
+            "x-oms-user": bytearray(b"\x00\xff"),
+        },
+    )
+    assert await Publisher(stage.connection).publish([odd]) == [odd_id]
+    await async_wait_until(lambda: _depth_is(stage, 4), timeout=60, message=f"4 messages in {stage.dlq}")
+
+    shown = [json.loads(line) for line in (await oms_dlq(stage, "show", "--queue", stage.dlq, "--json")).splitlines()]
+    by_id = {m["message_id"]: m for m in shown}
+    assert set(by_id) == {*ids.values(), odd_id}
+    assert (by_id[ids["deep"]]["reason"], by_id[ids["deep"]]["detail"]) == (
+        "invalid",
+        "body refused: nested deeper than 32 levels",
+    )
+    assert by_id[ids["deep"]]["body_format"] == "text" and by_id[ids["deep"]]["body_bytes"] == len(deep)
+    assert by_id[ids["deep"]]["body"].endswith(f"... ({len(deep)} bytes)")
+    assert by_id[ids["binary"]]["reason"] == "invalid" and by_id[ids["binary"]]["detail"].startswith("body is not JSON")
+    assert by_id[ids["binary"]]["body_format"] == "bytes"
+    assert by_id[ids["binary"]]["body"] == repr(binary)  # escaped: NUL and the terminal escape show as text
+    assert by_id[ids["huge"]]["detail"] == f"body too large: {len(huge)} bytes (limit {1024 * 1024})"
+    assert by_id[odd_id]["reason"] == "refused" and by_id[odd_id]["deaths"] == 1
+
+    text_output = await oms_dlq(stage, "show", "--queue", stage.dlq, "--body-chars", "60")
+    assert "\x00" not in text_output and "\x1b" not in text_output
+    assert f"body (bytes, {len(binary)} bytes) {binary!r}" in text_output
+    assert "odd\\x00id" in text_output and "refused \\x00 for a reason" in text_output
+    for filters in (["--order-id", "nothing"], ["--reason", "refused"], ["--type", "odd"], ["--reason", "nested"]):
+        await oms_dlq(stage, "show", "--queue", stage.dlq, *filters)
+    only_nested = await oms_dlq(stage, "show", "--queue", stage.dlq, "--reason", "nested", "--json")
+    assert [json.loads(line)["message_id"] for line in only_nested.splitlines()] == [ids["deep"]]
+
+    # Replay sends back the exact bytes: the stage refuses them again, at once, and the copy is the original.
+    out = await oms_dlq(
+        stage, "replay", "--queue", stage.dlq, "--message-id", ids["binary"], "--message-id", "odd\\x00id", "--yes"
+    )
+    assert "replayed 2 of 2 selected" in out
+    await async_wait_until(lambda: _depth_is(stage, 4), timeout=60, message="both refused again by the stage")
+    assert await _taken_by_id(stage, ids["binary"]) == binary
+    assert await _taken_by_id(stage, odd_id) == deep
+
+    out = await oms_dlq(stage, "purge", "--queue", stage.dlq, "--yes", "--actor", "ops-test")
+    assert "purged 4 of 4 selected" in out
+    assert await stage.depth() == 0
+    purged = {r.message_id: r for r in audit(stage.engine, stage.dlq) if r.action == "PURGE"}
+    assert set(purged) == {*ids.values(), "odd\\x00id"}  # stored escaped: Postgres text holds no NUL
+    assert purged["odd\\x00id"].correlation_id == "corr\\x00"

@@ -152,6 +152,21 @@ def order_updates(engine: Engine, order_id: str) -> list[dict[str, Any]]:
         return [jsonutil.loads(body) for body in rows]
 
 
+def anomalies_of(engine: Engine, order_id: str) -> list[list[str]]:
+    """The anomalies recorded on the order's audit trail, one list per EXECUTION_ANOMALY event, in sequence."""
+    ev = tables.order_events.c
+    with engine.connect() as connection:
+        payloads = connection.execute(
+            select(ev.payload).where(ev.order_id == order_id, ev.type == "EXECUTION_ANOMALY").order_by(ev.sequence)
+        ).scalars()
+        return [list(p["anomalies"]) for p in payloads]
+
+
+def booked_total(engine: Engine, order_id: str) -> Decimal:
+    """What settlement was handed for the order: executions less reversals."""
+    return sum((-f["quantity"] if f["reversal"] else f["quantity"] for f in fills_booked(engine, order_id)), D(0))
+
+
 def test_new_opens_the_order_with_its_broker_order_id(engine: Engine, worker: StageWorker) -> None:
     order_id = routed_order(engine)
     ack = report(order_id, "NEW", "0", "100")
@@ -248,9 +263,15 @@ def test_out_of_order_reports_converge(engine: Engine, worker: StageWorker) -> N
         assert order.state is OrderState.FILLED
         assert order.filled_quantity == D(100)
         assert order.average_execution_price == D("10.30")
-        assert order.fees == D("0.50")
         assert order.broker_order_id is not None
-    assert sorted(f["quantity"] for f in fills_booked(engine, reversed_)) == [D(40), D(60)]
+        assert order.unreported_quantity == 0
+    # Booked: the rise of the cumulative quantity. Reversed, the last fill raised it from 0 to 100 at once and
+    # booked all of it, with its fees; the overtaken fill books nothing, and its fees are an anomaly to see.
+    assert a.fees == D("0.50") and b.fees == D("0.30")
+    assert sorted(f["quantity"] for f in fills_booked(engine, in_order)) == [D(40), D(60)]
+    assert [f["quantity"] for f in fills_booked(engine, reversed_)] == [D(100)]
+    assert anomalies_of(engine, in_order) == []
+    assert anomalies_of(engine, reversed_) == [["last_qty_mismatch"], ["fees_not_booked"]]
 
 
 def test_a_fill_after_a_cancel_request_and_after_the_cancel(engine: Engine, worker: StageWorker) -> None:
@@ -336,10 +357,12 @@ def test_a_bust_reverses_the_fill_and_books_a_reversal(engine: Engine, worker: S
     assert (reversal["quantity"], reversal["price"], reversal["fees"]) == (D(40), D("10.50"), D("0.20"))
     assert order_updates(engine, order_id)[-1]["latestExecution"]["quantity"] == D(-40)
 
-    # The same execution busted again under another report id: recorded, not applied a second time.
+    # The same execution busted again under another report id: recorded as an anomaly, not applied again.
     deliver(worker, {**bust, "executionId": str(uuid.uuid4())})
     assert load(engine, order_id).filled_quantity == D(60)
     assert len(fills_booked(engine, order_id)) == 3
+    assert anomalies_of(engine, order_id)[-1] == ["bust_repeated"]
+    assert booked_total(engine, order_id) == D(60)
 
 
 def test_cancel_pending_then_canceled_and_a_rejected_cancel(engine: Engine, worker: StageWorker) -> None:
@@ -414,3 +437,67 @@ def test_anomalies_are_recorded_and_logged_with_the_order_id(
     assert (fok, "fok_partial_fill") in warned
     assert (overfilled, "overfill") in warned
     assert [f["quantity"] for f in fills_booked(engine, overfilled)] == [D(120)]
+
+
+# ------------------------------------------------------------------ one rule for what a fill books (issue 9)
+
+
+def test_a_new_execution_id_with_no_cum_change_books_nothing(engine: Engine, worker: StageWorker) -> None:
+    """Found: a FILLED order of 150 sent a FILL with a new executionId and the same cumQty booked 300."""
+    order_id = routed_order(engine, quantity="150")
+    deliver(worker, fill(order_id, "150", "10.00", "150", "0", "10.00", "0.15", last=True))
+    deliver(worker, fill(order_id, "150", "10.00", "150", "0", "10.00", "0.15", last=True))
+
+    order = load(engine, order_id)
+    assert (order.state, order.filled_quantity, order.fees) == (OrderState.FILLED, D(150), D("0.15"))
+    assert [f["quantity"] for f in fills_booked(engine, order_id)] == [D(150)]
+    assert anomalies_of(engine, order_id) == [["no_cum_change", "fees_not_booked"]]
+
+
+def test_last_qty_short_of_the_cum_rise_books_the_rise(engine: Engine, worker: StageWorker) -> None:
+    """Found: a PARTIAL_FILL with lastQty 10 and cumQty 60 left the order at 60 with 10 confirmed."""
+    order_id = routed_order(engine)
+    deliver(worker, fill(order_id, "10", "10.00", "60", "40", "10.00", "0.05"))
+
+    order = load(engine, order_id)
+    assert order.filled_quantity == D(60)
+    assert booked_total(engine, order_id) == D(60)
+    assert anomalies_of(engine, order_id) == [["last_qty_mismatch"]]
+
+
+def test_reports_going_backwards_book_nothing_more(engine: Engine, worker: StageWorker) -> None:
+    """Found: cum 50, then lastQty 10 with cumQty 40, left the order at 50 and settlement at 60."""
+    order_id = routed_order(engine)
+    deliver(worker, fill(order_id, "50", "10.00", "50", "50", "10.00", "0"))
+    deliver(worker, fill(order_id, "10", "10.00", "40", "60", "10.00", "0"))
+
+    assert load(engine, order_id).filled_quantity == D(50)
+    assert booked_total(engine, order_id) == D(50)
+    assert anomalies_of(engine, order_id) == [["cum_backwards"]]
+
+
+def test_the_same_execution_id_with_other_terms_is_an_anomaly(engine: Engine, worker: StageWorker) -> None:
+    """Found: a second report with the same executionId and a different lastQty was dropped with an INFO line."""
+    order_id = routed_order(engine)
+    first = fill(order_id, "30", "10.00", "30", "70", "10.00", "0")
+    deliver(worker, first)
+    deliver(worker, {**first, "lastQty": D(40), "cumQty": D(40), "leavesQty": D(60)})
+
+    assert load(engine, order_id).filled_quantity == D(30)
+    assert booked_total(engine, order_id) == D(30)
+    assert anomalies_of(engine, order_id) == [["execution_id_reused"]]
+    assert len(execution_rows(engine, order_id)) == 1
+
+
+def test_a_bust_of_an_execution_never_booked_is_dead_lettered(engine: Engine, worker: StageWorker) -> None:
+    """Found: a TRADE_CANCEL naming an execRefId that never existed reopened a FILLED order and moved the position."""
+    order_id = routed_order(engine, quantity="7")
+    deliver(worker, fill(order_id, "7", "10.00", "7", "0", "10.00", "0", last=True))
+    bust = report(order_id, "TRADE_CANCEL", "0", "7", execRefId="never-sent", lastQty=D(7), lastPx=D("10.00"))
+    message_id = str(uuid.uuid4())
+    outcome = deliver(worker, bust, message_id)
+
+    assert message_id in outcome.dead and "never-sent" in outcome.dead[message_id]
+    order = load(engine, order_id)
+    assert (order.state, order.filled_quantity) == (OrderState.FILLED, D(7))
+    assert booked_total(engine, order_id) == D(7)

@@ -214,3 +214,52 @@ def test_an_unknown_account_is_dead_lettered(engine: Engine) -> None:
     with pytest.raises(DeadLetter, match="unknown account ACC-404"):
         run(engine, envelope(body))
     assert orders_for(engine, "ACC-404", body["decisionId"]) == []
+
+
+def test_the_same_decision_with_the_numbers_written_otherwise_is_a_duplicate(engine: Engine) -> None:
+    body = decision(quantity=100, price=Decimal("190.00"))
+    run(engine, envelope(body))
+    run(engine, envelope({**body, "quantity": Decimal("100.0"), "price": Decimal("190")}))
+    [order] = orders_for(engine, "ACC-001", body["decisionId"])
+    assert [e["type"] for e in events_of(engine, order["id"])] == ["ORDER_CREATED"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "fields"),
+    [
+        ({"quantity": 200}, "quantity"),
+        ({"side": "SELL", "price": Decimal("191.00")}, "side, price"),
+        ({"symbol": "MSFT", "timeInForce": "GTC"}, "symbol, timeInForce"),
+        ({"strategyId": "other", "notes": "again"}, "strategyId, notes"),
+        ({"type": "MARKET", "price": None}, "type, price"),
+    ],
+)
+def test_a_decision_id_seen_with_other_terms_is_dead_lettered(
+    engine: Engine, changes: dict[str, Any], fields: str
+) -> None:
+    body = decision()
+    run(engine, envelope(body))
+    conflicting = {k: v for k, v in {**body, **changes}.items() if v is not None}
+    with pytest.raises(DeadLetter) as raised:
+        run(engine, envelope(conflicting))
+    reason = str(raised.value)
+    assert body["decisionId"] in reason
+    assert f"differing: {fields} (" in reason
+    [order] = orders_for(engine, "ACC-001", body["decisionId"])
+    assert order["quantity"] == Decimal(100)
+    assert [e["type"] for e in events_of(engine, order["id"])] == ["ORDER_CREATED"]
+
+
+def test_a_conflicting_decision_in_the_same_batch_is_dead_lettered(engine: Engine) -> None:
+    body = decision()
+    with pytest.raises(DeadLetter, match="differing: quantity"):
+        run(engine, envelope(body), envelope({**body, "quantity": 300}))
+
+
+def test_a_rejected_decision_with_an_unstorable_value_seen_again_is_a_duplicate(engine: Engine) -> None:
+    body = decision(quantity=Decimal("1E+13"))
+    run(engine, envelope(body))
+    run(engine, envelope(body))
+    with pytest.raises(DeadLetter, match="differing: quantity"):
+        run(engine, envelope({**body, "quantity": 5}))
+    assert len(orders_for(engine, "ACC-001", body["decisionId"])) == 1

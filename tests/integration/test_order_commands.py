@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from common.domain import ExecType, InvalidCommand, InvalidTransition
 from common.store.uow import UnitOfWork
 from services.intake.commands import (
+    ConflictingDuplicate,
     InvalidOrderTerms,
     OrderNotFound,
     OrderRequest,
@@ -115,9 +116,10 @@ def test_submit_is_idempotent_on_the_client_order_id(engine: Engine) -> None:
         order, created = submit_order(uow, first, user_id=None, correlation_id=None, message_id=None)
         uow.commit()
     with UnitOfWork(engine) as uow:
+        # The same terms, the numbers written another way: the same request.
         again, created_again = submit_order(
             uow,
-            request(client_order_id=first.client_order_id, quantity=D("99")),
+            request(client_order_id=first.client_order_id, quantity=D("10.000"), price=D("410")),
             user_id=None,
             correlation_id=None,
             message_id=None,
@@ -126,6 +128,41 @@ def test_submit_is_idempotent_on_the_client_order_id(engine: Engine) -> None:
     assert created and not created_again
     assert again.id == order.id
     assert again.quantity == D("10")
+
+
+def test_submit_with_a_used_client_order_id_and_other_terms_raises(engine: Engine) -> None:
+    first = request(notes="first")
+    with UnitOfWork(engine) as uow:
+        order, _ = submit_order(uow, first, user_id=None, correlation_id=None, message_id=None)
+        uow.commit()
+    other = request(client_order_id=first.client_order_id, quantity=D("99"), side="SELL", notes="first")
+    with UnitOfWork(engine) as uow, pytest.raises(ConflictingDuplicate) as raised:
+        submit_order(uow, other, user_id=None, correlation_id=None, message_id=None)
+    assert raised.value.order.id == order.id
+    assert raised.value.fields == ["side", "quantity"]
+    assert "quantity (booked 10, received 99)" in str(raised.value)
+
+
+def test_a_retry_of_a_create_is_compared_with_the_terms_it_was_created_with(engine: Engine) -> None:
+    # The order was modified since: a retry of its create is still the same request, not a conflict.
+    first = request()
+    with UnitOfWork(engine) as uow:
+        order, _ = submit_order(uow, first, user_id=None, correlation_id=None, message_id=None)
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        modify_order(uow, order.id, quantity=D("20"), price=None, stop_price=None, notes="bigger", user_id=None)
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        again, created = submit_order(uow, first, user_id=None, correlation_id=None, message_id=None)
+    assert (again.id, created, again.quantity) == (order.id, False, D("20"))
+    with UnitOfWork(engine) as uow, pytest.raises(ConflictingDuplicate, match="quantity"):
+        submit_order(
+            uow,
+            request(client_order_id=first.client_order_id, quantity=D("20")),
+            user_id=None,
+            correlation_id=None,
+            message_id=None,
+        )
 
 
 def test_submit_without_a_client_order_id_always_books(engine: Engine) -> None:

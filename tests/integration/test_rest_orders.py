@@ -320,3 +320,75 @@ def test_unchanged_modify_is_400(client: FlaskClient, account: str) -> None:
 def test_update_of_unknown_order_is_404(client: FlaskClient) -> None:
     response = _put(client, str(uuid.uuid4()), {"action": "CANCEL"})
     assert response.status_code == 404 and set(_json(response)) == {"message"}
+
+
+# ---- hostile bodies (issue 9, finding 3): 400 with the spec's error shape, never 500 -----------------------
+
+_TOO_DEEP = {
+    "message": "Malformed JSON body",
+    "errors": [{"field": "body", "message": "Refused: nested deeper than 32 levels."}],
+}
+
+
+@pytest.mark.parametrize("depth", [33, 1_000, 100_000])
+def test_a_deeply_nested_body_is_400_on_post_and_put(client: FlaskClient, account: str, depth: int) -> None:
+    nested = '{"notes":' * depth + "1" + "}" * depth
+    response = client.post("/orders", data=nested, content_type="application/json", headers=AUTH)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert _json(response) == _TOO_DEEP
+    order_id = _json(_create(client, _limit(account)))["id"]
+    response = client.put(
+        f"/orders/{order_id}", data="[" * depth + "]" * depth, content_type="application/json", headers=AUTH
+    )
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert _json(response) == _TOO_DEEP
+
+
+def test_a_body_larger_than_a_mebibyte_is_400(client: FlaskClient, account: str) -> None:
+    body = jsonutil.dumps(_limit(account, notes="x" * (1024 * 1024)))
+    response = client.post("/orders", data=body, content_type="application/json", headers=AUTH)
+    assert response.status_code == 400
+    assert _json(response)["errors"] == [
+        {"field": "body", "message": f"Refused: {len(body)} bytes is larger than the limit of {1024 * 1024} bytes."}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "fragment"),
+    [
+        ({"symbol": "AA\u0000PL"}, "symbol", "control characters"),
+        ({"strategyId": "s\u0000"}, "strategyId", "control characters"),
+        ({"clientOrderId": "c\u0000"}, "clientOrderId", "control characters"),
+        ({"notes": "lone \ud800"}, "notes", "utf-8"),
+        # Beyond the 28 digits Decimal's context keeps: still too precise, not rounded into a valid price.
+        ({"price": Decimal("189.5500000000000000000000000001")}, "price", "at most 8 decimal places"),
+        ({"quantity": Decimal("1E-999999999")}, "quantity", "at most 8 decimal places"),
+        ({"quantity": Decimal("1E+999999999")}, "quantity", "at most 12 digits"),
+    ],
+)
+def test_nul_characters_and_over_precise_numbers_are_400_naming_the_field(
+    client: FlaskClient, engine: Engine, account: str, overrides: dict[str, Any], field: str, fragment: str
+) -> None:
+    response = _create(client, {**_limit(account), **overrides})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    matching = [e for e in _json(response)["errors"] if e["field"] == field]
+    assert any(fragment.lower() in e["message"].lower() for e in matching), _json(response)
+    assert order_count(engine, account) == 0
+
+
+def test_an_integer_too_long_to_parse_is_400(client: FlaskClient, account: str) -> None:
+    text = jsonutil.dumps(_limit(account)).replace('"quantity":100', '"quantity":' + "9" * 5000)
+    response = client.post("/orders", data=text, content_type="application/json", headers=AUTH)
+    assert response.status_code == 400
+    assert _json(response)["errors"] == [{"field": "body", "message": "Invalid JSON."}]
+
+
+def test_a_modify_with_nul_notes_or_over_precise_price_is_400(client: FlaskClient, account: str) -> None:
+    order_id = _json(_create(client, _limit(account)))["id"]
+    for body, field in (
+        ({"action": "MODIFY", "notes": "n\u0000"}, "notes"),
+        ({"action": "MODIFY", "price": Decimal("189.5500000000000000000000000001")}, "price"),
+    ):
+        response = _put(client, order_id, body)
+        assert response.status_code == 400, response.get_data(as_text=True)
+        assert field in {e["field"] for e in _json(response)["errors"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -10,9 +11,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from common import jsonutil
 from common.contracts import ExecutionReportSchema
@@ -22,7 +24,14 @@ from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE, declare_exc
 from common.store.outbox import OutboxMessage
 from services.venue_sim.config import VenueConfig
 from services.venue_sim.prices import InstrumentSpec
-from services.venue_sim.venue import MARKETDATA_EXCHANGE, VENUE_QUEUE, VenueSim, load_instruments
+from services.venue_sim.venue import (
+    DUPLICATE_REQUESTS,
+    MARKETDATA_EXCHANGE,
+    VENUE_QUEUE,
+    VenueSim,
+    load_instruments,
+)
+from tests.support import outages
 from tests.support.polling import async_wait_until
 from tools.seed import seed_demo
 
@@ -222,3 +231,181 @@ def test_instruments_are_read_from_the_database(database_url: str) -> None:
     vod = specs["VOD"]
     assert (vod.reference_price, vod.tick_size, vod.lot_size) == (Decimal("70"), Decimal("0.02"), Decimal("100"))
     assert specs["BTCUSD"].lot_size == Decimal("0.0001")
+
+
+# ------------------------------------------------------------------------------------------------ duplicates
+
+
+def _duplicates(routing_key: str) -> float:
+    return DUPLICATE_REQUESTS.labels(routing_key)._value.get()
+
+
+async def test_a_new_order_request_seen_before_is_refused_without_a_report(
+    venue: VenueSim, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="services.venue_sim.venue")
+    before = _duplicates("orders.new")
+    order = _new_order()
+    oid = order["orderId"]
+    await broker.send("orders.new", order)
+    await async_wait_until(lambda: len(broker.reports[oid]) >= 2, message=lambda: f"{broker.exec_types(oid)}")
+    await broker.send("orders.new", order)  # the same request again (a relay re-publishing it, say)
+    await broker.send("orders.new", {**order, "orderId": str(uuid.uuid4())})  # same requestId, other order
+    marker = _new_order()
+    await broker.send("orders.new", marker)
+    await async_wait_until(lambda: len(broker.reports[marker["orderId"]]) >= 2, message="the marker answered")
+    assert broker.exec_types(oid) == ["NEW", "FILL"]  # no second fill, and no REJECTED either
+    assert _duplicates("orders.new") == before + 2
+    refused = [r for r in caplog.records if r.getMessage() == "duplicate request refused"]
+    assert [getattr(r, "request_id", None) for r in refused] == [order["requestId"]] * 2
+
+
+async def test_a_cancel_request_seen_before_is_ignored(venue: VenueSim, broker: Broker) -> None:
+    order = _new_order(type="LIMIT", price=Decimal("1.00"))
+    oid = order["orderId"]
+    await broker.send("orders.new", order)
+    await async_wait_until(lambda: broker.exec_types(oid) == ["NEW"], message=lambda: f"{broker.exec_types(oid)}")
+    cancel = {**order, "requestId": str(uuid.uuid4())}
+    await broker.send("orders.cancel", cancel)
+    await async_wait_until(lambda: len(broker.reports[oid]) >= 3, message=lambda: f"{broker.exec_types(oid)}")
+    before = _duplicates("orders.cancel")
+    await broker.send("orders.cancel", cancel)
+    marker = _new_order()
+    await broker.send("orders.new", marker)
+    await async_wait_until(lambda: len(broker.reports[marker["orderId"]]) >= 2, message="the marker answered")
+    assert broker.exec_types(oid) == ["NEW", "PENDING_CANCEL", "CANCELED"]  # no CANCEL_REJECTED "too late"
+    assert _duplicates("orders.cancel") == before + 1
+
+
+@dataclass
+class OwnVenue:
+    """A venue on a vhost of its own, remembering requests in the session database; restartable."""
+
+    config: VenueConfig
+    broker: Broker
+    vhost: str
+    management_url: str
+    venue: VenueSim | None = None
+    task: asyncio.Task[None] | None = None
+
+    async def start(self) -> VenueSim:
+        self.venue = VenueSim(self.config)
+        self.task = asyncio.create_task(self.venue.run())
+        venue, task = self.venue, self.task
+        await async_wait_until(lambda: venue.ready.is_set() or task.done(), timeout=30, message="venue ready")
+        if task.done():
+            task.result()
+        return venue
+
+    async def stop(self) -> None:
+        if self.venue is not None and self.task is not None:
+            self.venue.stop()
+            await asyncio.wait_for(self.task, 30)
+        self.venue = self.task = None
+
+
+@pytest_asyncio.fixture
+async def own_venue(infra_urls: Any, database_url: str) -> AsyncIterator[OwnVenue]:
+    from tools import infra
+
+    if not infra_urls.management_url:
+        pytest.skip("needs the RabbitMQ management API for a vhost of its own")
+    vhost = f"oms_test_venue_{uuid.uuid4().hex[:8]}"
+    infra.create_vhost(vhost, infra_urls.management_url)
+    amqp_url = infra.amqp_url_for_vhost(infra_urls.amqp_url, vhost)
+    connection = await connect(amqp_url, "test.venue_sim")
+    channel = await connection.channel()
+    exchanges = await declare_exchanges(channel)
+    capture = await channel.declare_queue(exclusive=True)
+    await capture.bind(exchanges[OMS_EXCHANGE], routing_key="execution.report")
+    broker = Broker(connection, channel, Publisher(connection))
+
+    async def on_report(message: AbstractIncomingMessage) -> None:
+        broker.reports[str(message.correlation_id)].append(message)
+        await message.ack()
+
+    await capture.consume(on_report)
+    config = VenueConfig(
+        amqp_url=amqp_url,
+        database_url=database_url,
+        instruments=INSTRUMENTS,
+        tick_ms=50,
+        declare_pipeline=False,
+        remember_requests=True,
+    )
+    own = OwnVenue(config, broker, vhost, infra_urls.management_url)
+    try:
+        yield own
+    finally:
+        await own.stop()
+        await connection.close()
+        infra.delete_vhost(vhost, infra_urls.management_url)
+
+
+async def test_a_restarted_venue_still_refuses_a_request_it_answered(own_venue: OwnVenue, database_url: str) -> None:
+    broker = own_venue.broker
+    await own_venue.start()
+    order = _new_order()
+    oid = order["orderId"]
+    await broker.send("orders.new", order)
+    await async_wait_until(lambda: len(broker.reports[oid]) >= 2, message=lambda: f"{broker.exec_types(oid)}")
+    await own_venue.stop()
+
+    before = _duplicates("orders.new")
+    await own_venue.start()  # a new process's worth of memory: what it knows comes from the database
+    await broker.send("orders.new", order)
+    marker = _new_order()
+    await broker.send("orders.new", marker)
+    await async_wait_until(lambda: len(broker.reports[marker["orderId"]]) >= 2, message="the marker answered")
+    assert broker.exec_types(oid) == ["NEW", "FILL"]
+    assert _duplicates("orders.new") == before + 1
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            saved = connection.execute(
+                text("SELECT count(*) FROM venue_sim_requests WHERE request_key = :k"),
+                {"k": f"orders.new/{order['requestId']}"},
+            ).scalar()
+    finally:
+        engine.dispose()
+    assert saved == 1
+
+
+async def test_the_venue_outlives_broker_and_database_outages(own_venue: OwnVenue, database_url: str) -> None:
+    broker = own_venue.broker
+    venue = await own_venue.start()
+    closed: list[str] = await async_wait_until(
+        lambda: asyncio.to_thread(outages.kill_connections, own_venue.management_url, own_venue.vhost, "oms.venue_sim"),
+        timeout=30,
+        message="the venue's connection closed by the broker",
+    )
+    assert closed
+    order = _new_order()
+    await broker.send("orders.new", order)
+    await async_wait_until(
+        lambda: len(broker.reports[order["orderId"]]) >= 2, timeout=40, message="answered after the broker outage"
+    )
+    with outages.database_down(database_url):
+        during = _new_order()
+        await broker.send("orders.new", during)
+        await async_wait_until(
+            lambda: len(broker.reports[during["orderId"]]) >= 2,
+            timeout=30,
+            message="answered while the database is down",
+        )
+    after = _new_order()
+    await broker.send("orders.new", after)
+    await async_wait_until(lambda: len(broker.reports[after["orderId"]]) >= 2, timeout=30, message="answered after")
+    assert own_venue.task is not None and not own_venue.task.done()
+    assert venue.ready.is_set()
+
+    def saved() -> bool:
+        engine = create_engine(database_url)
+        try:
+            with engine.connect() as connection:
+                keys = set(connection.execute(text("SELECT request_key FROM venue_sim_requests")).scalars())
+        finally:
+            engine.dispose()
+        return f"orders.new/{during['requestId']}" in keys  # kept while the database was away, saved later
+
+    await async_wait_until(lambda: asyncio.to_thread(saved), timeout=20, message="the request id saved")

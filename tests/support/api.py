@@ -146,8 +146,8 @@ def store_order(
         uow.orders.add(order, correlation_id=order.id, message_id=None)
         executions = uow.executions
         for report in reports:
-            order.apply_report(report, now)
-            executions.record(report, quantity=report.last_qty, price=report.last_px or Decimal(0), received_at=now)
+            outcome = order.apply_report(report, now)
+            executions.record(report, booked=outcome.fill, unreported_delta=outcome.unreported_delta, received_at=now)
         uow.orders.save(order, correlation_id=order.id, message_id=None)
         if created_at is not None:
             uow.connection.execute(

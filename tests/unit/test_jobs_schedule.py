@@ -66,7 +66,7 @@ def test_scheduler_runs_everything_at_start_then_on_intervals_and_at_the_close()
     scheduler = Scheduler(config, sent.append, engine=None, clock=clock)
 
     assert sorted(scheduler.tick()) == sorted(
-        ["expire_day_orders", "refresh_statistics", "purge_retention", "reconcile_stuck_orders"]
+        ["expire_day_orders", "refresh_statistics", "purge_retention", "reconcile_stuck_orders", "check_invariants"]
     )
     assert scheduler.tick() == []  # nothing due twice
     clock.now += timedelta(seconds=60)
@@ -90,4 +90,4 @@ def test_scheduler_keeps_a_job_due_when_the_broker_is_away() -> None:
     assert scheduler.tick() == []
     down = False
     clock.now += timedelta(seconds=5)
-    assert len(scheduler.tick()) == 4
+    assert len(scheduler.tick()) == 5

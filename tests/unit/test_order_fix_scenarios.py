@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from common.domain import (
+    BookedExecution,
     ExecType,
     ExecutionReportData,
     FillDelta,
@@ -255,8 +256,8 @@ def test_average_price_is_weighted_when_the_venue_sends_none() -> None:
 def test_a_duplicate_report_changes_no_quantity_so_the_store_must_dedup_by_execution_id() -> None:
     """Store contract: ``execution_reports.execution_id`` is unique and a report seen before is skipped.
 
-    The aggregate cannot know execution ids it has seen (it keeps none); re-applying the same report
-    leaves quantities, price and state alone but would count its fees and book its fill again.
+    The aggregate cannot know execution ids it has seen (it keeps none); re-applying the same report books
+    nothing (the cumulative quantity did not rise) and is flagged as a contradiction.
     """
     order, venue = routed_order(D(100)), Venue()
     report = venue.fill(30, "10", 30, 70, "10", fees="0.3")
@@ -274,7 +275,7 @@ def test_a_duplicate_report_changes_no_quantity_so_the_store_must_dedup_by_execu
 
     again = order.apply_report(report, T0)  # what happens without the store's dedup
     assert (order.filled_quantity, order.average_execution_price, order.state) == (D(30), D(10), S.PARTIALLY_FILLED)
-    assert order.fees == D("0.6") and again.fill is not None  # hence the dedup contract
+    assert (order.fees, again.fill, again.anomalies) == (D("0.3"), None, ["no_cum_change", "fees_not_booked"])
 
 
 def test_reports_out_of_order_converge() -> None:
@@ -290,14 +291,20 @@ def test_reports_out_of_order_converge() -> None:
         in_order.apply_report(report, T0)
     outcomes = [reverse.apply_report(report, T0) for report in reversed(reports)]
     for order in (in_order, reverse):
-        assert (order.state, order.filled_quantity, order.average_execution_price, order.fees) == (
+        assert (order.state, order.filled_quantity, order.average_execution_price, order.unreported_quantity) == (
             S.FILLED,
             D(100),
             D("10.6"),
-            D("0.3"),
+            D(0),
         )
-    # the stale fills still book their execution for settlement; the late NEW changes nothing
-    assert [o.fill.quantity if o.fill else None for o in outcomes] == [D(50), D(30), D(20), None]
+    # What is booked is the rise of the cumulative quantity: all of it with the report that raised it to 100.
+    # Its lastQty (50) cannot explain that rise when it comes, which is recorded; the overtaken fills then
+    # account for the difference and book nothing; the late NEW changes nothing.
+    assert [o.fill.quantity if o.fill else None for o in outcomes] == [D(100), None, None, None]
+    assert [o.anomalies for o in outcomes] == [["last_qty_mismatch"], ["fees_not_booked"], ["fees_not_booked"], []]
+    assert [o.unreported_delta for o in outcomes] == [D(50), D(-30), D(-20), D(0)]
+    # Fees travel with booked quantity only: the overtaken fills' fees are flagged on their events, not booked.
+    assert (in_order.fees, reverse.fees) == (D("0.3"), D("0.1"))
     assert outcomes[-1].applied is False
 
 
@@ -371,6 +378,7 @@ def test_a_bust_reverses_the_fill_and_reopens_a_filled_order() -> None:
     bust = order.apply_report(
         venue.report(X.TRADE_CANCEL, 40, 60, last_qty=60, last_px="11", avg_px="10", fees="-0.6", exec_ref_id="e-2"),
         T0,
+        busted=BookedExecution("e-2", D(60), D(11), D("0.6")),
     )
     assert bust.fill == FillDelta("e-3", D(-60), D(11), D("-0.6"), reversal=True, reverses_execution_id="e-2")
     assert (order.state, order.status, order.filled_quantity, order.average_execution_price, order.fees) == (
@@ -382,15 +390,23 @@ def test_a_bust_reverses_the_fill_and_reopens_a_filled_order() -> None:
     )
     assert bust.status_changed and order.events[-1].type is E.TRADE_BUSTED
 
-    order.apply_report(venue.report(X.TRADE_CANCEL, 0, 100, last_qty=40, last_px="10", exec_ref_id="e-1"), T0)
-    assert (order.state, order.filled_quantity, order.average_execution_price) == (S.OPEN, D(0), None)
+    order.apply_report(
+        venue.report(X.TRADE_CANCEL, 0, 100, last_qty=40, last_px="10", exec_ref_id="e-1"),
+        T0,
+        busted=BookedExecution("e-1", D(40), D(10), D("0.4")),
+    )
+    assert (order.state, order.filled_quantity, order.average_execution_price, order.fees) == (S.OPEN, D(0), None, 0)
 
 
 def test_a_bust_on_a_canceled_order_changes_quantities_not_state() -> None:
     order, venue = routed_order(D(100)), Venue()
     order.apply_report(venue.fill(40, "10", 40, 60, "10"), T0)
     order.apply_report(venue.report(X.CANCELED, 40, 0), T0)
-    outcome = order.apply_report(venue.report(X.TRADE_CANCEL, 0, 0, last_qty=40, last_px="10", exec_ref_id="e-1"), T0)
+    outcome = order.apply_report(
+        venue.report(X.TRADE_CANCEL, 0, 0, last_qty=40, last_px="10", exec_ref_id="e-1"),
+        T0,
+        busted=BookedExecution("e-1", D(40), D(10), D(0)),
+    )
     assert (order.state, order.filled_quantity, outcome.fill is not None) == (S.CANCELED, D(0), True)
 
 

@@ -1,0 +1,171 @@
+"""A whole OMS of its own, brought up with ``./oms up --detach`` as a user does, for the fault suite.
+
+It gets its own data folder, Postgres and RabbitMQ (ports found free), front-end ports and metrics ports, so
+the outages the suite injects touch nothing else on the machine, and ``./oms down`` takes it all away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Mapping
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.config import REPO_ROOT
+from tools import infra
+
+OMS = str(REPO_ROOT / "oms")
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now (bound and released at once; the suite starts its servers right after)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _port_block(size: int) -> int:
+    """The first of ``size`` consecutive free ports (the supervisor numbers metrics ports from a base)."""
+    for _ in range(50):
+        base = free_ports(1)[0]
+        if base + size >= 65535:
+            continue
+        ok = True
+        for port in range(base, base + size):
+            with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+@dataclass
+class Instance:
+    """An OMS brought up by ``./oms up --detach`` with an environment of its own."""
+
+    env: dict[str, str]
+    data_dir: Path
+    urls: infra.InfraUrls
+    crash_trigger: Path
+    log: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, extra: Mapping[str, str]) -> Instance:
+        run = uuid.uuid4().hex[:8]
+        data_dir = REPO_ROOT / ".data" / f"fault-{run}"
+        pg, amqp, mgmt, dist, rest, grpc = free_ports(6)
+        env = {
+            **os.environ,
+            "OMS_DATA_DIR": str(data_dir),
+            "OMS_PG_PORT": str(pg),
+            "OMS_AMQP_PORT": str(amqp),
+            "OMS_RABBITMQ_MGMT_PORT": str(mgmt),
+            "OMS_RABBITMQ_DIST_PORT": str(dist),
+            "OMS_RABBITMQ_NODENAME": f"oms-fault-{run}@localhost",
+            "OMS_REST_PORT": str(rest),
+            "OMS_GRPC_PORT": str(grpc),
+            "OMS_METRICS_PORT_BASE": str(_port_block(12)),
+            **extra,
+        }
+        for key in ("OMS_DATABASE_URL", "OMS_AMQP_URL", "OMS_TEST_DATABASE_URL", "OMS_TEST_AMQP_URL"):
+            env.pop(key, None)
+        crash_trigger = data_dir / "crash-router-after-commit"
+        env["OMS_TEST_CRASH_AFTER_COMMIT"] = f"router:{crash_trigger}"
+        settings = cls._settings(env)
+        return cls(env=env, data_dir=data_dir, urls=settings.urls, crash_trigger=crash_trigger)
+
+    @staticmethod
+    def _settings(env: Mapping[str, str]) -> infra.Settings:
+        saved = dict(os.environ)
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            return infra.Settings.from_env()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    @property
+    def infra_settings(self) -> infra.Settings:
+        return self._settings(self.env)
+
+    def oms(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``./oms ARGS`` against this instance."""
+        result = subprocess.run(
+            [OMS, *args], env=self.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        self.log.append(f"$ oms {' '.join(args)} -> {result.returncode}\n{result.stdout}{result.stderr}")
+        if check and result.returncode != 0:
+            raise RuntimeError(f"oms {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def up(self) -> None:
+        self.oms("up", "--detach")
+
+    def down(self) -> None:
+        self.oms("down", check=False)
+        if os.environ.get("OMS_FAULT_KEEP"):  # debugging: keep the logs and the servers' data
+            print(f"fault suite: kept {self.data_dir}")
+        else:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def processes(self) -> dict[str, dict[str, Any]]:
+        """What the supervisor says of each process: ``./oms ps --json``."""
+        out = self.oms("ps", "--json").stdout
+        data = json.loads(out)
+        return {p["name"]: p for p in (data["processes"] if isinstance(data, dict) else data)}
+
+    def pid(self, name: str) -> int | None:
+        entry = self.processes().get(name)
+        pid = entry.get("pid") if entry else None
+        return int(pid) if pid else None
+
+    # --- outages of the instance's own servers -------------------------------------------------------
+
+    def stop_broker(self) -> None:
+        infra._rabbit_stop(self.infra_settings)
+
+    def start_broker(self) -> None:
+        infra._rabbit_start(self.infra_settings)
+
+    def stop_database(self) -> None:
+        infra._pg_stop(self.infra_settings)
+
+    def start_database(self) -> None:
+        infra._pg_start(self.infra_settings)
+
+    def logs_tail(self, name: str, lines: int = 30) -> str:
+        path = self.data_dir / "logs" / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def outage(stop: Any, start: Any, seconds: float) -> float:
+    """Keep a server down for ``seconds`` once stopped (the fault's length, not a wait for state); returns how
+    long it was down, from the end of its stop to the start of its start."""
+    stop()
+    down = time.monotonic()
+    time.sleep(seconds)
+    length = time.monotonic() - down
+    start()
+    return length
