@@ -19,7 +19,12 @@ RUN mkdir -p common services proto tools migrations \
     && useradd --system --home-dir /var/lib/oms --create-home oms \
     && install -d -o oms -g oms /var/lib/oms/secrets
 COPY . .
-RUN pip install -c requirements.lock --no-deps -e .
+# proto/gen is generated, not committed (.gitignore) nor copied (.dockerignore): a clean clone has none, and
+# every gRPC import (`from proto.gen import order_pb2`) needs it. Generate it here, as root, before the image
+# turns read-only for the `oms` user; the import check fails the build rather than the first container.
+RUN pip install -c requirements.lock --no-deps -e . \
+    && python -m tools.protogen --force \
+    && python -c "from proto.gen import order_pb2, order_pb2_grpc"
 
 USER oms
 # Stage workers, the relay and the jobs processes serve /metrics and /health/* here (OMS_METRICS_PORT).

@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             folder = item.path.resolve().relative_to(TESTS).parts[0]
         except ValueError:
             continue
-        if folder in {"integration", "e2e", "fault"}:
+        if folder in {"integration", "e2e", "fault", "browser"}:
             item.add_marker(folder)
 
 

@@ -1,9 +1,34 @@
-"""``oms`` command line: dispatches each subcommand to the module that implements it."""
+"""``oms`` command line: dispatches each subcommand to the module that implements it.
+
+Exit codes, the same for every command:
+
+- 0: done (for a question, the answer is yes: ``check`` found nothing, ``decision --wait`` saw a final state);
+- 1: a runtime failure or a "no" (a server away, an order missing, violations found, a wait that timed out);
+  an unexpected exception prints one line, not a traceback (``OMS_DEBUG=1`` shows it);
+- 2: a usage error: an unknown command, a bad argument (argparse), an unknown process for ``logs``;
+- 130: interrupted (Ctrl-C), the shell's 128 + SIGINT;
+- 141: the reader of stdout went away (``./oms help | head -3``): nothing more is printed, quietly, and the code
+  is the shell's 128 + SIGPIPE, what any Unix tool killed by the closed pipe reports, so ``set -o pipefail``
+  scripts see a truncated output as such.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import tomllib
+from importlib import metadata
+
+from common.config import REPO_ROOT
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+# The distribution name in pyproject.toml ([project] name): the version comes from its installed metadata.
+DISTRIBUTION = "oms"
 
 # subcommand -> (module, function, summary); each function is `(argv: list[str]) -> int`.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -26,24 +51,57 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench-risk": ("tools.bench_risk", "main", "measure the cost of the risk checks per order"),
     "check": ("tools.check", "main", "check the invariants: fills vs confirmations, positions, outbox, stuck"),
     "anomalies": ("tools.anomalies", "main", "list execution reports that contradicted themselves or the order"),
+    "order": ("tools.order", "main", "an order's story: show ID [--json] (events, reports, confirmations, position)"),
+    "logs": ("tools.logs", "main", "the end of a process's log: logs PROCESS [-n N] [-f]"),
+    "version": ("tools.cli", "version", "print the version (also --version)"),
 }
 
 
 def usage() -> str:
-    lines = ["usage: ./oms <command> [args]", "", "commands:"]
-    lines += [f"  {name:<8} {summary}" for name, (_, _, summary) in COMMANDS.items()]
+    """The command list."""
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: ./oms <command> [args]    (./oms help <command>, ./oms --version)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, _, summary) in COMMANDS.items()]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in {"-h", "--help", "help"}:
+def project_version() -> str:
+    """The installed distribution's version; pyproject.toml's when the project is not installed (a bare checkout)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        with (REPO_ROOT / "pyproject.toml").open("rb") as handle:
+            version: str = tomllib.load(handle)["project"]["version"]
+        return version
+
+
+def version(argv: list[str]) -> int:
+    """``oms version`` / ``oms --version``."""
+    if argv in (["-h"], ["--help"]):
+        print("usage: ./oms version (or ./oms --version): print the project's version")
+        return EXIT_OK
+    if argv:
+        print(f"usage: ./oms version\noms version: unexpected arguments: {' '.join(argv)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{DISTRIBUTION} {project_version()}")
+    return EXIT_OK
+
+
+def _dispatch(args: list[str]) -> int:
+    if not args:
+        print(usage(), file=sys.stderr)
+        return EXIT_USAGE
+    if args[0] in {"-h", "--help", "help"}:
+        if args[0] == "help" and args[1:]:
+            return _dispatch([args[1], "--help"])  # ./oms help decision: the command's own help
         print(usage())
-        return 0
+        return EXIT_OK
+    if args[0] in {"-V", "--version"}:
+        return version(args[1:])
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"oms: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     module_name, function, _ = COMMANDS[name]
     try:
         module = importlib.import_module(module_name)
@@ -51,9 +109,40 @@ def main(argv: list[str] | None = None) -> int:
         if exc.name != module_name:
             raise  # the module exists but something it imports is missing: show the real error
         print(f"oms: `{name}` is not available yet ({module_name} does not exist)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     result: int = getattr(module, function)(rest)
     return result
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what is still buffered cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit codes are the module's docstring's."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("oms: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if os.environ.get("OMS_DEBUG"):
+            raise
+        command = args[0] if args else ""
+        print(f"oms {command}: {type(exc).__name__}: {exc}".rstrip(), file=sys.stderr)
+        print("oms: (OMS_DEBUG=1 ./oms ... shows the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@
     ./oms dlq purge --stage intake --reason invalid  asks to type the queue name (or --yes)
     ./oms dlq history                                the audit: who replayed or purged what, when
 
+A message counts as replayed or purged only once the queue, read again after the pass, no longer holds it:
+an ack the broker did not apply is reported as such and not audited as done (services/jobs/deadletters.py).
+
 Filters (all must match): ``--reason`` (a reason code: invalid, refused, delivery_limit, rejected, expired,
 maxlen; or text found in the reason), ``--type`` (the message type), ``--order-id`` (correlation id or body
 ``orderId``), ``--message-id`` (repeatable), ``--limit``. Replay semantics: services/jobs/deadletters.py.
@@ -139,6 +142,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _print_message(message: DeadLetterMessage, body_chars: int) -> None:
     # Every field came off the wire: printed escaped, so NUL or a terminal escape sequence shows as text.
+    # A field the message does not carry prints as "-" (not Python's "None").
     origin = (
         f"{message.original_exchange or '(default)'} / {message.original_routing_key}"
         if message.original_routing_key
@@ -148,11 +152,11 @@ def _print_message(message: DeadLetterMessage, body_chars: int) -> None:
     body_format = message.body_format
     body = message.body_preview(body_chars or None)
     lines = [
-        f"--- {message.queue}  message {message.message_id}  type {message.type}",
+        f"--- {message.queue}  message {message.message_id}  type {message.type or '-'}",
         f"    reason      {message.reason}: {message.detail}",
-        f"    stage       {message.stage}    first sent to {origin}",
-        f"    correlation {message.correlation_id}    order {message.order_id}",
-        f"    dead at     {message.dead_lettered_at}    broker dead-letterings {message.deaths}",
+        f"    stage       {message.stage or '-'}    first sent to {origin}",
+        f"    correlation {message.correlation_id or '-'}    order {message.order_id or '-'}",
+        f"    dead at     {message.dead_lettered_at or '-'}    broker dead-letterings {message.deaths}",
         f"    headers     {headers}",
         f"    body        {body}"
         if body_format == "json"
@@ -185,12 +189,31 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _confirm(question: str, expected: str = "y") -> bool:
+def _confirm(question: Callable[[], str], expected: str = "y") -> bool:
+    """Ask ``question()`` (worked out only when there is someone to ask); True when answered ``expected``."""
     if not sys.stdin.isatty():
         print("not a terminal: pass --yes to confirm", file=sys.stderr)
         return False
-    answer = input(f"{question} ").strip()
+    answer = input(f"{question()} ").strip()
     return answer.lower() == expected.lower() if expected == "y" else answer == expected
+
+
+def _matching(args: argparse.Namespace, queues: list[str]) -> dict[str, int]:
+    """How many messages of each queue the filters select now (queues that do not exist left out)."""
+    counts: dict[str, int] = {}
+    for queue in queues:
+        depth, messages = asyncio.run(
+            deadletters.show(bootstrap.settings().amqp_url, queue, _selection(args), bootstrap.engine())
+        )
+        if depth is not None:
+            counts[queue] = len(messages)
+    return counts
+
+
+def _touching(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    where = ", ".join(f"{n} in {q}" for q, n in counts.items() if n) or "none anywhere"
+    return f"{total} message(s) ({where})"
 
 
 def _run_pass(
@@ -241,6 +264,10 @@ def _summarise(report: PassReport, verb: str) -> None:
     line = f"{report.queue}: {done} {report.done} of {report.selected} selected ({report.depth} in the queue)"
     if report.failed:
         line += f"; {report.failed} failed and stay in the queue"
+    if report.not_removed:
+        # Acked, yet there when the queue was read again: not counted above, and audited as what they are.
+        kept = "audited as FAILED (republished)" if report.action == "REPLAY" else "not audited"
+        line += f" ({report.not_removed} of them acked but still there, {kept})"
     print(f"{line}  [run {report.run_id}]")
     for message_id, error in report.errors.items():
         print(deadletters.printable(f"    failed {message_id}: {error}"))
@@ -266,7 +293,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if (
         not args.dry_run
         and not args.yes
-        and not _confirm(f"Replay the selected messages of {', '.join(queues)}? [y/N]")
+        and not _confirm(lambda: f"Replay {_touching(_matching(args, queues))} now selected? [y/N]")
     ):
         print("nothing done")
         return 1
@@ -279,7 +306,13 @@ def cmd_purge(args: argparse.Namespace) -> int:
         print("purge needs --stage or --queue", file=sys.stderr)
         return 2
     queue = _queues(args)[0]
-    if not args.dry_run and not args.yes and not _confirm(f"Purge messages of {queue}? Type the queue name:", queue):
+    if (
+        not args.dry_run
+        and not args.yes
+        and not _confirm(
+            lambda: f"Purge {_touching(_matching(args, [queue]))} for good? Type the queue name to confirm:", queue
+        )
+    ):
         print("nothing done")
         return 1
     return _passes(args, [queue], deadletters.purge, "purge")
@@ -316,12 +349,17 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
+    if not rows:
+        print(f"no audit rows for run {args.run_id}" if args.run_id else "no replays or purges recorded yet")
+        return 0
     for row in rows:
         target = f"{row['target_exchange'] or '(default)'} / {row['target_routing_key']}"
         print(
             f"{row['created_at']:%Y-%m-%d %H:%M:%S%z}  {row['actor']:<16} {row['action']:<7} {row['outcome']:<8} "
             f"{row['queue']}  {row['message_id']}  {row['message_type']}  -> {target}  [run {row['run_id']}]"
         )
+        if row["detail"]:  # why a FAILED row failed (or that its pass stopped before checking its ack)
+            print(f"    {row['detail']}")
     return 0
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,48 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+# Log rotation by size: each process writes to <log dir>/<name>.log (stdout and stderr, appending); past
+# LOG_MAX_BYTES it is moved to <name>.log.1 (older copies shift up to .LOG_BACKUPS, the oldest is dropped).
+LOG_MAX_BYTES = int(os.environ.get("OMS_LOG_MAX_BYTES", str(20 * 1024 * 1024)))
+LOG_BACKUPS = int(os.environ.get("OMS_LOG_BACKUPS", "5"))
+
+
+def _shift_backups(path: Path, backups: int) -> None:
+    for index in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{index}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{index + 1}"))
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS, *, in_use: bool = True) -> bool:
+    """Rotate ``path`` if it has reached ``max_bytes``; True when it did.
+
+    A file no process writes (``in_use=False``: before a process starts) is renamed. A file a running process
+    writes is copied to ``.1`` and then truncated in place ("copytruncate"): the process keeps its descriptor,
+    opened for appending, so its next line lands at the start of the emptied file. Lines written between the
+    copy and the truncation (microseconds) are lost, the known price of copytruncate.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if max_bytes <= 0 or size < max_bytes:
+        return False
+    if backups < 1:
+        if in_use:
+            os.truncate(path, 0)
+        else:
+            path.unlink()
+        return True
+    _shift_backups(path, backups)
+    first = path.with_name(f"{path.name}.1")
+    if in_use:
+        shutil.copyfile(path, first)
+        os.truncate(path, 0)
+    else:
+        path.replace(first)
+    return True
 
 
 @dataclass(frozen=True)
@@ -77,17 +121,32 @@ def _die_with_parent() -> None:
 class Supervisor:
     """Starts processes with a shared environment, logs each to a file, stops them all."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path, cwd: Path, die_with_parent: bool = False) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        cwd: Path,
+        die_with_parent: bool = False,
+        *,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_backups: int = LOG_BACKUPS,
+    ) -> None:
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.cwd = cwd
         self.die_with_parent = die_with_parent and sys.platform == "linux"
         self.running: dict[str, Running] = {}
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, spec: ProcessSpec) -> Running:
         """Start (or restart) one process."""
         log_path = self.log_dir / f"{spec.name}.log"
+        previous = self.running.get(spec.name)
+        in_use = previous is not None and previous.popen.poll() is None
+        with contextlib.suppress(OSError):  # a log that cannot be rotated is still appended to
+            rotate_log(log_path, self.log_max_bytes, self.log_backups, in_use=in_use)
         log_file = log_path.open("ab")
         popen = subprocess.Popen(
             [sys.executable, "-m", spec.module, *spec.args],
@@ -112,6 +171,15 @@ class Supervisor:
         running = self.running[name]
         running.popen.send_signal(sig)
         running.popen.wait(timeout=30)
+
+    def rotate_logs(self, extra: Iterable[Path] = ()) -> list[Path]:
+        """Rotate (copytruncate) the logs of the running processes, and ``extra`` files, that reached the size."""
+        rotated = []
+        for path in [r.log_path for r in self.running.values()] + list(extra):
+            with contextlib.suppress(OSError):
+                if rotate_log(path, self.log_max_bytes, self.log_backups, in_use=True):
+                    rotated.append(path)
+        return rotated
 
     def dead(self) -> list[Running]:
         """The processes that have exited."""

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ MAX_DELAY_SECONDS = 30.0
 STABLE_AFTER_SECONDS = 60.0
 TICK_SECONDS = 0.2
 STOP_TIMEOUT_SECONDS = 20.0
+# How often the loop checks the size of every log it owns (tools.processes.rotate_log: copytruncate past the size).
+ROTATE_EVERY_SECONDS = 10.0
 
 Report = Callable[[str], None]
 
@@ -197,11 +200,22 @@ class SupervisionLoop:
         with self._lock:
             return [c for c in self.children.values() if c.state != "running"]
 
+    def rotate_logs(self) -> None:
+        """Rotate the children's logs, and the daemon's own, that have reached their size."""
+        with self._lock:
+            own = self.supervisor.log_dir / "supervisor.log"
+            for path in self.supervisor.rotate_logs(extra=[own] if own.exists() else []):
+                self.report(f"log {path.name} rotated to {path.name}.1")
+
     def run(self, stop: threading.Event) -> None:
         """Supervise until ``stop`` is set, then stop every child."""
+        next_rotation = time.monotonic() + ROTATE_EVERY_SECONDS
         try:
             while not stop.is_set():
                 self.tick()
+                if time.monotonic() >= next_rotation:
+                    self.rotate_logs()
+                    next_rotation = time.monotonic() + ROTATE_EVERY_SECONDS
                 stop.wait(TICK_SECONDS)  # the supervisor's tick
         finally:
             self.stop_all()
@@ -252,7 +266,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 
 def _timestamped(line: str) -> None:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds")  # ISO 8601 in UTC, like common.logging
     print(json.dumps({"ts": stamp, "level": "INFO", "service": "oms.supervisor", "message": line}), flush=True)
 
 

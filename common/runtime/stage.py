@@ -420,6 +420,7 @@ class StageWorker:
                 await self._dead_letter(d, d.error, "invalid")
         valid = [d for d in deliveries if d.envelope is not None]
         if not valid:
+            self._log_batch(len(messages), started, invalid=len(deliveries))
             return
         envelopes = [dataclasses.replace(d.envelope, digest=body_digest(d.message.body)) for d in valid if d.envelope]
         outcome = await self._process_with_retry(envelopes)
@@ -467,6 +468,36 @@ class StageWorker:
             STAGE_MESSAGES.labels(self.spec.stage, "handled").inc(acked)
         STAGE_BATCH_SIZE.labels(self.spec.stage).observe(len(messages))
         STAGE_HANDLING_SECONDS.labels(self.spec.stage).observe(time.perf_counter() - started)
+        dead = sum(
+            1
+            for d, env in zip(valid, envelopes, strict=True)
+            if (d.message_id, env.digest) in outcome.conflicts or d.message_id in outcome.dead
+        )
+        self._log_batch(
+            len(messages),
+            started,
+            handled=len(handled),
+            failed=len(valid) - len(handled) - dead,
+            dead_lettered=dead,
+            invalid=len(deliveries) - len(valid),
+        )
+
+    def _log_batch(
+        self, size: int, started: float, *, handled: int = 0, failed: int = 0, dead_lettered: int = 0, invalid: int = 0
+    ) -> None:
+        """One INFO line per batch: what the stage did with it and how long it took."""
+        log.info(
+            "batch done",
+            extra={
+                "stage": self.spec.stage,
+                "size": size,
+                "handled": handled,
+                "failed": failed,
+                "dead_lettered": dead_lettered,
+                "invalid": invalid,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
 
     async def _process_with_retry(self, envelopes: list[Envelope]) -> _Outcome | None:
         """The batch's outcome, retried with back-off while the database is away; None if stopped meanwhile."""

@@ -34,16 +34,16 @@ TRANSIENT_STATES = (
 )
 
 _QUERIES: dict[str, str] = {
+    # Per order through its index, so a run costs what the window holds, not the whole history.
     "orders_vs_confirmations": """
-        SELECT o.id AS order_id, o.filled_quantity,
-               coalesce(c.net, 0) AS confirmed
+        SELECT o.id AS order_id, o.filled_quantity, c.net AS confirmed
         FROM orders o
-        LEFT JOIN (
-            SELECT order_id, sum(CASE WHEN reversal THEN -quantity ELSE quantity END) AS net
-            FROM trade_confirmations GROUP BY order_id
-        ) c ON c.order_id = o.id
+        CROSS JOIN LATERAL (
+            SELECT coalesce(sum(CASE WHEN reversal THEN -quantity ELSE quantity END), 0) AS net
+            FROM trade_confirmations WHERE order_id = o.id
+        ) c
         WHERE o.updated_at < now() - :settle AND o.updated_at >= now() - :window
-          AND o.filled_quantity <> coalesce(c.net, 0)
+          AND o.filled_quantity <> c.net
         ORDER BY o.updated_at
         LIMIT :limit
     """,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -22,6 +23,8 @@ from common.store import tables
 from common.store.outbox import Outbox
 
 ORDER_UPDATES_EXCHANGE = "oms.order_updates"
+
+log = logging.getLogger(__name__)
 
 _EVENT_SEQ = (
     select(tables.order_events.c.sequence)
@@ -120,6 +123,23 @@ def order_update_body(order: Order, latest_execution: Mapping[str, Any] | None) 
     if latest_execution is not None:
         body["latestExecution"] = dict(latest_execution)
     return body
+
+
+def _log_state_change(order: Order, from_state: str | None, correlation_id: str | None, message_id: str | None) -> None:
+    """One INFO line per change of an order's state (logged when recorded, before the commit: a batch retried
+    message by message logs its changes again)."""
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "order state changed",
+            extra={
+                "order_id": order.id,
+                "from_state": from_state,
+                "to_state": order.state.value,
+                "status": order.status.value,
+                "message_id": message_id,
+                "correlation_id": correlation_id,
+            },
+        )
 
 
 def order_update_routing_key(order: Order) -> str:
@@ -261,6 +281,7 @@ class OrderRepository:
         self._write_events(order, correlation_id, message_id, user_id)
         self._announce(order, None)
         self._remember(order, self._sequence[order.id])
+        _log_state_change(order, None, correlation_id, message_id)
 
     def save(
         self,
@@ -282,6 +303,8 @@ class OrderRepository:
         if before != after or latest_execution is not None:
             self._announce(order, latest_execution)
         self._seen[order.id] = after
+        if before is None or before[2] != after[2]:
+            _log_state_change(order, None if before is None else before[2], correlation_id, message_id)
 
     def flush(self) -> None:
         """Write the buffered inserts, updates and events: a statement each, whatever the batch size."""

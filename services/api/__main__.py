@@ -69,6 +69,48 @@ def _gunicorn_app(options: dict[str, Any], on_exit: Any) -> Any:
     return RestApplication()
 
 
+def _json_logger_class() -> type:
+    """gunicorn's logger writing JSON lines like every OMS process: its own lines and one per request."""
+    import datetime as dt
+
+    from gunicorn.glogging import Logger
+
+    from common.logging import json_formatter
+
+    class JsonLogger(Logger):  # type: ignore[misc]
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            # gunicorn's own handlers (stderr for its lines, stdout for the access log) get the OMS formatter.
+            for target, service in ((self.error_log, "oms.api"), (self.access_log, "oms.api.access")):
+                for handler in target.handlers:
+                    if getattr(handler, "_gunicorn", False):
+                        handler.setFormatter(json_formatter(service))
+
+        def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: dt.timedelta) -> None:
+            if not self.access_log_enabled:
+                return
+            status = resp.status
+            try:
+                code = int(status.split(None, 1)[0]) if isinstance(status, str) else int(status)
+            except (TypeError, ValueError):
+                code = 0
+            self.access_log.info(
+                "request",
+                extra={
+                    "remote_addr": environ.get("REMOTE_ADDR"),
+                    "method": environ.get("REQUEST_METHOD"),
+                    "path": environ.get("PATH_INFO"),
+                    "query": environ.get("QUERY_STRING") or None,
+                    "status": code,
+                    "bytes": getattr(resp, "sent", None),
+                    "ms": round(request_time.total_seconds() * 1000, 2),
+                    "user_agent": environ.get("HTTP_USER_AGENT"),
+                },
+            )
+
+    return JsonLogger
+
+
 def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
@@ -132,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         "graceful_timeout": 10,
         "proc_name": "oms-api-rest",
         "loglevel": settings.log_level.lower(),
+        # JSON lines like every other process (_json_logger_class): gunicorn's own on stderr, one per request
+        # (the access log) on stdout; the supervisor sends both to api.log.
+        "logger_class": _json_logger_class(),
+        "accesslog": "-",
     }
     log.info("starting REST on %s:%s", args.host, args.rest_port)
     _gunicorn_app(options, on_exit).run()

@@ -1,9 +1,20 @@
-"""What can go wrong with a front-end request, independent of REST or gRPC (each maps these to its codes)."""
+"""What can go wrong with a front-end request, independent of REST or gRPC (each maps these to its codes).
+
+Each error carries a stable, machine-readable ``code`` that REST sends in every error body beside the
+specification's ``message`` (and ``errors``): messages are for people and may be reworded, codes are for programs
+and never change meaning. The table of codes is in ``services/api/README.md``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
+
+# Codes of errors that HTTP itself produces (no route, wrong method) or that no ApiError stands for.
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+BAD_REQUEST = "BAD_REQUEST"
+INTERNAL = "INTERNAL"
 
 
 @dataclass(frozen=True)
@@ -15,7 +26,9 @@ class FieldError:
 
 
 class ApiError(Exception):
-    """Base of the front end's errors; ``message`` is safe to show to the caller."""
+    """Base of the front end's errors; ``message`` is safe to show to the caller, ``code`` is stable."""
+
+    code: ClassVar[str] = INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -25,29 +38,51 @@ class ApiError(Exception):
 class Unauthenticated(ApiError):
     """No token, or not a valid one (REST 401, gRPC UNAUTHENTICATED)."""
 
+    code = "UNAUTHENTICATED"
+
 
 class Forbidden(ApiError):
     """A valid token that lacks the scope or the account asked for (REST 403, gRPC PERMISSION_DENIED)."""
+
+    code = "FORBIDDEN"
 
 
 class NotFound(ApiError):
     """No such order, or not one of the caller's (REST 404, gRPC NOT_FOUND)."""
 
+    code = "NOT_FOUND"
+
 
 class InvalidRequest(ApiError):
     """The request breaks a rule that is the caller's to fix (REST 400, gRPC INVALID_ARGUMENT)."""
+
+    code = "VALIDATION_FAILED"
 
     def __init__(self, message: str, errors: Sequence[FieldError] = ()) -> None:
         super().__init__(message)
         self.errors = list(errors)
 
 
+class MalformedJson(InvalidRequest):
+    """The body is not JSON the service will read (not JSON at all, too deep, too large): REST 400.
+
+    Its own code because the fix differs: the caller's encoder is broken, not one of its values.
+    """
+
+    code = "MALFORMED_JSON"
+
+
 class Conflict(ApiError):
     """The order's state does not allow the change (REST 409, gRPC FAILED_PRECONDITION)."""
 
+    code = "ORDER_STATE_CONFLICT"
+
 
 class Unavailable(ApiError):
-    """A dependency (the broker) did not take the request; retrying may help (REST 503, gRPC UNAVAILABLE)."""
+    """A dependency (the broker, the database) did not take the request; retrying may help (REST 503, gRPC
+    UNAVAILABLE)."""
+
+    code = "SERVICE_UNAVAILABLE"
 
 
 class IdempotencyConflict(Conflict):

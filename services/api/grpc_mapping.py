@@ -6,13 +6,14 @@ in as the Decimal of its shortest representation (``repr``), so 0.1 arrives as D
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from common import jsonutil
 from proto.gen import order_pb2 as pb
 
 E = TypeVar("E")
@@ -217,3 +218,24 @@ def order_update(body: Mapping[str, Any]) -> pb.OrderUpdate:
 
 def _decimal_or_none(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
+
+
+def order_events_response(order_id: str, events: Sequence[Mapping[str, Any]]) -> pb.GetOrderEventsResponse:
+    """An order's events (``services.api.order_events`` rows) as a ``GetOrderEventsResponse``.
+
+    The payload travels as JSON text so its decimal figures stay exact (a Struct holds doubles).
+    """
+    message = pb.GetOrderEventsResponse(order_id=order_id)
+    for event in events:
+        item = message.events.add(
+            sequence=event["sequence"],
+            type=event["type"],
+            user_id=event.get("user_id") or "",
+            correlation_id=event.get("correlation_id") or "",
+            message_id=event.get("message_id") or "",
+            payload_json=jsonutil.dumps(event.get("payload") or {}),
+        )
+        stamp = timestamp_of(event.get("timestamp"))
+        if stamp is not None:
+            item.timestamp.CopyFrom(stamp)
+    return message

@@ -49,6 +49,7 @@ from services.api.errors import (
     Unavailable,
 )
 from services.api.health import ReadinessProbe
+from services.api.order_events import MAX_EVENTS, visible_order_events
 from services.api.order_service import OrderService, order_request_of
 from services.api.schemas import CreateOrderRequestSchema, Identifier
 from services.api.status_report import build_report
@@ -117,10 +118,13 @@ class Subscription:
 
 
 class OrderServicer(pb_grpc.OrderServiceServicer):
-    """The five calls of ``trading.order.v1.OrderService``."""
+    """The calls of ``trading.order.v1.OrderService``: the specification's five and GetOrderEvents."""
 
-    def __init__(self, service: OrderService, tokens: TokenService, amqp: AbstractRobustConnection) -> None:
+    def __init__(
+        self, service: OrderService, tokens: TokenService, amqp: AbstractRobustConnection, engine: Engine
+    ) -> None:
         self._service = service
+        self._engine = engine
         self._tokens = tokens
         self._amqp = amqp
         self._publisher = Publisher(amqp)
@@ -200,6 +204,33 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             principal = self._principal(context)
             order = await asyncio.to_thread(self._service.get, principal, request.order_id)
             return mapping.order_response(order)
+
+        return await self._run(context, call)
+
+    async def GetOrderEvents(
+        self, request: pb.GetOrderEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetOrderEventsResponse:
+        """The order's audit trail in sequence (the rules of GetOrder: NOT_FOUND for another account's order)."""
+
+        async def call() -> pb.GetOrderEventsResponse:
+            principal = self._principal(context)
+            errors: list[FieldError] = []
+            if request.after_sequence < 0:
+                errors.append(FieldError("afterSequence", "must be 0 or more"))
+            if not 0 <= request.limit <= MAX_EVENTS:
+                errors.append(FieldError("limit", f"must be 1 to {MAX_EVENTS} (0: {MAX_EVENTS})"))
+            if errors:
+                raise InvalidRequest("Invalid request", errors)
+            events = await asyncio.to_thread(
+                visible_order_events,
+                self._service,
+                self._engine,
+                principal,
+                request.order_id,
+                request.after_sequence,
+                request.limit or MAX_EVENTS,
+            )
+            return mapping.order_events_response(request.order_id, events)
 
         return await self._run(context, call)
 
@@ -368,7 +399,7 @@ class GrpcServer:
             await declare_topology(channel, self.settings.delivery_limit)
         finally:
             await channel.close()
-        self.servicer = OrderServicer(OrderService(self._engine), self._tokens, self._amqp)
+        self.servicer = OrderServicer(OrderService(self._engine), self._tokens, self._amqp, self._engine)
         server = grpc.aio.server()
         pb_grpc.add_OrderServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from common.health import UP, dependency_checks
 from common.health import Readiness as CachedChecks
+from services.api.errors import Unavailable
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -50,7 +51,7 @@ DATABASE_UNAVAILABLE = "the database is unavailable; retry shortly"
 
 def _database_unavailable(error: Exception) -> tuple[dict[str, str], int, dict[str, str]]:
     log.warning("request answered 503: the database is unavailable", extra={"error": repr(error)})
-    return {"message": DATABASE_UNAVAILABLE}, 503, {"Retry-After": "2"}
+    return {"message": DATABASE_UNAVAILABLE, "code": Unavailable.code}, 503, {"Retry-After": "2"}
 
 
 def answer_503_while_the_database_is_away(app: Flask) -> None:

@@ -11,10 +11,12 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from importlib.resources import files
+from pathlib import Path
 from typing import Any, NoReturn
 
 from apispec import BasePlugin
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, request, send_from_directory
 from flask.json.provider import DefaultJSONProvider
 from flask.views import MethodView
 from flask_smorest import Api, Blueprint
@@ -36,12 +38,16 @@ from common import jsonutil
 from common.config import Settings
 from services.api.auth import AuthenticationError, TokenService
 from services.api.errors import (
+    BAD_REQUEST,
+    INTERNAL,
+    METHOD_NOT_ALLOWED,
     ApiError,
     Conflict,
     FieldError,
     Forbidden,
     IdempotencyConflict,
     InvalidRequest,
+    MalformedJson,
     NotFound,
     Unauthenticated,
     Unavailable,
@@ -62,7 +68,11 @@ from services.api.schemas import (
 )
 
 EXTENSION = "oms"
-SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
+# Swagger UI's JS and CSS come from the pinned flask-swagger-ui package (swagger-ui-dist 5.x) and are served by
+# this app: a trading network has no internet, and /docs must work there. Only its files are used, not its
+# blueprint: flask-smorest renders the page.
+SWAGGER_UI_URL = "/docs/assets/"
+SWAGGER_UI_DIST = Path(str(files("flask_swagger_ui") / "dist"))
 
 HTTP_REQUESTS = Counter("oms_http_requests_total", "REST requests served", ["method", "endpoint", "status"])
 HTTP_SECONDS = Histogram(
@@ -79,6 +89,15 @@ _STATUS_TEXT = {
     404: "Not found",
     409: "Conflict",
     503: "Service unavailable",
+}
+# The code of an error werkzeug raises (no route, wrong method, a crash); other 4xx: BAD_REQUEST, 5xx: INTERNAL.
+_HTTP_ERROR_CODES = {
+    401: Unauthenticated.code,
+    403: Forbidden.code,
+    404: NotFound.code,
+    405: METHOD_NOT_ALLOWED,
+    409: Conflict.code,
+    503: Unavailable.code,
 }
 _LOCATIONS = frozenset({"json", "query", "querystring", "headers", "path", "view_args"})
 _API_ERROR_STATUS: dict[type[ApiError], int] = {
@@ -134,15 +153,15 @@ class ApiParser(FlaskParser):
         try:
             return jsonutil.loads(data, max_bytes=jsonutil.MAX_BODY_BYTES)
         except jsonutil.JSONLimitError as exc:  # too deep or too large: say which, not just "malformed"
-            raise InvalidRequest("Malformed JSON body", [FieldError("body", f"Refused: {exc}.")]) from exc
+            raise MalformedJson("Malformed JSON body", [FieldError("body", f"Refused: {exc}.")]) from exc
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
             # webargs expects the standard library's error type for its invalid-JSON hook.
             raise json.JSONDecodeError(str(exc), doc=" ", pos=0) from exc
         except Exception as exc:  # the limits make this unreachable; a client's bytes must never be a 500
-            raise InvalidRequest("Malformed JSON body", [FieldError("body", "Invalid JSON.")]) from exc
+            raise MalformedJson("Malformed JSON body", [FieldError("body", "Invalid JSON.")]) from exc
 
     def _handle_invalid_json_error(self, error: Any, req: Any, *args: Any, **kwargs: Any) -> NoReturn:
-        raise InvalidRequest("Malformed JSON body", [FieldError("body", "Invalid JSON.")])
+        raise MalformedJson("Malformed JSON body", [FieldError("body", "Invalid JSON.")])
 
     def handle_error(
         self,
@@ -169,7 +188,7 @@ class ApiBlueprint(Blueprint):
 
 
 class OmsApi(Api):
-    """flask-smorest Api with the specification's error bodies ({message} / {message, errors})."""
+    """flask-smorest Api with the specification's error bodies ({message} / {message, errors}) and a ``code``."""
 
     DEFAULT_ERROR_RESPONSE_NAME = None
     ERROR_SCHEMA = MessageSchema
@@ -178,9 +197,10 @@ class OmsApi(Api):
         headers: dict[str, str] = {}
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             headers["Allow"] = ", ".join(error.valid_methods)
-        code = error.code or 500
-        message = _STATUS_TEXT.get(code) or error.name or "Error"
-        return {"message": message}, code, headers
+        status = error.code or 500
+        message = _STATUS_TEXT.get(status) or error.name or "Error"
+        code = _HTTP_ERROR_CODES.get(status) or (INTERNAL if status >= 500 else BAD_REQUEST)
+        return {"message": message, "code": code}, status, headers
 
 
 class SpecResponsesPlugin(BasePlugin):
@@ -435,16 +455,23 @@ def _install_metrics(app: Flask) -> None:
     app.add_url_rule("/metrics", "metrics", _metrics_response)
 
 
+def _swagger_ui_asset(filename: str) -> Response:
+    # send_from_directory refuses paths that leave the directory; the files change only with the pinned package.
+    return send_from_directory(SWAGGER_UI_DIST, filename, max_age=3600)
+
+
+def _install_swagger_ui_assets(app: Flask) -> None:
+    app.add_url_rule(f"{SWAGGER_UI_URL}<path:filename>", "swagger_ui_assets", _swagger_ui_asset)
+
+
 def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> tuple[dict[str, Any], int, dict[str, str]]:
         status = next(code for kind, code in _API_ERROR_STATUS.items() if isinstance(error, kind))
-        body: dict[str, Any] = {"message": error.message}
+        body: dict[str, Any] = {"message": error.message, "code": error.code}
         headers: dict[str, str] = {}
         if isinstance(error, InvalidRequest | IdempotencyConflict):
             body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
-        if isinstance(error, IdempotencyConflict):
-            body["code"] = error.code
         if isinstance(error, Unauthenticated):
             headers["WWW-Authenticate"] = 'Bearer realm="oms"'
         return body, status, headers
@@ -467,6 +494,8 @@ def create_app(
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_URL,
+        # No online validator badge: it would call validator.swagger.io, and the page must need only this host.
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
         API_SPEC_OPTIONS={
             "info": {"description": "API for managing the complete lifecycle of orders"},
             "security": [{"bearerAuth": []}],
@@ -481,9 +510,11 @@ def create_app(
     _register_components(api)
     api.register_blueprint(orders_blp)
     api.register_blueprint(health_blp)
-    from services.api import risk_admin  # late import: risk_admin builds on this module
+    from services.api import events_routes, risk_admin  # late import: they build on this module
 
     risk_admin.register(app, api, engine)
+    events_routes.register(app, api, engine)
     _install_error_handlers(app)
     _install_metrics(app)
+    _install_swagger_ui_assets(app)
     return app

@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 from services.api.auth import SCOPE_OPERATIONS, AuthenticationError, Principal, TokenService
 from services.api.errors import FieldError, Forbidden, InvalidRequest, NotFound, Unauthenticated
 from services.api.rest import EXTENSION, ApiBlueprint
-from services.api.schemas import ApiSchema, Identifier, Number, Text, UtcDateTime
+from services.api.schemas import ApiSchema, Identifier, MessageSchema, Number, Text, UtcDateTime
 from services.risk_gate import admin
 from services.risk_gate.limits import LIMIT_SPECS, InvalidLimit
 from services.risk_gate.rules import Halt, Restriction
@@ -202,8 +202,10 @@ def _restriction(r: Restriction) -> dict[str, Any]:
     return {"symbol": r.symbol, "account_id": r.account_id, "reason": r.reason}
 
 
+# Error responses name their body schema, so the served document shows their {message, code}.
 _FORBIDDEN = {
-    "description": 'The token lacks the operations scope, or the account (global settings: every account, "*")'
+    "schema": MessageSchema,
+    "description": 'The token lacks the operations scope, or the account (global settings: every account, "*")',
 }
 
 
@@ -238,7 +240,7 @@ class AccountLimits(MethodView):
     @blp.doc(operationId="getAccountRiskLimits")
     @blp.response(200, LimitsViewSchema)
     @blp.alt_response(403, **_FORBIDDEN)
-    @blp.alt_response(404, description="No such account")
+    @blp.alt_response(404, schema=MessageSchema, description="No such account")
     def get(self, accountId: str) -> dict[str, Any]:
         """The account's own limits (null: inherited) and those in force."""
         return _show(accountId)
@@ -248,7 +250,7 @@ class AccountLimits(MethodView):
     @blp.response(200, LimitsViewSchema)
     @blp.alt_response(400, response="BadRequest")
     @blp.alt_response(403, **_FORBIDDEN)
-    @blp.alt_response(404, description="No such account")
+    @blp.alt_response(404, schema=MessageSchema, description="No such account")
     def put(self, body: dict[str, Any], accountId: str) -> dict[str, Any]:
         """Change the account's limits: only the limits named change; null inherits the global value."""
         return _change(accountId, body)
@@ -272,7 +274,7 @@ class Halts(MethodView):
     @blp.alt_response(200, schema=HaltSchema, description="Already halted: the halt in force", success=True)
     @blp.alt_response(400, response="BadRequest")
     @blp.alt_response(403, **_FORBIDDEN)
-    @blp.alt_response(404, description="No such account")
+    @blp.alt_response(404, schema=MessageSchema, description="No such account")
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """Halt new orders of an account, or of every account (no accountId). Cancels still go through."""
         _require_scope_of(body.get("account_id"))
@@ -287,7 +289,7 @@ class Halts(MethodView):
     @blp.arguments(ScopeArgsSchema, location="query")
     @blp.response(204, description="Resumed")
     @blp.alt_response(403, **_FORBIDDEN)
-    @blp.alt_response(404, description="No such halt")
+    @blp.alt_response(404, schema=MessageSchema, description="No such halt")
     def delete(self, args: dict[str, Any]) -> None:
         """Lift the halt of an account, or the global one (no accountId)."""
         account_id = args.get("account_id")
@@ -319,7 +321,7 @@ class RestrictedSymbols(MethodView):
     @blp.alt_response(200, schema=RestrictionSchema, description="Already restricted", success=True)
     @blp.alt_response(400, response="BadRequest")
     @blp.alt_response(403, **_FORBIDDEN)
-    @blp.alt_response(404, description="No such account or instrument")
+    @blp.alt_response(404, schema=MessageSchema, description="No such account or instrument")
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """Restrict a symbol for an account, or for every account (no accountId)."""
         restriction = Restriction(body.get("account_id"), body["symbol"], body.get("reason"))
@@ -337,7 +339,7 @@ class RestrictedSymbols(MethodView):
     @blp.arguments(RestrictionArgsSchema, location="query")
     @blp.response(204, description="No longer restricted")
     @blp.alt_response(403, **_FORBIDDEN)
-    @blp.alt_response(404, description="The symbol was not restricted there")
+    @blp.alt_response(404, schema=MessageSchema, description="The symbol was not restricted there")
     def delete(self, args: dict[str, Any]) -> None:
         """Lift a restriction of an account, or a global one (no accountId)."""
         account_id, symbol = args.get("account_id"), args["symbol"]

@@ -318,17 +318,28 @@ class FieldErrorSchema(ApiSchema):
     message = fields.String()
 
 
+# Beyond the specification, in every error body: no enum in the document, so that a client generated from it
+# keeps working when a code is added; the README's table lists them.
+_CODE_DESCRIPTION = (
+    "Stable, machine-readable error code (the message is for people and may change): VALIDATION_FAILED, "
+    "MALFORMED_JSON, UNAUTHENTICATED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED, ORDER_STATE_CONFLICT, "
+    "IDEMPOTENCY_KEY_REUSED, SERVICE_UNAVAILABLE, BAD_REQUEST, INTERNAL"
+)
+
+
 class ValidationErrorsSchema(ApiSchema):
-    """The specification's BadRequest body."""
+    """The specification's BadRequest body, plus its code."""
 
     message = fields.String()
     errors = fields.List(fields.Nested(FieldErrorSchema))
+    code = fields.String(metadata={"description": _CODE_DESCRIPTION, "example": "VALIDATION_FAILED"})
 
 
 class MessageSchema(ApiSchema):
-    """An error with a message only (401, 403, 404, 409, 500)."""
+    """An error with a message only (401, 403, 404, 405, 409, 500, 503), plus its code."""
 
     message = fields.String(metadata={"example": "Authentication required"})
+    code = fields.String(metadata={"description": _CODE_DESCRIPTION, "example": "UNAUTHENTICATED"})
 
 
 class HealthSchema(ApiSchema):

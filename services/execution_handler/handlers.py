@@ -115,6 +115,17 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
         user_id=env.user_id,
         latest_execution=latest,
     )
+    # Every applied report, with what it did (the repository logs the state change, if any, on its own line).
+    log.info(
+        "execution report applied",
+        extra={
+            "execution_id": report.execution_id,
+            "exec_type": report.exec_type.value,
+            "state": order.state.value,
+            "filled_quantity": str(order.filled_quantity),
+            "booked_quantity": None if outcome.fill is None else str(outcome.fill.quantity),
+        },
+    )
     if outcome.fill is not None:
         _hand_to_settlement(uow, order, report, outcome.fill)
     if report.request_id is not None and report.exec_type in _REQUEST_STATUS:

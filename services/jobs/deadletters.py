@@ -8,9 +8,26 @@ and then handed back (nack, requeue), so the pass never sees one twice.
 A replayed message goes back to the exchange and routing key it was first published to, with the same
 ``message_id`` (the stage's inbox makes a second application a no-op), with publisher confirms and
 ``mandatory`` (an unroutable replay fails instead of vanishing). Order of events per message: republish,
-confirmed; audit row committed; only then ack in the dead-letter queue. Killed anywhere, the broker gives the
-unacked message back to the dead-letter queue: nothing is lost, and a message republished but not yet acked
-is at worst replayed again, which its stage's inbox absorbs.
+confirmed; an audit row saying "acked, not yet checked" committed; the ack; then, at the end of the pass,
+the check that it is gone.
+Killed anywhere, the broker gives the unacked message back to the dead-letter queue: nothing is lost, and a
+message republished but not yet acked is at worst replayed again, which its stage's inbox absorbs.
+
+An ack is not a removal. AMQP never answers an ack, and a quorum queue can drop acks that arrive just before
+their channel closes (rabbitmq-server #10327): the messages come back, while the tool had counted them gone.
+So a pass never takes an ack's word for it. After each batch of acks it makes a synchronous round trip on the
+same channel (``basic.qos``: the channel has then handled every ack); at the end it hands back what it held,
+asks the broker to requeue anything the channel still holds (``basic.recover``: an ack that never took
+effect), closes the channel, waits until the queue's depth settles (a quorum queue requeues asynchronously),
+and reads the whole queue again. Only a message whose id is no longer there counts as removed: its row
+becomes PURGED or REPLAYED. One still there is reported as not removed; its row is deleted (a purge did
+nothing) or says why it failed (a replay did republish it; the copy left in the dead-letter queue is absorbed
+by the stage's inbox if replayed again). A copy that this very replay sent back and its stage dead-lettered
+again carries this run's ``x-oms-replay-run`` header and is not mistaken for the original.
+
+The row written before the ack is a FAILED row whose detail is ``UNCHECKED`` (the table's CHECK allows
+REPLAYED, PURGED and FAILED only): one left like that is a pass killed between its ack and its check, which
+claims nothing; whether the message is gone, the queue says.
 """
 
 from __future__ import annotations
@@ -19,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +45,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, delete, insert, select, update
 
 from common import jsonutil
 from common.logging import log_context
@@ -488,8 +506,9 @@ class PassReport:
     depth: int = 0
     examined: int = 0
     selected: int = 0
-    done: int = 0
-    failed: int = 0
+    done: int = 0  # acked and seen gone from the queue afterwards
+    failed: int = 0  # left in the queue: republish failed, or acked but still there
+    not_removed: int = 0  # of ``failed``: acked, yet found in the queue when it was read again
     messages: list[DeadLetterMessage] = field(default_factory=list)  # the selected ones (dry run: the plan)
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -505,6 +524,7 @@ class PassReport:
             "selected": self.selected,
             "done": self.done,
             "failed": self.failed,
+            "not_removed": self.not_removed,
             "errors": self.errors,
         }
 
@@ -553,10 +573,32 @@ def _check_database(engine: Engine) -> None:
         connection.execute(select(dlq_replays.c.id).limit(1)).all()
 
 
-def _write_audit(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        with engine.begin() as connection:
-            connection.execute(insert(dlq_replays), rows)
+def _write_audit(engine: Engine, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert the rows; returns their ids in the order of ``rows``."""
+    if not rows:
+        return []
+    with engine.begin() as connection:
+        result = connection.execute(insert(dlq_replays).returning(dlq_replays.c.id, sort_by_parameter_order=True), rows)
+        return [int(row_id) for row_id in result.scalars()]
+
+
+def _finish_audit(engine: Engine, removed: dict[int, str], kept: dict[int, str | None]) -> None:
+    """Turn UNCHECKED rows into what happened: ``removed`` row id -> outcome; ``kept`` row id -> FAILED detail,
+    or None to delete the row (a purge that removed nothing has nothing to record)."""
+    with engine.begin() as connection:
+        for outcome in sorted(set(removed.values())):
+            ids = [row_id for row_id, o in removed.items() if o == outcome]
+            connection.execute(
+                update(dlq_replays).where(dlq_replays.c.id.in_(ids)).values(outcome=outcome, detail=None)
+            )
+        dropped = [row_id for row_id, detail in kept.items() if detail is None]
+        if dropped:
+            connection.execute(delete(dlq_replays).where(dlq_replays.c.id.in_(dropped)))
+        for row_id, detail in kept.items():
+            if detail is not None:
+                connection.execute(
+                    update(dlq_replays).where(dlq_replays.c.id == row_id).values(outcome="FAILED", detail=detail)
+                )
 
 
 def replay_message(message: AbstractIncomingMessage, run_id: str) -> aio_pika.Message:
@@ -579,8 +621,26 @@ def replay_message(message: AbstractIncomingMessage, run_id: str) -> aio_pika.Me
     )
 
 
+# How long the check after a pass waits for the queue's depth to settle, and how it samples it. A quorum queue
+# requeues what a closed channel held, and what ``basic.recover`` hands back, asynchronously: the depth is read
+# until it holds at least what the pass left in the queue and stays the same over a few reads.
+SETTLE_TIMEOUT = 10.0
+SETTLE_INTERVAL = 0.1
+SETTLE_READS = 3
+# The row of a message about to be acked, until the check says what happened (module doc).
+UNCHECKED = "acked; not yet checked that it left the queue (the pass stopped before its check if this stays)"
+
+
+@dataclass
+class _Acked:
+    """A message the pass acked, and its audit row (FAILED, UNCHECKED) that waits for the check."""
+
+    item: DeadLetterMessage
+    audit_id: int
+
+
 class _Pass:
-    """The machinery shared by replay and purge: take, select, act in batches, audit, ack, release."""
+    """The machinery shared by replay and purge: take, select, act in batches, audit, ack, release, check."""
 
     def __init__(
         self,
@@ -603,6 +663,12 @@ class _Pass:
         self.progress = progress
         self.report = PassReport(run_id=str(uuid.uuid4()), queue=queue, action=action, dry_run=dry_run)
         self._exchanges: dict[str, AbstractExchange] = {}
+        self.seen: Counter[str] = Counter()  # ids of every message the pass took, with how many copies
+        self.acked: list[_Acked] = []
+
+    @property
+    def _done_outcome(self) -> str:
+        return "REPLAYED" if self.report.action == "REPLAY" else "PURGED"
 
     async def _exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
         if name not in self._exchanges:
@@ -620,6 +686,7 @@ class _Pass:
         try:
             async for message, item in _take_described(channel, report.queue, depth, self.engine):
                 report.examined += 1
+                self.seen[item.message_id] += 1
                 if self.progress is not None:
                     self.progress(1)
                 wanted = self.selection.limit is None or report.selected < self.selection.limit
@@ -637,10 +704,19 @@ class _Pass:
                     batch = []
             if batch:
                 held.extend(await self._settle(channel, batch))
+            await _release(held)
+            held = []
+            if self.acked:
+                # Whatever the channel still holds is an ack that did not take: back to the queue with it, so
+                # the check below finds it there instead of in a channel that is about to close.
+                await (await channel.get_underlay_channel()).basic_recover(requeue=True)
         finally:
             if not channel.is_closed:
                 await _release(held)
                 await channel.close()
+            if self.acked:
+                # Also when the pass failed half-way: what it acked so far is checked and audited as it is.
+                await self._check()
         return report
 
     async def _publish(
@@ -672,29 +748,109 @@ class _Pass:
         audit: list[tuple[DeadLetterMessage, str, str | None]] = []
         for (_, item), error in zip(batch, errors, strict=True):
             if error is None:
-                audit.append((item, "REPLAYED" if report.action == "REPLAY" else "PURGED", None))
+                audit.append((item, "FAILED", UNCHECKED))
             else:
                 detail = f"{type(error).__name__}: {error}"[:1000]
                 audit.append((item, "FAILED", detail))
                 report.errors[item.message_id] = detail
-        # The audit row is committed before the ack: a message gone from the queue always has its record.
-        await asyncio.to_thread(_write_audit, self.engine, _audit_rows(report, self.actor, self.selection, audit))
+        # The row is committed before the ack: a message gone from the queue always has its record,
+        # even when the pass is killed before its check turns the row into what happened.
+        row_ids = await asyncio.to_thread(
+            _write_audit, self.engine, _audit_rows(report, self.actor, self.selection, audit)
+        )
         keep: list[AbstractIncomingMessage] = []
-        for (message, item), error in zip(batch, errors, strict=True):
+        for (message, item), error, row_id in zip(batch, errors, row_ids, strict=True):
+            if error is None:
+                await message.ack()
+                self.acked.append(_Acked(item, row_id))
+            else:
+                keep.append(message)
+                report.failed += 1
+                with log_context(message_id=item.message_id, correlation_id=item.correlation_id):
+                    log.warning("dead letter not replayed", extra={"queue": report.queue, "error": error})
+        if len(keep) < len(batch):
+            # A synchronous round trip on the same channel: once it answers, the channel has handled every ack
+            # sent before it (acks themselves are never answered).
+            await channel.set_qos(prefetch_count=0)
+        return keep
+
+    async def _check(self) -> None:
+        """Read the queue again; count as done only the acked messages that are gone, and audit only those."""
+        report = self.report
+        left = await _remaining_ids(self.connection, report.queue, report.run_id, report.depth - len(self.acked))
+        acked_per_id = Counter(a.item.message_id for a in self.acked)
+        # Copies of an id the pass did not take (arrived meanwhile) are not held against it; a copy it acked and
+        # that is still there is, whichever physical copy it is.
+        still_there = {
+            message_id: min(count, max(0, left[message_id] - (self.seen[message_id] - count)))
+            for message_id, count in acked_per_id.items()
+        }
+        removed: dict[int, str] = {}
+        kept: dict[int, str | None] = {}
+        for acked in reversed(self.acked):  # the last copies acked are the ones reported not removed
+            item = acked.item
             with log_context(message_id=item.message_id, correlation_id=item.correlation_id, order_id=item.order_id):
-                if error is None:
-                    await message.ack()
+                if still_there.get(item.message_id, 0) > 0:
+                    still_there[item.message_id] -= 1
+                    report.failed += 1
+                    report.not_removed += 1
+                    if report.action == "REPLAY":
+                        detail = "republished (confirmed), but still in the dead-letter queue after its ack"
+                        kept[acked.audit_id] = detail
+                    else:
+                        detail = "acked, but still in the queue after its ack: not removed"
+                        kept[acked.audit_id] = None
+                    report.errors[item.message_id] = detail
+                    log.warning("dead letter acked but not removed", extra={"queue": report.queue, "error": detail})
+                else:
+                    removed[acked.audit_id] = self._done_outcome
                     report.done += 1
                     log.info(
                         "dead letter %s",
-                        "replayed" if report.action == "REPLAY" else "purged",
+                        self._done_outcome.lower(),
                         extra={"queue": report.queue, "run_id": report.run_id, "reason": item.reason},
                     )
-                else:
-                    keep.append(message)
-                    report.failed += 1
-                    log.warning("dead letter not replayed", extra={"queue": report.queue, "error": error})
-        return keep
+        await asyncio.to_thread(_finish_audit, self.engine, removed, kept)
+
+
+async def _settled_depth(connection: AbstractConnection, queue: str, floor: int) -> int:
+    """The queue's depth once it holds at least ``floor`` messages and stays put over a few reads (or at the
+    deadline: someone else may be taking messages too)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_TIMEOUT
+    reads: list[int] = []
+    while True:
+        depth = await queue_depth(connection, queue)
+        if depth is None:
+            raise LookupError(f"queue {queue!r} disappeared during the pass")
+        reads = [*reads[-(SETTLE_READS - 1) :], depth]
+        if (len(reads) == SETTLE_READS and len(set(reads)) == 1 and depth >= floor) or loop.time() >= deadline:
+            return depth
+        await asyncio.sleep(SETTLE_INTERVAL)  # polling the broker: there is no event to wait for
+
+
+async def _remaining_ids(connection: AbstractConnection, queue: str, run_id: str, floor: int) -> Counter[str]:
+    """Ids of the messages in ``queue`` now (how many copies of each), leaving out copies this replay run sent
+    back that were dead-lettered again. Every message is read and handed back (nothing is removed).
+
+    ``floor``: what the queue holds at least once everything the pass handed back is in it again (its depth
+    at the start less what it acked, unless someone else takes messages meanwhile)."""
+    await _settled_depth(connection, queue, max(floor, 0))
+    channel = await connection.channel()
+    held: list[AbstractIncomingMessage] = []
+    ids: Counter[str] = Counter()
+    try:
+        source = await channel.get_queue(queue, ensure=False)
+        while (message := await source.get(no_ack=False, fail=False, timeout=30)) is not None:
+            held.append(message)
+            if _text((message.headers or {}).get(REPLAY_RUN_HEADER, "")) != run_id:
+                ids[message_id_of(message)] += 1
+        return ids
+    finally:
+        if not channel.is_closed:
+            await _release(held)
+            await channel.set_qos(prefetch_count=0)  # the nack handled before the close
+            await channel.close()
 
 
 async def _run_pass(

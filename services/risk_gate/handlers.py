@@ -214,6 +214,8 @@ def check_replace(uow: UnitOfWork, env: Envelope, batch: RiskBatch) -> None:
         limits = batch.limits_of(order.account_id).enabled()
         details = {"reference_price": _reference(decision), "limits": limits}
         order.approve_replace_request(request_id, decision.checks, now, details=details)
+        # The order's state does not change here, so the repository's state-change line does not cover it.
+        log.info("replace approved by risk", extra={"request_id": request_id})
     uow.orders.save(order, correlation_id=env.correlation_id or order.id, message_id=env.message_id)
     if violation is None:
         # The router reads the terms from the request row, which the router alone moves on from PENDING.

@@ -24,7 +24,8 @@ def main() -> None:
     """Entry point."""
     settings = load_settings()
     configure_logging("oms.venue_sim", settings.log_level)
-    # The venue reads the database only at start (instruments); its readiness is the broker.
+    # Its readiness is the broker: while the database is away the venue is up but waits to journal, and reports
+    # nothing meanwhile (see services.venue_sim.venue).
     serve_process_endpoints(
         settings.metrics_port, "oms.venue_sim", dependency_checks(None, settings.amqp_url, "oms.venue_sim")
     )

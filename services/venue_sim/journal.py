@@ -19,11 +19,12 @@ the answered request ids in memory only and writes nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy.engine import make_url
@@ -34,6 +35,7 @@ from common.store.outbox import OutboxMessage
 from services.venue_sim.book import SimOrder
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KEEP_DAYS = 7
 CONNECT_TIMEOUT_SECONDS = 5
@@ -129,7 +131,10 @@ def snapshot(order: SimOrder) -> str:
 def order_from_snapshot(text: str) -> SimOrder:
     """The order a ``snapshot`` describes."""
     state = jsonutil.loads(text)
-    decimals = {name: None if state[name] is None else Decimal(state[name]) for name in _DECIMALS}
+
+    def optional(name: str) -> Decimal | None:
+        return None if state[name] is None else Decimal(state[name])
+
     return SimOrder(
         order_id=state["order_id"],
         request_id=state["request_id"],
@@ -139,12 +144,12 @@ def order_from_snapshot(text: str) -> SimOrder:
         side=Side(state["side"]),
         type=OrderType(state["type"]),
         time_in_force=TimeInForce(state["time_in_force"]),
-        quantity=decimals["quantity"],
-        price=decimals["price"],
-        stop_price=decimals["stop_price"],
+        quantity=Decimal(state["quantity"]),
+        price=optional("price"),
+        stop_price=optional("stop_price"),
         sequence=int(state["sequence"]),
-        cum_qty=decimals["cum_qty"],
-        notional=decimals["notional"],
+        cum_qty=Decimal(state["cum_qty"]),
+        notional=Decimal(state["notional"]),
         triggered=bool(state["triggered"]),
         done=bool(state["done"]),
     )
@@ -199,11 +204,22 @@ class Journal:
 
     # --- database ----------------------------------------------------------------------------------
 
-    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+    def _transact(self, work: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
+        """Run ``work`` in one transaction (run in a worker thread, one at a time). A kept connection the
+        database has dropped meanwhile (a restart) only shows when used: then once more on a new one."""
         assert self._url is not None
-        if self._connection is None or self._connection.closed:
-            self._connection = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
-        return self._connection
+        for fresh in (self._connection is None, True):
+            if self._connection is None:
+                self._connection = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+            connection = self._connection
+            try:
+                with connection.transaction():
+                    return work(connection)
+            except psycopg.OperationalError:
+                self._drop_connection()
+                if fresh:
+                    raise
+        raise AssertionError("unreachable: the second attempt is on a fresh connection")
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
@@ -217,28 +233,27 @@ class Journal:
         """Close the database connection (the journal reconnects if used again)."""
         self._drop_connection()
 
-    def _load(self) -> tuple[set[str], Restored]:
-        connection = self._connect()
-        with connection.transaction():
-            for create in _CREATE:
-                connection.execute(create)
-            connection.execute(_PRUNE, (KEEP_DAYS,))
-            keys = {str(row[0]) for row in connection.execute(_LOAD_KEYS)}
-            orders = [order_from_snapshot(str(row[0])) for row in connection.execute(_LOAD_ORDERS)]
-            row = connection.execute(_LOAD_SEQUENCE).fetchone()
-            outbox = [
-                OutboxMessage(
-                    message_id=r[0],
-                    exchange=r[1],
-                    routing_key=r[2],
-                    type=r[3],
-                    correlation_id=r[4],
-                    headers=jsonutil.loads(r[5]),
-                    body=r[6],
-                    created_at=r[7],
-                )
-                for r in connection.execute(_LOAD_OUTBOX)
-            ]
+    @staticmethod
+    def _load(connection: psycopg.Connection[tuple[Any, ...]]) -> tuple[set[str], Restored]:
+        for create in _CREATE:
+            connection.execute(create)
+        connection.execute(_PRUNE, (KEEP_DAYS,))
+        keys = {str(row[0]) for row in connection.execute(_LOAD_KEYS)}
+        orders = [order_from_snapshot(str(row[0])) for row in connection.execute(_LOAD_ORDERS)]
+        row = connection.execute(_LOAD_SEQUENCE).fetchone()
+        outbox = [
+            OutboxMessage(
+                message_id=r[0],
+                exchange=r[1],
+                routing_key=r[2],
+                type=r[3],
+                correlation_id=r[4],
+                headers=jsonutil.loads(r[5]),
+                body=r[6],
+                created_at=r[7],
+            )
+            for r in connection.execute(_LOAD_OUTBOX)
+        ]
         return keys, Restored(orders, int(row[0]) if row else 0, outbox)
 
     async def load(self, stopping: asyncio.Event) -> Restored:
@@ -250,7 +265,7 @@ class Journal:
         while not stopping.is_set():
             attempt += 1
             try:
-                keys, restored = await asyncio.to_thread(self._load)
+                keys, restored = await asyncio.to_thread(self._transact, self._load)
             except psycopg.Error as exc:
                 self._drop_connection()
                 log.warning(
@@ -275,8 +290,10 @@ class Journal:
             self._published.extend(message_ids)
 
     def _write(self, entry: Entry, published: list[str]) -> None:
-        connection = self._connect()
-        with connection.transaction(), connection.cursor() as cursor:
+        self._transact(functools.partial(self._statements, entry, published))
+
+    def _statements(self, entry: Entry, published: list[str], connection: psycopg.Connection[tuple[Any, ...]]) -> None:
+        with connection.cursor() as cursor:
             if entry.request_keys:
                 cursor.execute(_INSERT_KEYS, (entry.request_keys,))
             upserts = [(order_id, state) for order_id, state in entry.orders.items() if state is not None]
@@ -322,7 +339,7 @@ class Journal:
             attempt += 1
             try:
                 await asyncio.to_thread(self._write, entry, published)
-            except psycopg.Error as exc:
+            except Exception as exc:  # the database or a bug: either way the sender must not die, nor report
                 self._drop_connection()
                 if stopping.is_set():
                     log.error("journal not written at shutdown; the batch is dropped", extra={"error": repr(exc)})

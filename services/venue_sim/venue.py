@@ -6,14 +6,28 @@ book. A sender task, one batch behind, publishes each batch's reports with pipel
 acks the batch's requests (one ack with ``multiple``). So each order's reports leave in the order they
 happened, and a request is acked only once its answer is safe with the broker.
 
-The book is in memory only: working orders are lost when the process stops, and a restarted venue answers a
-cancel for an order it no longer knows with CANCEL_REJECTED "unknown order". What it does remember across
-restarts is which requests it has answered (``services.venue_sim.requests``): like a real venue with ClOrdID,
-it refuses a request whose ``requestId`` it has seen before, without a report (a REJECTED would wrongly end
-the live order), logging it and counting it in ``oms_venue_duplicate_requests_total``.
+Durable and exactly-once, as a real broker is (with a database; see ``services.venue_sim.journal``). For each
+batch the sender, BEFORE publishing anything, commits in one transaction the batch's answered request ids, a
+snapshot of every order the batch changed and the batch's reports (in the venue's outbox); then it publishes
+the reports with confirms, then acks the requests; the reports' outbox rows go with the next commit. At start
+the venue loads the request ids, rebuilds its working orders from the snapshots and publishes what its outbox
+still holds, before it consumes. Like a real venue with ClOrdID it refuses a request whose ``requestId`` it
+has answered, without a report (a REJECTED would wrongly end the live order), logging it and counting it in
+``oms_venue_duplicate_requests_total``. Where a crash leaves things:
 
-Broker and database outages are waited out: the first connect and the loading of the seen requests retry
-with back-off, the robust connection reconnects and consumes again, unconfirmed reports are published again.
+- before the journal commit: nothing of the batch happened. Its requests are unacked, so they are delivered
+  again and answered again from the previous snapshot; fills on ticks are redone later, with new execution
+  ids but from the same cumulative quantity, so the OMS sees one consistent sequence of reports;
+- after the commit, before publishing: the restarted venue publishes the outbox rows, then goes on from the
+  snapshot, which already counts them; the requests come back and are refused as seen;
+- after publishing, before the outbox rows are deleted: they are published again with the same execution ids
+  and terms, and the OMS drops a report it has seen.
+
+Broker and database outages are waited out: the first connect and the loading of the journal retry with
+back-off, the robust connection reconnects and consumes again, unconfirmed reports are published again, and
+while the journal cannot be written the sender retries it and publishes nothing (a venue that cannot persist
+must not report) while the engine waits behind the bounded outbound queue. The price feed is best effort and
+not journaled: a restarted venue's prices start again from the reference prices.
 """
 
 from __future__ import annotations
@@ -58,8 +72,8 @@ from common.store.db import make_engine
 from common.store.outbox import OutboxMessage
 from services.venue_sim.book import Book, OrderRequest, Report
 from services.venue_sim.config import VenueConfig
+from services.venue_sim.journal import Entry, Journal, request_key, snapshot
 from services.venue_sim.prices import DEFAULT_REFERENCE_PRICE, InstrumentSpec, Market
-from services.venue_sim.requests import SeenRequests, request_key
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +127,15 @@ Event = AbstractIncomingMessage | _Tick | _Stop
 
 @dataclass
 class _Batch:
-    """What applying a batch of events produced: reports to publish, deliveries to settle (arrival order)."""
+    """What applying a batch of events produced: its journal entry (with the reports to publish), deliveries to
+    settle (arrival order)."""
 
-    reports: list[OutboxMessage] = field(default_factory=list)
+    entry: Entry = field(default_factory=Entry)
     deliveries: list[tuple[AbstractIncomingMessage, Decoded]] = field(default_factory=list)
+
+    @property
+    def reports(self) -> list[OutboxMessage]:
+        return self.entry.reports
 
 
 @dataclass(frozen=True)
@@ -238,7 +257,7 @@ class VenueSim:
         self._delayed: asyncio.Queue[tuple[float, AbstractIncomingMessage]] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self._tick_pending = False
-        self._requests = SeenRequests(config.database_url if config.remembers_requests else None)
+        self._journal = Journal(config.database_url if config.journaled else None)
         self._publisher: Publisher | None = None
         self._feed: Publisher | None = None
         self._feed_task: asyncio.Task[None] | None = None
@@ -257,15 +276,22 @@ class VenueSim:
             instruments = await _instruments_with_retry(config.database_url)
         self.market = Market(instruments, config.seed, config.volatility, config.mean_reversion)
         self.book = Book(self.market, config.rules)
-        await self._requests.load(self._stopping)
+        restored = await self._journal.load(self._stopping)
+        self.book.restore(restored.orders, restored.sequence)
         connection = await self._connect()
         if connection is None:
+            self._journal.close()
             return  # stopped while waiting for the broker
         background: list[asyncio.Task[None]] = []
         try:
             # Reports and the price feed on channels of their own: a busy feed never delays a report.
             self._publisher = Publisher(connection)
             self._feed = Publisher(connection)
+            # Before anything new: reports journaled but maybe never published (their rows go with the next
+            # commit). Unconfirmed only when stopping: they stay in the outbox for the next start.
+            if restored.outbox and await self._publish_reports(restored.outbox):
+                self._journal.published(m.message_id for m in restored.outbox)
+                log.info("venue outbox published again", extra={"count": len(restored.outbox)})
             channel = await connection.channel()
             queue = await declare_venue_topology(channel, config)
             await channel.set_qos(prefetch_count=config.prefetch)
@@ -290,6 +316,7 @@ class VenueSim:
                 self._feed_task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await connection.close()
+            self._journal.close()
             log.info("venue stopped")
 
     async def _connect(self) -> AbstractRobustConnection | None:
@@ -370,22 +397,38 @@ class VenueSim:
                 decoded = decode(event)
                 if decoded.request is not None:
                     try:
-                        batch.reports.extend(self._answer(event, decoded, decoded.request, now))
+                        batch.reports.extend(self._answer(event, decoded, decoded.request, now, batch.entry))
                     except Exception as exc:  # a bug, not the broker: retrying the same request cannot help
                         log.exception("request failed", extra={"message_id": decoded.message_id})
                         decoded = Decoded(decoded.message_id, decoded.routing_key, error=f"venue failed: {exc!r}")
                 batch.deliveries.append((event, decoded))
         if ticked:
             self._publish_prices(now)
+        # The state after the whole batch: what its reports lead to (the engine runs ahead of the sender, so
+        # this is taken now, not when the entry is written). A finished order is no longer needed.
+        changed = self.book.take_changed()
+        if self._journal.durable:
+            for order in changed:
+                batch.entry.orders[order.order_id] = None if order.done else snapshot(order)
+        batch.entry.sequence = self.book.sequence
         return batch
 
     async def _sender(self) -> None:
-        """Publish each batch's reports with confirms, dead-letter its bad requests, then ack it."""
+        """Journal each batch, publish its reports with confirms, dead-letter its bad requests, then ack it."""
+        dropped = False
         while (batch := await self._outbound.get()) is not None:
+            if dropped:
+                continue  # a batch journaled after one that was not would skip that one's changes
+            # Before publishing: a venue that cannot persist must not report (retried until it can, or stop).
+            if not await self._journal.write(batch.entry, self._stopping):
+                dropped = True  # stopping with the database away: these requests come back to the next venue
+                continue
             if not await self._publish_reports(batch.reports):
-                continue  # stopping with reports unconfirmed: the requests stay unacked and come back
-            # Before the ack: a copy redelivered after a restart is refused, its answer being with the broker.
-            await self._requests.save()
+                # Stopping with reports unconfirmed: the journal has them for the next start, which refuses
+                # the requests (unacked, they come back) as seen.
+                dropped = True
+                continue
+            self._journal.published(m.message_id for m in batch.reports)
             last_ok: AbstractIncomingMessage | None = None
             for message, decoded in batch.deliveries:
                 if decoded.error is None or await self._dead_letter(message, decoded):
@@ -394,16 +437,18 @@ class VenueSim:
                 # Deliveries are applied in arrival order and everything before this batch is settled,
                 # so one ack with multiple=True settles the batch (a requeued one was nacked already).
                 await _settle(functools.partial(last_ok.ack, multiple=True))
+        # A clean stop leaves no published report in the outbox to be published again at the next start.
+        await self._journal.forget_published()
 
     def _answer(
-        self, message: AbstractIncomingMessage, decoded: Decoded, request: OrderRequest, now: datetime
+        self, message: AbstractIncomingMessage, decoded: Decoded, request: OrderRequest, now: datetime, entry: Entry
     ) -> list[OutboxMessage]:
         assert self.book is not None
         key = request_key(decoded.routing_key, request.request_id)
         with log_context(
             order_id=request.order_id, message_id=decoded.message_id, correlation_id=message.correlation_id
         ):
-            if self._requests.seen(key):
+            if self._journal.seen(key):
                 # Its answer went out the first time; a second answer would be a second order at the venue.
                 log.warning(
                     "duplicate request refused",
@@ -411,7 +456,8 @@ class VenueSim:
                 )
                 DUPLICATE_REQUESTS.labels(decoded.routing_key).inc()
                 return []
-            self._requests.remember(key)
+            self._journal.remember(key)
+            entry.request_keys.append(key)  # journaled with this batch's reports, not before
             handle: Callable[[OrderRequest, datetime], list[Report]] = {
                 "orders.new": self.book.new_order,
                 "orders.cancel": self.book.cancel,

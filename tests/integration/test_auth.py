@@ -105,7 +105,7 @@ def test_rest_rejects_missing_and_bad_tokens(client: FlaskClient, accounts: dict
         client.put(order_path, data='{"action": "CANCEL"}', content_type="application/json", headers=headers),
     ):
         assert response.status_code == 401, (case, response.get_data(as_text=True))
-        assert set(jsonutil.loads(response.get_data())) == {"message"}
+        assert jsonutil.loads(response.get_data())["code"] == "UNAUTHENTICATED"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
@@ -116,7 +116,7 @@ def test_rest_checks_the_token_before_the_body(client: FlaskClient) -> None:
 
 def test_rest_expired_token_says_so(client: FlaskClient) -> None:
     response = client.get("/orders", headers=_headers(BAD_AUTHORIZATION["expired"]))
-    assert jsonutil.loads(response.get_data()) == {"message": "token expired"}
+    assert jsonutil.loads(response.get_data()) == {"message": "token expired", "code": "UNAUTHENTICATED"}
 
 
 def test_rest_another_accounts_order_is_invisible(client: FlaskClient, accounts: dict[str, Any]) -> None:
@@ -129,7 +129,7 @@ def test_rest_another_accounts_order_is_invisible(client: FlaskClient, accounts:
     assert accounts["alice_order"] not in {o["id"] for o in listed["content"]}
     assert client.get(f"/orders?accountId={accounts['alice']}", headers=bob).status_code == 403
     create = client.post("/orders", data=_order_body(accounts["alice"]), content_type="application/json", headers=bob)
-    assert create.status_code == 403 and set(jsonutil.loads(create.get_data())) == {"message"}
+    assert create.status_code == 403 and set(jsonutil.loads(create.get_data())) == {"message", "code"}
     # Alice herself sees it.
     alice = {"Authorization": bearer(accounts=[accounts["alice"]])}
     assert client.get(order_path, headers=alice).status_code == 200

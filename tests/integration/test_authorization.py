@@ -34,7 +34,7 @@ def _json(response: Any) -> Any:
 def _forbidden(response: Any) -> str:
     assert response.status_code == 403, response.get_data(as_text=True)
     body = _json(response)
-    assert set(body) == {"message"}
+    assert set(body) == {"message", "code"} and body["code"] == "FORBIDDEN"
     message: str = body["message"]
     return message
 

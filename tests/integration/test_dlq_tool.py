@@ -419,3 +419,160 @@ async def test_poison_bodies_and_odd_headers_are_shown_filtered_replayed_and_pur
     purged = {r.message_id: r for r in audit(stage.engine, stage.dlq) if r.action == "PURGE"}
     assert set(purged) == {*ids.values(), "odd\\x00id"}  # stored escaped: Postgres text holds no NUL
     assert purged["odd\\x00id"].correlation_id == "corr\\x00"
+
+
+# ---- the tool cannot claim what it did not do (issue 12, item 5) ----------------------------------------
+
+
+async def _put_dead_letters(stage: Stage, count: int, message_type: str = "Work") -> list[str]:
+    """Publish ``count`` dead letters straight into the stage's dead-letter queue; returns their ids."""
+    messages = [
+        OutboxMessage(
+            str(uuid.uuid4()),
+            DEAD_LETTER_EXCHANGE,
+            stage.dlq,
+            message_type,
+            f"corr-{i}",
+            jsonutil.dumps({"text": f"bulk-{i}"}),
+            headers={ORIGINAL_EXCHANGE_HEADER: OMS_EXCHANGE, ORIGINAL_ROUTING_KEY_HEADER: stage.work_key},
+        )
+        for i in range(count)
+    ]
+    ids = [m.message_id for m in messages]
+    assert await Publisher(stage.connection).publish(messages) == ids
+    return ids
+
+
+async def _queued_ids(stage: Stage) -> list[str]:
+    """The ids of every message in the dead-letter queue now (all handed back)."""
+    channel = await stage.connection.channel()
+    try:
+        source = await channel.declare_queue(stage.dlq, passive=True)
+        held = []
+        while (message := await source.get(no_ack=False, fail=False)) is not None:
+            held.append(message)
+        if held:
+            await held[-1].nack(multiple=True, requeue=True)
+        return [str(m.message_id) for m in held]
+    finally:
+        await channel.close()
+
+
+async def test_a_purge_of_many_leaves_none_it_reports_and_audits_exactly_those(stage: Stage) -> None:
+    purged = await _put_dead_letters(stage, 240)
+    kept = await _put_dead_letters(stage, 30, message_type="Other")
+    await async_wait_until(lambda: _depth_is(stage, 270), timeout=30, message="270 messages in the dead-letter queue")
+
+    out = await oms_dlq(stage, "purge", "--queue", stage.dlq, "--type", "Work", "--yes", "--actor", "ops-test")
+    assert "purged 240 of 240 selected (270 in the queue)" in out
+    assert "failed" not in out
+    left = await _queued_ids(stage)
+    assert sorted(left) == sorted(kept)
+    assert not set(left) & set(purged)
+    rows = audit(stage.engine, stage.dlq)
+    assert sorted(r.message_id for r in rows) == sorted(purged)  # one row per removed message, no more
+    assert {(r.action, r.outcome, r.actor) for r in rows} == {("PURGE", "PURGED", "ops-test")}
+
+
+def _lose_acks_of(monkeypatch: pytest.MonkeyPatch, lost: set[str]) -> None:
+    """Make the client's ack of these messages vanish, as the broker drops acks sent just before a close."""
+    real_ack = aio_pika.IncomingMessage.ack
+
+    async def ack(self: aio_pika.IncomingMessage, multiple: bool = False) -> None:
+        if self.message_id in lost:
+            return
+        await real_ack(self, multiple)
+
+    monkeypatch.setattr(aio_pika.IncomingMessage, "ack", ack)
+
+
+async def test_a_lost_ack_is_reported_not_removed_and_not_audited(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.jobs import deadletters
+    from tools import dlq
+
+    ids = await _put_dead_letters(stage, 60)
+    await async_wait_until(lambda: _depth_is(stage, 60), timeout=30, message="60 messages in the dead-letter queue")
+    lost = set(ids[5:60:10])  # 6 of them, spread over the batches
+    _lose_acks_of(monkeypatch, lost)
+
+    report = await deadletters.purge(
+        stage.amqp_url, stage.engine, stage.dlq, actor="ops-test", batch_size=25, progress=None
+    )
+    assert (report.selected, report.done, report.failed, report.not_removed) == (60, 54, 6, 6)
+    assert set(report.errors) == lost
+    assert sorted(await _queued_ids(stage)) == sorted(lost)
+    rows = audit(stage.engine, stage.dlq)
+    assert sorted(r.message_id for r in rows) == sorted(set(ids) - lost)
+    # No row left "acked, not yet checked", none for the lost ones.
+    assert {(r.outcome, r.detail) for r in rows} == {("PURGED", None)}
+
+    dlq._summarise(report, "purge")
+    printed = capsys.readouterr().out
+    assert "purged 54 of 60 selected" in printed
+    assert "6 of them acked but still there, not audited" in printed
+
+    # A replay whose ack is lost: republished (the stage handles it), but it stays in the dead-letter queue,
+    # and the audit says exactly that.
+    HEALED.update(f"bulk-{i}" for i in range(60))
+    again = sorted(lost)[:2]
+    monkeypatch.undo()  # acks work again, but for one
+    _lose_acks_of(monkeypatch, {again[0]})
+    report = await deadletters.replay(
+        stage.amqp_url,
+        stage.engine,
+        stage.dlq,
+        deadletters.Selection(message_ids=frozenset(again)),
+        actor="ops-test",
+    )
+    assert (report.done, report.not_removed) == (1, 1)
+    assert set(report.errors) == {again[0]}
+    assert sorted(await _queued_ids(stage)) == sorted(lost - {again[1]})
+    replays = {r.message_id: r for r in audit(stage.engine, stage.dlq) if r.action == "REPLAY"}
+    assert {k: v.outcome for k, v in replays.items()} == {again[0]: "FAILED", again[1]: "REPLAYED"}
+    assert "still in the dead-letter queue" in replays[again[0]].detail
+
+
+async def test_show_prompts_and_history_say_what_there_is(stage: Stage) -> None:
+    await _put_dead_letters(stage, 1)
+    await async_wait_until(lambda: _depth_is(stage, 1), timeout=30, message="1 message in the dead-letter queue")
+    shown = await oms_dlq(stage, "show", "--queue", stage.dlq)
+    assert "order -" in shown and "None" not in shown  # no order id in the body: a dash, not "None"
+    history = await oms_dlq(stage, "history", "--run-id", str(uuid.uuid4()))
+    assert "no audit rows for run" in history
+
+    # The prompts say how many messages they would touch (asked only on a terminal: a pty stands in for one).
+    purge = await _answer(stage, "no", "purge", "--queue", stage.dlq)
+    assert f"Purge 1 message(s) (1 in {stage.dlq}) for good?" in purge and "nothing done" in purge
+    replay = await _answer(stage, "n", "replay", "--queue", stage.dlq, "--type", "Nothing")
+    assert "Replay 0 message(s) (none anywhere) now selected?" in replay and "nothing done" in replay
+    assert await stage.depth() == 1
+
+
+async def _answer(stage: Stage, answer: str, *args: str) -> str:
+    """Run ``oms dlq <args>`` on a terminal, answering its question with ``answer``; returns its output."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        env = {**os.environ, "OMS_DATABASE_URL": stage.database_url, "OMS_AMQP_URL": stage.amqp_url}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tools.cli",
+            "dlq",
+            *args,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=terminal,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        os.write(controller, f"{answer}\n".encode())  # waits in the terminal until the prompt reads it
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert process.returncode == 1, f"{out!r} {err!r}"
+    return out.decode()

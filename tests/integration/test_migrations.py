@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from tools import migrate
+from tools.infra import InfraUrls
 from tools.seed import seed_demo
 
 pytestmark = pytest.mark.integration
@@ -124,3 +126,56 @@ def test_read_model_views_answer(database_url: str) -> None:
             assert stats[0] >= 1 and stats[1] >= 1000
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def empty_database_url(infra_urls: InfraUrls) -> Iterator[str]:
+    """A database of its own that no migration has touched, dropped at the end."""
+    from tools import infra
+
+    name = f"oms_migrate_{uuid.uuid4().hex[:8]}"
+    url = infra.create_database(name, infra_urls.database_url)
+    try:
+        yield url
+    finally:
+        infra.drop_database(name, infra_urls.database_url)
+
+
+def test_status_and_history_follow_a_fresh_database_up_to_head(
+    empty_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = empty_database_url
+    every = [s.revision for s in reversed(list(migrate.scripts().walk_revisions()))]
+    head = every[-1]
+    assert len(every) >= 3
+
+    fresh = migrate.status(url)
+    assert fresh.current == () and fresh.heads == (head,) and not fresh.up_to_date
+    assert [s.revision for s in fresh.pending] == every  # all of them, oldest first
+    assert migrate.main(["status", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert "current   none (no migration applied)" in out
+    assert f"pending   {len(every)} " in out
+    assert "***" in out and ":oms@" not in out  # the password is not printed
+
+    middle = every[1]
+    migrate.upgrade(url, middle)
+    halfway = migrate.status(url)
+    assert halfway.current == (middle,)
+    assert [s.revision for s in halfway.pending] == every[2:]
+    assert migrate.main(["history", "--url", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] if line.startswith("*") else line.split()[0] for line in lines] == every
+    marked = [line for line in lines if line.startswith("*")]
+    assert len(marked) == 1 and marked[0].startswith(f"* {middle}  ") and "(current)" in marked[0]
+    assert lines[-1].endswith("(head, pending)")
+    for script, line in zip(reversed(list(migrate.scripts().walk_revisions())), lines, strict=True):
+        assert " ".join((script.doc or "").split()) in line  # each with its message
+
+    migrate.main(["up", "--url", url])
+    done = migrate.status(url)
+    assert done.current == (head,) and done.up_to_date
+    assert migrate.main(["status", "--url", url]) == 0
+    assert "pending   none: up to date" in capsys.readouterr().out
+    migrate.main(["history", "--url", url])
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"* {head}  ")

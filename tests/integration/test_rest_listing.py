@@ -141,7 +141,7 @@ def test_invalid_filters_are_400(client: FlaskClient, params: dict[str, str], fi
     response = client.get("/orders?" + urlencode(params), headers=AUTH)
     assert response.status_code == 400
     body = jsonutil.loads(response.get_data())
-    assert set(body) == {"message", "errors"} and body["errors"][0]["field"] == field
+    assert set(body) == {"message", "code", "errors"} and body["errors"][0]["field"] == field
 
 
 def test_restricted_token_lists_only_its_accounts(client: FlaskClient, book: dict[str, Any]) -> None:
@@ -150,4 +150,4 @@ def test_restricted_token_lists_only_its_accounts(client: FlaskClient, book: dic
     assert {o["accountId"] for o in page["content"]} == {book["second"]}
     assert page["totalElements"] == 2
     other = client.get("/orders?" + urlencode({"accountId": book["first"]}), headers=headers)
-    assert other.status_code == 403 and set(jsonutil.loads(other.get_data())) == {"message"}
+    assert other.status_code == 403 and set(jsonutil.loads(other.get_data())) == {"message", "code"}

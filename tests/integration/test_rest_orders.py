@@ -138,7 +138,7 @@ def test_rule_violations_are_400_and_book_nothing(
     response = _create(client, body)
     assert response.status_code == 400, response.get_data(as_text=True)
     error = _json(response)
-    assert set(error) == {"message", "errors"}
+    assert set(error) == {"message", "code", "errors"}
     matching = [e for e in error["errors"] if e["field"] == field]
     assert matching, error
     assert any(fragment in e["message"] for e in matching), error
@@ -150,6 +150,7 @@ def test_malformed_json_is_400(client: FlaskClient) -> None:
     assert response.status_code == 400
     assert _json(response) == {
         "message": "Malformed JSON body",
+        "code": "MALFORMED_JSON",
         "errors": [{"field": "body", "message": "Invalid JSON."}],
     }
 
@@ -230,7 +231,7 @@ def test_get_returns_the_order_with_its_execution_reports(client: FlaskClient, e
 def test_unknown_order_is_404(client: FlaskClient, order_id: str) -> None:
     response = client.get(f"/orders/{order_id}", headers=AUTH)
     assert response.status_code == 404
-    assert set(_json(response)) == {"message"}
+    assert set(_json(response)) == {"message", "code"}
 
 
 # ---- PUT /orders/{orderId} --------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def test_cancel_a_working_order_asks_the_venue(client: FlaskClient, engine: Engi
         ).scalars()
         assert list(kinds) == ["CANCEL"]
     again = _put(client, order_id, {"action": "CANCEL"})
-    assert again.status_code == 409 and set(_json(again)) == {"message"}
+    assert again.status_code == 409 and set(_json(again)) == {"message", "code"}
 
 
 @pytest.mark.parametrize("status", ["FILLED", "CANCELED", "REJECTED"])
@@ -319,13 +320,14 @@ def test_unchanged_modify_is_400(client: FlaskClient, account: str) -> None:
 
 def test_update_of_unknown_order_is_404(client: FlaskClient) -> None:
     response = _put(client, str(uuid.uuid4()), {"action": "CANCEL"})
-    assert response.status_code == 404 and set(_json(response)) == {"message"}
+    assert response.status_code == 404 and set(_json(response)) == {"message", "code"}
 
 
 # ---- hostile bodies (issue 9, finding 3): 400 with the spec's error shape, never 500 -----------------------
 
 _TOO_DEEP = {
     "message": "Malformed JSON body",
+    "code": "MALFORMED_JSON",
     "errors": [{"field": "body", "message": "Refused: nested deeper than 32 levels."}],
 }
 

@@ -160,7 +160,8 @@ def test_metrics_count_requests(client: FlaskClient) -> None:
 
 def test_unknown_path_and_method_keep_the_error_shape(client: FlaskClient) -> None:
     missing = client.get("/nowhere", headers={"Authorization": bearer()})
-    assert missing.status_code == 404 and jsonutil.loads(missing.get_data()) == {"message": "Not found"}
+    assert missing.status_code == 404
+    assert jsonutil.loads(missing.get_data()) == {"message": "Not found", "code": "NOT_FOUND"}
     wrong = client.delete("/orders", headers={"Authorization": bearer()})
     assert wrong.status_code == 405 and "POST" in wrong.headers["Allow"]
-    assert set(jsonutil.loads(wrong.get_data())) == {"message"}
+    assert set(jsonutil.loads(wrong.get_data())) == {"message", "code"}

@@ -697,7 +697,7 @@ def test_the_risk_api_needs_the_operations_scope(client: FlaskClient) -> None:
     trader = {"Authorization": bearer(scopes=("orders:read", "orders:write"))}
     response = client.put("/risk/limits", json={"limits": {"maxOpenOrders": 1}}, headers=trader)
     assert response.status_code == 403
-    assert js(response) == {"message": "this token lacks the scope operations"}
+    assert js(response) == {"message": "this token lacks the scope operations", "code": "FORBIDDEN"}
     assert client.post("/risk/halts", json={"reason": "x"}, headers=trader).status_code == 403
 
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import pytest
 import pytest_asyncio
@@ -17,25 +24,31 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from sqlalchemy import create_engine, text
 
 from common import jsonutil
-from common.contracts import ExecutionReportSchema
+from common.config import REPO_ROOT
+from common.contracts import ExecutionReportSchema, NewOrderRequestSchema
 from common.messaging.connection import connect
 from common.messaging.publisher import Publisher
 from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE, declare_exchanges
 from common.store.outbox import OutboxMessage
+from services.venue_sim.book import Book, BookRules, OrderRequest
 from services.venue_sim.config import VenueConfig
-from services.venue_sim.prices import InstrumentSpec
+from services.venue_sim.journal import Entry, Journal, order_from_snapshot, request_key, snapshot
+from services.venue_sim.prices import InstrumentSpec, Market
 from services.venue_sim.venue import (
     DUPLICATE_REQUESTS,
     MARKETDATA_EXCHANGE,
     VENUE_QUEUE,
     VenueSim,
+    declare_venue_topology,
     load_instruments,
+    report_message,
 )
 from tests.support import outages
 from tests.support.polling import async_wait_until
 from tools.seed import seed_demo
 
 INSTRUMENTS = (InstrumentSpec("AAPL", Decimal("190.00"), Decimal("0.01"), Decimal("1")),)
+VENUE_TABLES = ("venue_sim_requests", "venue_sim_orders", "venue_sim_outbox", "venue_sim_state")
 
 
 @dataclass
@@ -331,8 +344,16 @@ async def own_venue(infra_urls: Any, database_url: str) -> AsyncIterator[OwnVenu
         instruments=INSTRUMENTS,
         tick_ms=50,
         declare_pipeline=False,
-        remember_requests=True,
+        durable=True,
     )
+    # The venue's journal is in the session database: start each test from an empty one, so that no order
+    # another test left working is restored here.
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as db:
+            db.execute(text("DROP TABLE IF EXISTS " + ", ".join(VENUE_TABLES)))
+    finally:
+        engine.dispose()
     own = OwnVenue(config, broker, vhost, infra_urls.management_url)
     try:
         yield own
@@ -371,7 +392,10 @@ async def test_a_restarted_venue_still_refuses_a_request_it_answered(own_venue: 
     assert saved == 1
 
 
-async def test_the_venue_outlives_broker_and_database_outages(own_venue: OwnVenue, database_url: str) -> None:
+async def test_the_venue_outlives_broker_and_database_outages(
+    own_venue: OwnVenue, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="services.venue_sim.journal")
     broker = own_venue.broker
     venue = await own_venue.start()
     closed: list[str] = await async_wait_until(
@@ -389,10 +413,19 @@ async def test_the_venue_outlives_broker_and_database_outages(own_venue: OwnVenu
         during = _new_order()
         await broker.send("orders.new", during)
         await async_wait_until(
-            lambda: len(broker.reports[during["orderId"]]) >= 2,
+            lambda: any(
+                r.name == "services.venue_sim.journal" and str(r.msg).startswith("journal not written")
+                for r in caplog.records
+            ),
             timeout=30,
-            message="answered while the database is down",
+            message="the venue failing to journal the order",
         )
+        # A venue that cannot persist must not report: the answer waits for the database.
+        assert broker.reports[during["orderId"]] == []
+    await async_wait_until(
+        lambda: len(broker.reports[during["orderId"]]) >= 2, timeout=30, message="answered once the database is back"
+    )
+    assert broker.exec_types(during["orderId"]) == ["NEW", "FILL"]
     after = _new_order()
     await broker.send("orders.new", after)
     await async_wait_until(lambda: len(broker.reports[after["orderId"]]) >= 2, timeout=30, message="answered after")
@@ -406,6 +439,181 @@ async def test_the_venue_outlives_broker_and_database_outages(own_venue: OwnVenu
                 keys = set(connection.execute(text("SELECT request_key FROM venue_sim_requests")).scalars())
         finally:
             engine.dispose()
-        return f"orders.new/{during['requestId']}" in keys  # kept while the database was away, saved later
+        return f"orders.new/{during['requestId']}" in keys  # journaled before it was answered
 
-    await async_wait_until(lambda: asyncio.to_thread(saved), timeout=20, message="the request id saved")
+    assert await asyncio.to_thread(saved)
+
+
+# ------------------------------------------------------------------------------------------------ durability
+
+
+def _request(body: dict[str, Any]) -> OrderRequest:
+    """A request body as the venue reads it off the wire."""
+    return OrderRequest.from_body(NewOrderRequestSchema().load(jsonutil.loads(jsonutil.dumps(body))))
+
+
+def _one_copy_each(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reports with copies published again dropped, as the OMS drops them; a copy must equal its first."""
+    first: dict[str, dict[str, Any]] = {}
+    for body in bodies:
+        seen = first.setdefault(body["executionId"], body)
+        assert seen == body, f"execution {body['executionId']} reported with other terms"
+    return list(first.values())
+
+
+def _assert_sliced_fill(bodies: list[dict[str, Any]], quantity: Decimal) -> None:
+    """One NEW, then fills whose cumQty only rises and whose lastQty add up to the order's quantity."""
+    reports = _one_copy_each(bodies)
+    assert [r["execType"] for r in reports] == ["NEW", "PARTIAL_FILL", "FILL"]
+    assert len({r["brokerOrderId"] for r in reports}) == 1
+    cums = [r["cumQty"] for r in reports]
+    assert cums == sorted(cums) and cums[-1] == quantity
+    assert sum(r["lastQty"] for r in reports) == quantity
+    fill = reports[-1]
+    assert (fill["lastQty"], fill["leavesQty"]) == (quantity - reports[1]["cumQty"], 0)
+
+
+async def _outbox_rows(database_url: str) -> int:
+    def count() -> int:
+        engine = create_engine(database_url)
+        try:
+            with engine.connect() as connection:
+                return int(connection.execute(text("SELECT count(*) FROM venue_sim_outbox")).scalar() or 0)
+        finally:
+            engine.dispose()
+
+    return await asyncio.to_thread(count)
+
+
+def _venue_process(own: OwnVenue, database_url: str, log_file: IO[bytes], tick_ms: int) -> subprocess.Popen[bytes]:
+    """``python -m services.venue_sim`` on the test's vhost and the session database, as the supervisor runs it."""
+    env = {
+        **os.environ,
+        "OMS_DATABASE_URL": database_url,
+        "OMS_AMQP_URL": own.config.amqp_url,
+        "OMS_VENUE_PARTIAL_FILLS": "2",
+        "OMS_VENUE_TICK_MS": str(tick_ms),
+        "OMS_METRICS_PORT": "0",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.venue_sim"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_a_venue_killed_mid_order_finishes_it_when_restarted(
+    own_venue: OwnVenue, database_url: str, tmp_path: Path
+) -> None:
+    broker = own_venue.broker
+    # The venue's queue before the venue: the order waits in it until the process consumes.
+    await declare_venue_topology(broker.channel, own_venue.config)
+    log_path = tmp_path / "venue.log"
+    quantity = Decimal("16")
+    order = _new_order(quantity=quantity)
+    oid = order["orderId"]
+    with log_path.open("wb") as log_file:
+
+        def log_tail() -> str:
+            return log_path.read_text(errors="replace")[-3000:]
+
+        # No tick for a minute: the first slice trades on arrival, the second would on the next tick.
+        first = _venue_process(own_venue, database_url, log_file, tick_ms=60_000)
+        second: subprocess.Popen[bytes] | None = None
+        try:
+            await broker.send("orders.new", order)
+            await async_wait_until(
+                lambda: "PARTIAL_FILL" in broker.exec_types(oid),
+                timeout=60,
+                interval=0.01,
+                message=lambda: f"the first slice reported: {broker.exec_types(oid)}\n{log_tail()}",
+            )
+            first.send_signal(signal.SIGKILL)  # no graceful stop: whatever was in memory is gone
+            await asyncio.to_thread(first.wait, 10)
+            assert broker.exec_types(oid) == ["NEW", "PARTIAL_FILL"]
+
+            second = _venue_process(own_venue, database_url, log_file, tick_ms=100)
+            await async_wait_until(
+                lambda: "FILL" in broker.exec_types(oid),
+                timeout=60,
+                message=lambda: f"the second slice reported: {broker.exec_types(oid)}\n{log_tail()}",
+            )
+            _assert_sliced_fill(broker.bodies(oid), quantity)
+            # Once the sender has journaled again, the published reports are off the outbox.
+            emptied: bool = await async_wait_until(
+                lambda: _no_outbox_rows(database_url), timeout=20, message="the outbox emptied"
+            )
+            assert emptied
+        finally:
+            for process in (first, second):
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    await asyncio.to_thread(process.wait, 10)
+
+
+async def test_reports_journaled_but_never_published_are_published_at_restart(
+    own_venue: OwnVenue, database_url: str
+) -> None:
+    broker = own_venue.broker
+    own_venue.config = dataclasses.replace(own_venue.config, partial_fills=2)
+    quantity = Decimal("16")
+    order = _new_order(quantity=quantity)
+    oid = order["orderId"]
+    # What the venue journals for a batch, written as it writes it; then the process "died" before publishing.
+    book = Book(Market(INSTRUMENTS, seed=7), BookRules(partial_fills=2))
+    reports = book.new_order(_request(order), datetime.now(UTC))
+    assert [r.exec_type.value for r in reports] == ["NEW", "PARTIAL_FILL"]
+    journal = Journal(database_url)
+    stopping = asyncio.Event()
+    await journal.load(stopping)  # creates the tables
+    entry = Entry(
+        request_keys=[request_key("orders.new", order["requestId"])],
+        orders={o.order_id: snapshot(o) for o in book.take_changed()},
+        sequence=book.sequence,
+        reports=[report_message(r) for r in reports],
+    )
+    assert await journal.write(entry, stopping)
+    journal.close()
+    before = _duplicates("orders.new")
+
+    await own_venue.start()
+    await async_wait_until(
+        lambda: "FILL" in broker.exec_types(oid), timeout=30, message=lambda: f"reports {broker.exec_types(oid)}"
+    )
+    bodies = broker.bodies(oid)
+    assert [b["executionId"] for b in bodies[:2]] == [r.execution_id for r in reports]  # the journaled ones
+    _assert_sliced_fill(bodies, quantity)
+    # The OMS re-sending the request it never saw answered: refused, the venue has it.
+    await broker.send("orders.new", order)
+    marker = _new_order()
+    await broker.send("orders.new", marker)
+    await async_wait_until(lambda: len(broker.reports[marker["orderId"]]) >= 2, message="the marker answered")
+    assert _duplicates("orders.new") == before + 1
+    assert len(broker.bodies(oid)) == 3
+    # Broker order ids go on from the journaled sequence.
+    assert broker.bodies(marker["orderId"])[0]["brokerOrderId"] != bodies[0]["brokerOrderId"]
+    emptied: bool = await async_wait_until(
+        lambda: _no_outbox_rows(database_url), timeout=20, message="the outbox emptied"
+    )
+    assert emptied
+
+
+async def _no_outbox_rows(database_url: str) -> bool:
+    return await _outbox_rows(database_url) == 0
+
+
+def test_a_snapshot_restores_the_order_as_it_was() -> None:
+    book = Book(Market(INSTRUMENTS, seed=7), BookRules(partial_fills=2))
+    now = datetime.now(UTC)
+    book.new_order(_request(_new_order(type="STOP_LIMIT", price=Decimal("1.00"), stopPrice=Decimal("500.50"))), now)
+    (order,) = book.take_changed()
+    assert book.take_changed() == []
+    restored = order_from_snapshot(snapshot(order))
+    assert dataclasses.asdict(restored) == {**dataclasses.asdict(order), "epoch": 0}
+    again = Book(Market(INSTRUMENTS, seed=7), BookRules(partial_fills=2))
+    again.restore([restored], sequence=5)
+    assert again.working == {order.order_id: restored}
+    assert again.sequence == 5
