@@ -46,7 +46,7 @@ def _containers() -> Iterator[InfraUrls]:
     from tools.infra import InfraUrls
 
     postgres = PostgresContainer("postgres:15", username="oms", password="oms", dbname="oms", driver="psycopg")
-    rabbitmq = RabbitMqContainer("rabbitmq:3.10-management").with_exposed_ports(15672)
+    rabbitmq = RabbitMqContainer("rabbitmq:4.1-management").with_exposed_ports(15672)
     with postgres, rabbitmq:
         host = rabbitmq.get_container_host_ip()
         yield InfraUrls(

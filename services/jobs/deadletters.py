@@ -27,7 +27,8 @@ again carries this run's ``x-oms-replay-run`` header and is not mistaken for the
 
 The row written before the ack is a FAILED row whose detail is ``UNCHECKED`` (the table's CHECK allows
 REPLAYED, PURGED and FAILED only): one left like that is a pass killed between its ack and its check, which
-claims nothing; whether the message is gone, the queue says.
+claims nothing. The next pass over the queue settles such rows first, by the same test: gone from the queue,
+removed; still there, not.
 """
 
 from __future__ import annotations
@@ -829,28 +830,79 @@ async def _settled_depth(connection: AbstractConnection, queue: str, floor: int)
         await asyncio.sleep(SETTLE_INTERVAL)  # polling the broker: there is no event to wait for
 
 
-async def _remaining_ids(connection: AbstractConnection, queue: str, run_id: str, floor: int) -> Counter[str]:
-    """Ids of the messages in ``queue`` now (how many copies of each), leaving out copies this replay run sent
-    back that were dead-lettered again. Every message is read and handed back (nothing is removed).
+async def _queued(connection: AbstractConnection, queue: str, floor: int) -> Counter[tuple[str, str]]:
+    """What ``queue`` holds now: (message id, the ``x-oms-replay-run`` it carries or "") with how many copies.
+    Every message is read and handed back (nothing is removed).
 
-    ``floor``: what the queue holds at least once everything the pass handed back is in it again (its depth
-    at the start less what it acked, unless someone else takes messages meanwhile)."""
+    ``floor``: what the queue holds at least once everything a pass handed back is in it again (its depth at
+    the start less what it acked, unless someone else takes messages meanwhile)."""
     await _settled_depth(connection, queue, max(floor, 0))
     channel = await connection.channel()
     held: list[AbstractIncomingMessage] = []
-    ids: Counter[str] = Counter()
+    found: Counter[tuple[str, str]] = Counter()
     try:
         source = await channel.get_queue(queue, ensure=False)
         while (message := await source.get(no_ack=False, fail=False, timeout=30)) is not None:
             held.append(message)
-            if _text((message.headers or {}).get(REPLAY_RUN_HEADER, "")) != run_id:
-                ids[message_id_of(message)] += 1
-        return ids
+            found[(message_id_of(message), _text((message.headers or {}).get(REPLAY_RUN_HEADER, "")))] += 1
+        return found
     finally:
         if not channel.is_closed:
             await _release(held)
             await channel.set_qos(prefetch_count=0)  # the nack handled before the close
             await channel.close()
+
+
+async def _remaining_ids(connection: AbstractConnection, queue: str, run_id: str, floor: int) -> Counter[str]:
+    """Ids of the messages in ``queue`` now (how many copies of each), leaving out copies this replay run sent
+    back that were dead-lettered again."""
+    ids: Counter[str] = Counter()
+    for (message_id, run), count in (await _queued(connection, queue, floor)).items():
+        if run != run_id:
+            ids[message_id] += count
+    return ids
+
+
+def _unchecked_rows(engine: Engine, queue: str) -> list[Any]:
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                select(dlq_replays.c.id, dlq_replays.c.run_id, dlq_replays.c.action, dlq_replays.c.message_id).where(
+                    dlq_replays.c.queue == printable(queue)[:255],
+                    dlq_replays.c.outcome == "FAILED",
+                    dlq_replays.c.detail == UNCHECKED,
+                )
+            )
+        )
+
+
+async def resolve_unchecked(connection: AbstractConnection, engine: Engine, queue: str) -> int:
+    """Settle the rows an earlier pass over ``queue`` left unchecked (killed between its acks and its check):
+    a message no longer in the queue was removed by that pass; one still there was not. Returns how many.
+
+    Run before a pass takes anything, when nothing of this tool holds the queue's messages: a pass killed a
+    moment ago may still have its held messages on their way back, which the settle wait allows for."""
+    rows = await asyncio.to_thread(_unchecked_rows, engine, queue)
+    if not rows:
+        return 0
+    found = await _queued(connection, queue, 0)
+    removed: dict[int, str] = {}
+    kept: dict[int, str | None] = {}
+    for row in rows:
+        # The row's message id as stored (escaped, cut): compare what the queue holds the same way.
+        there = any(printable(message_id)[:100] == row.message_id and run != row.run_id for message_id, run in found)
+        if not there:
+            removed[row.id] = "REPLAYED" if row.action == "REPLAY" else "PURGED"
+        elif row.action == "REPLAY":
+            kept[row.id] = "republished (confirmed), but still in the dead-letter queue after its ack"
+        else:
+            kept[row.id] = None
+    await asyncio.to_thread(_finish_audit, engine, removed, kept)
+    log.info(
+        "dead-letter rows of an interrupted pass settled",
+        extra={"queue": queue, "removed": len(removed), "not_removed": len(kept)},
+    )
+    return len(rows)
 
 
 async def _run_pass(
@@ -874,6 +926,9 @@ async def _run_pass(
         depth = await queue_depth(connection, queue)
         if depth is None:
             raise LookupError(f"queue {queue!r} does not exist")
+        if not dry_run:
+            await resolve_unchecked(connection, engine, queue)
+            depth = await queue_depth(connection, queue) or 0
         if on_depth is not None:
             on_depth(depth)
         worker = _Pass(connection, engine, queue, selection, actor, action, dry_run, batch_size, progress)

@@ -391,7 +391,10 @@ class VenueSim:
             if isinstance(event, _Tick):
                 self._tick_pending = False
                 self.market.step()
-                batch.reports.extend(report_message(r) for r in self.book.on_tick(now))
+                traded = self.book.on_tick(now)
+                for report in traded:
+                    _log_report(report)
+                batch.reports.extend(report_message(r) for r in traded)
                 ticked = True
             elif not isinstance(event, _Stop):
                 decoded = decode(event)
@@ -472,6 +475,8 @@ class VenueSim:
                         "request refused",
                         extra={"exec_type": report.exec_type.value, "reason": report.reason},
                     )
+                else:
+                    _log_report(report)
         return [report_message(r) for r in reports]
 
     async def _publish_reports(self, messages: list[OutboxMessage]) -> bool:
@@ -540,6 +545,21 @@ class VenueSim:
             await self._feed.publish(messages, timeout=5.0)
         except Exception as exc:  # the feed is best effort; the next tick sends fresh prices
             log.warning("price feed publish failed", extra={"error": repr(exc)})
+
+
+def _log_report(report: Report) -> None:
+    """One INFO line per report the venue makes, so an order can be followed through the venue's log."""
+    log.info(
+        "venue report",
+        extra={
+            "order_id": report.order_id,
+            "correlation_id": report.order_id,
+            "execution_id": report.execution_id,
+            "exec_type": report.exec_type.value,
+            "last_qty": str(report.last_qty),
+            "cum_qty": str(report.cum_qty),
+        },
+    )
 
 
 async def _settle(action: Callable[[], Awaitable[None]]) -> None:

@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -576,3 +577,42 @@ async def _answer(stage: Stage, answer: str, *args: str) -> str:
         os.close(terminal)
     assert process.returncode == 1, f"{out!r} {err!r}"
     return out.decode()
+
+
+async def test_rows_a_killed_pass_left_unchecked_are_settled_by_the_next(stage: Stage) -> None:
+    from services.jobs import deadletters
+
+    (still_there,) = await _put_dead_letters(stage, 1)
+    await async_wait_until(lambda: _depth_is(stage, 1), timeout=30, message="1 message in the dead-letter queue")
+    # What a purge and a replay killed between their acks and their checks leave: rows that claim nothing yet.
+    killed = [("PURGE", "gone-purged"), ("PURGE", still_there), ("REPLAY", "gone-replayed"), ("REPLAY", still_there)]
+    with stage.engine.begin() as connection:
+        connection.execute(
+            dlq_replays.insert(),
+            [
+                {
+                    "run_id": str(uuid.uuid4()),
+                    "action": action,
+                    "actor": "killed",
+                    "queue": stage.dlq,
+                    "message_id": message_id,
+                    "outcome": "FAILED",
+                    "detail": deadletters.UNCHECKED,
+                    "filters": {},
+                    "created_at": datetime.now(UTC),
+                }
+                for action, message_id in killed
+            ],
+        )
+
+    await oms_dlq(stage, "purge", "--queue", stage.dlq, "--type", "NoSuchType", "--yes")  # selects nothing
+    rows = {(r.action, r.message_id): r for r in audit(stage.engine, stage.dlq) if r.actor == "killed"}
+    assert {key: (r.outcome, r.detail) for key, r in rows.items()} == {
+        ("PURGE", "gone-purged"): ("PURGED", None),
+        ("REPLAY", "gone-replayed"): ("REPLAYED", None),
+        ("REPLAY", still_there): (
+            "FAILED",
+            "republished (confirmed), but still in the dead-letter queue after its ack",
+        ),
+    }  # the purge row of the message still there is gone: that purge removed nothing
+    assert await _queued_ids(stage) == [still_there]
