@@ -423,10 +423,12 @@ async def test_replay_killed_mid_way_loses_no_message(ops: OpsSystem, amqp: Abst
     assert await dlq_depth(amqp) + len(done_before_kill) >= total
     # An operator runs the replay again; a pass takes what the queue held when it began, so a message the
     # broker returned a moment late needs one more pass.
+    # A pass whose acks the broker dropped says so (exit 1, "acked but still there") and audits nothing for
+    # them: they are still in the queue, and the next pass takes them.
     for _ in range(5):
         finish = await replay_process(ops, "--actor", "e2e-finisher")
         out, err = await finish.communicate()
-        assert finish.returncode == 0, err.decode()
+        assert finish.returncode == 0 or b"not removed" in err + out, (out + err).decode()
         if await dlq_depth(amqp) == 0:
             break
     assert await dlq_depth(amqp) == 0
