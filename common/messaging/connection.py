@@ -7,6 +7,7 @@ when the broker is down; a process started during a broker outage would exit. ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aio_pika
@@ -49,3 +50,18 @@ async def connect(
         if attempt > 1:
             log.info("broker connected", extra={"connection_name": name, "attempt": attempt})
         return connection
+
+
+async def connect_unless_stopped(url: str, name: str, stopping: asyncio.Event) -> AbstractRobustConnection | None:
+    """``connect``, waiting for the broker, unless ``stopping`` is set first (then None): a process told to stop
+    during a broker outage stops instead of waiting for a broker that may never come."""
+    connecting = asyncio.ensure_future(connect(url, name))
+    stop = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await connecting
+    return None

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
 from common.config import Settings
-from common.messaging.connection import connect
+from common.messaging.connection import connect_unless_stopped
 from common.messaging.publisher import Publisher
 from common.metrics import OUTBOX_LAG_SECONDS, OUTBOX_PUBLISHED
 from common.store.outbox import OutboxMessage, mark_sent
@@ -102,16 +102,7 @@ class OutboxRelay:
             await asyncio.wait_for(self._stopping.wait(), seconds)  # back-off, ended early by stop()
 
     async def _connect_amqp(self) -> AbstractRobustConnection | None:
-        connecting = asyncio.ensure_future(connect(self.settings.amqp_url, "oms.outbox_relay"))
-        stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if connecting.done():
-            return connecting.result()
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await connecting
-        return None
+        return await connect_unless_stopped(self.settings.amqp_url, "oms.outbox_relay", self._stopping)
 
     async def run(self) -> None:
         """Relay until stopped; broker and database outages are waited out with back-off, never fatal."""

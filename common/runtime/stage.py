@@ -30,7 +30,7 @@ from common import jsonutil
 from common.config import Settings
 from common.contracts import text_problem
 from common.logging import log_context
-from common.messaging.connection import connect
+from common.messaging.connection import connect_unless_stopped
 from common.messaging.deadletter import dead_letter
 from common.messaging.envelope import Envelope, body_digest, message_id_of
 from common.messaging.publisher import Publisher
@@ -546,16 +546,7 @@ class StageWorker:
 
     async def _connect(self) -> AbstractRobustConnection | None:
         """Connect (waiting for the broker with back-off), unless stopped first."""
-        connecting = asyncio.ensure_future(connect(self.settings.amqp_url, f"oms.{self.spec.stage}"))
-        stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if connecting.done():
-            return connecting.result()
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await connecting
-        return None
+        return await connect_unless_stopped(self.settings.amqp_url, f"oms.{self.spec.stage}", self._stopping)
 
     async def _consume(self) -> None:
         delay = 0.5

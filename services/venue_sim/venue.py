@@ -54,7 +54,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from common import jsonutil
 from common.contracts import CancelRequestSchema, NewOrderRequestSchema, ReplaceRequestSchema
 from common.logging import log_context
-from common.messaging.connection import connect
+from common.messaging.connection import connect_unless_stopped
 from common.messaging.deadletter import dead_letter
 from common.messaging.envelope import message_id_of
 from common.messaging.publisher import Publisher
@@ -321,16 +321,7 @@ class VenueSim:
 
     async def _connect(self) -> AbstractRobustConnection | None:
         """Connect, waiting for the broker with back-off; None if stopped first."""
-        connecting = asyncio.ensure_future(connect(self.config.amqp_url, "oms.venue_sim"))
-        stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if connecting.done():
-            return connecting.result()
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await connecting
-        return None
+        return await connect_unless_stopped(self.config.amqp_url, "oms.venue_sim", self._stopping)
 
     # --- intake ------------------------------------------------------------------------------------
 

@@ -479,7 +479,7 @@ async def test_a_replayed_duplicate_changes_nothing(ops: OpsSystem, amqp: Abstra
     events_before = len(event_records(ops.engine, order.id))
     # The same message, already applied, finds its way into the dead-letter queue and is replayed.
     assert await Publisher(amqp).publish([dead_letter_copy(message_id, body)]) == [message_id]
-    await async_wait_until(lambda: _depth_at_least(amqp, 1), timeout=10, message="the copy dead-lettered")
+    await async_wait_until(lambda: _depth_at_least(amqp, 1), timeout=60, message="the copy dead-lettered")
     process = await replay_process(ops, "--message-id", message_id)
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()

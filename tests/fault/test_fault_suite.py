@@ -39,6 +39,7 @@ from common.store.db import make_engine
 from tests.fault.harness import Instance, outage
 from tests.support.invariants import assert_invariants_hold
 from tests.support.polling import async_wait_until
+from tools.processes import system
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(1500)]
 
@@ -46,18 +47,7 @@ D = Decimal
 RATE = 20.0  # decisions a second, well under what the system carries on 2 cores
 OUTAGE_SECONDS = 10.0
 BOOKS = [("ACC-001", "AAPL"), ("ACC-002", "SPY"), ("ACC-001", "MSFT"), ("ACC-002", "AAPL")]
-PROCESSES = (
-    "intake",
-    "risk_gate",
-    "router",
-    "execution_handler",
-    "settlement",
-    "outbox_relay",
-    "venue_sim",
-    "api",
-    "jobs_worker",
-    "jobs_scheduler",
-)
+PROCESSES = tuple(spec.name for spec in system(with_venue=True, with_api=True, with_jobs=True))
 FINAL = ("FILLED", "CANCELED", "REJECTED", "EXPIRED")
 
 

@@ -100,7 +100,7 @@ async def test_order_update_stream_survives_a_broker_restart(
             assert SUBSCRIBED_METADATA in tuple(await call.initial_metadata())
             first = _update(account)
             assert await publisher.publish([first]) == [first.message_id]
-            await async_wait_until(lambda: len(received) >= 1, timeout=15, message="the first update")
+            await async_wait_until(lambda: len(received) >= 1, timeout=60, message="the first update")
 
             vhost = outages.vhost_of(settings.amqp_url)
             await async_wait_until(

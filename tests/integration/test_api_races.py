@@ -144,7 +144,7 @@ def _hold_then_commit(
         work(uow)
         assert uow.connection is not None  # flushes the buffered writes: events now hold their sequences
         answer = pool.submit(request)
-        wait_until(lambda: _waiting_for_a_lock(engine), timeout=10, message="the front end waits for the lock")
+        wait_until(lambda: _waiting_for_a_lock(engine), timeout=60, message="the front end waits for the lock")
         uow.commit()
         return answer.result(timeout=30)
 

@@ -129,7 +129,7 @@ async def stage(database_url: str, amqp_url: str) -> AsyncIterator[Stage]:
                 await probe.close()
         return (declared.declaration_result.consumer_count or 0) > 0
 
-    await async_wait_until(consuming, timeout=20, message="stage worker consuming")
+    await async_wait_until(consuming, timeout=60, message="stage worker consuming")
     yield Stage(queue, channel, connection, echoed, engine, database_url, amqp_url)
     worker.stop()
     await asyncio.wait_for(task, 20)
@@ -281,7 +281,7 @@ async def test_a_replayed_duplicate_changes_nothing(stage: Stage) -> None:
         headers={ORIGINAL_EXCHANGE_HEADER: OMS_EXCHANGE, ORIGINAL_ROUTING_KEY_HEADER: stage.work_key},
     )
     assert await Publisher(stage.connection).publish([copy]) == [message_id]
-    await async_wait_until(lambda: _depth_is(stage, 1), timeout=10, message="the copy in the dead-letter queue")
+    await async_wait_until(lambda: _depth_is(stage, 1), timeout=60, message="the copy in the dead-letter queue")
 
     out = await oms_dlq(stage, "replay", "--queue", stage.dlq, "--yes")
     assert "replayed 1 of 1" in out

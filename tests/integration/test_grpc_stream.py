@@ -124,7 +124,7 @@ class Subscription:
         assert SUBSCRIBED_METADATA in tuple(metadata), metadata
 
     async def until(self, count: int) -> list[pb.OrderUpdate]:
-        await async_wait_until(lambda: len(self.received) >= count, timeout=15, message=f"{count} updates")
+        await async_wait_until(lambda: len(self.received) >= count, timeout=60, message=f"{count} updates")
         return self.received
 
     async def close(self) -> None:

@@ -144,7 +144,7 @@ async def rig(database_url: str, amqp_url: str, management_url: str) -> AsyncIte
     echoed = await channel.declare_queue(f"{stage}.echoed", auto_delete=True)
     await echoed.bind(exchanges[OMS_EXCHANGE], "test.echoed")
     task = asyncio.create_task(worker.run())
-    await async_wait_until(lambda: _has_consumer(connection, queue_def.name), timeout=20, message="worker consuming")
+    await async_wait_until(lambda: _has_consumer(connection, queue_def.name), timeout=60, message="worker consuming")
     yield Rig(
         worker, task, connection, channel, echoed, engine, queue_def, gate, management_url, outages.vhost_of(amqp_url)
     )
@@ -243,7 +243,7 @@ async def test_dead_letter_publish_failure_requeues_instead_of_exiting(
     assert calls == 2  # requeued after the failed copy, copied on the next delivery
     await rig.publish({"text": "after"})
     got: list[str] = []
-    await async_wait_until(lambda: _collect_texts(rig.echoed, got), timeout=20, message="the next message handled")
+    await async_wait_until(lambda: _collect_texts(rig.echoed, got), timeout=60, message="the next message handled")
     _worker_alive(rig)
 
 
@@ -264,7 +264,7 @@ async def test_mark_sent_failure_does_not_kill_the_stage(rig: Rig, monkeypatch: 
     monkeypatch.setattr(stage_module, "mark_sent", flaky_mark_sent)
     await rig.publish({"text": "one"})
     got: list[str] = []
-    await async_wait_until(lambda: _collect_texts(rig.echoed, got), timeout=20, message="echoed")
+    await async_wait_until(lambda: _collect_texts(rig.echoed, got), timeout=60, message="echoed")
 
     def marked() -> bool:
         with rig.engine.connect() as connection:
@@ -273,7 +273,7 @@ async def test_mark_sent_failure_does_not_kill_the_stage(rig: Rig, monkeypatch: 
             ).scalar()
         return unsent == 0
 
-    await async_wait_until(lambda: asyncio.to_thread(marked), timeout=20, message="the row marked sent")
+    await async_wait_until(lambda: asyncio.to_thread(marked), timeout=60, message="the row marked sent")
     assert failures == 2
     _worker_alive(rig)
 
@@ -293,8 +293,8 @@ async def test_mark_sent_gives_up_gracefully_on_a_non_infrastructure_error(
         await _collect_texts(rig.echoed, got)
         return {"a", "b"} <= set(got)
 
-    await async_wait_until(both, timeout=20, message="both handled")
-    await async_wait_until(rig.queue_settled, timeout=20, message="acked")
+    await async_wait_until(both, timeout=60, message="both handled")
+    await async_wait_until(rig.queue_settled, timeout=60, message="acked")
     _worker_alive(rig)
 
 
@@ -315,7 +315,7 @@ async def test_stage_outlives_a_database_outage(rig: Rig, database_url: str) -> 
         return {"held", *(f"during-{i}" for i in range(5))} <= set(got)
 
     await async_wait_until(all_echoed, timeout=40, message=lambda: f"every message handled (got {got})")
-    await async_wait_until(rig.queue_settled, timeout=20, message="acked")
+    await async_wait_until(rig.queue_settled, timeout=60, message="acked")
     _worker_alive(rig)
     assert got.count("held") == 1
 
@@ -327,7 +327,7 @@ async def test_a_different_message_reusing_an_applied_id_is_dead_lettered_with_t
     mid = str(uuid.uuid4())
     await rig.publish({"text": "original"}, mid)
     got: list[str] = []
-    await async_wait_until(lambda: _collect_texts(rig.echoed, got), timeout=20, message="original handled")
+    await async_wait_until(lambda: _collect_texts(rig.echoed, got), timeout=60, message="original handled")
     await rig.publish({"text": "original"}, mid)  # a redelivery: same id, same bytes -> skipped
     await rig.publish({"text": "impostor"}, mid)  # another message reusing the id
     await rig.publish({"text": "marker"})
@@ -336,7 +336,7 @@ async def test_a_different_message_reusing_an_applied_id_is_dead_lettered_with_t
     async def dead() -> AbstractIncomingMessage | None:
         return await dlq.get(no_ack=True, fail=False)
 
-    message: AbstractIncomingMessage = await async_wait_until(dead, timeout=20, message="the impostor in the DLQ")
+    message: AbstractIncomingMessage = await async_wait_until(dead, timeout=60, message="the impostor in the DLQ")
     assert jsonutil.loads(message.body)["text"] == "impostor"
     assert message.headers[ERROR_HEADER] == f"message id {mid} was already used for a different body"
 
@@ -344,7 +344,7 @@ async def test_a_different_message_reusing_an_applied_id_is_dead_lettered_with_t
         await _collect_texts(rig.echoed, got)
         return "marker" in got
 
-    await async_wait_until(marker, timeout=20, message="the marker handled")
+    await async_wait_until(marker, timeout=60, message="the marker handled")
     assert got.count("original") == 1 and "impostor" not in got
     assert await dlq.get(no_ack=True, fail=False) is None  # the plain redelivery was not dead-lettered
 
@@ -364,7 +364,7 @@ async def test_an_inbox_row_without_a_digest_treats_the_id_as_a_plain_duplicate(
         await _collect_texts(rig.echoed, got)
         return "marker" in got
 
-    await async_wait_until(marker, timeout=20, message="the marker handled")
+    await async_wait_until(marker, timeout=60, message="the marker handled")
     assert "legacy" not in got
     dlq = await rig.channel.declare_queue(rig.queue_def.dead_letter_name, passive=True)
     assert await dlq.get(no_ack=True, fail=False) is None
@@ -389,7 +389,7 @@ async def test_connect_waits_for_a_broker_that_is_down_at_start(
     def attempts() -> int:
         return sum("broker not reachable" in r.getMessage() for r in caplog.records)
 
-    await async_wait_until(lambda: attempts() >= 2, timeout=20, message="two failed attempts logged")
+    await async_wait_until(lambda: attempts() >= 2, timeout=60, message="two failed attempts logged")
     assert not connecting.done()
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -465,7 +465,7 @@ async def test_outbox_relay_outlives_database_and_broker_outages(
             return mid in received
 
         first = await asyncio.to_thread(_unclaimed_row, engine, routing_key)
-        await async_wait_until(lambda: arrived(first), timeout=20, message="relayed before the outages")
+        await async_wait_until(lambda: arrived(first), timeout=60, message="relayed before the outages")
 
         with outages.database_down(database_url):  # the LISTEN connection and the pool die
             await asyncio.sleep(1.5)  # the length of the outage (not a wait for state)

@@ -523,7 +523,7 @@ async def test_the_feed_consumer_stores_the_latest_prices(engine: Engine, amqp_u
                         select(reference_prices.c.price).where(reference_prices.c.symbol == symbol)
                     ).scalar()
 
-            assert await async_wait_until(lambda: stored() == D("101.50"), timeout=10)
+            assert await async_wait_until(lambda: stored() == D("101.50"), timeout=60)
     finally:
         consumer.stop()
         await task

@@ -62,7 +62,7 @@ async def setup(
     echoed = await channel.declare_queue(exclusive=True)
     await echoed.bind(exchanges[OMS_EXCHANGE], "test.echoed")
     task = asyncio.create_task(worker.run())
-    await async_wait_until(lambda: _has_consumer(channel, queue_def.name), timeout=20, message="worker consuming")
+    await async_wait_until(lambda: _has_consumer(channel, queue_def.name), timeout=60, message="worker consuming")
     yield worker, channel, echoed, engine, queue_def
     worker.stop()
     await asyncio.wait_for(task, 20)
@@ -254,7 +254,7 @@ async def test_companions_run_beside_the_consumer_restart_after_a_failure_and_st
     worker = StageWorker(spec, Settings(database_url=database_url, amqp_url=amqp_url), engine)
     task = asyncio.create_task(worker.run())
     try:
-        await async_wait_until(lambda: bool(companions) and companions[0].runs == 2, timeout=20, message="restart")
+        await async_wait_until(lambda: bool(companions) and companions[0].runs == 2, timeout=60, message="restart")
         assert not task.done()  # the stage went on while its companion failed
         worker.stop()
         await asyncio.wait_for(task, 20)

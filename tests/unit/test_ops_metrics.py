@@ -20,23 +20,13 @@ import yaml
 from prometheus_client import REGISTRY
 
 from common.config import REPO_ROOT
+from tools.processes import system
 
 OPS = REPO_ROOT / "ops"
 DASHBOARDS = sorted((OPS / "grafana" / "dashboards").glob("*.json"))
 # Not the OMS's: Prometheus's scrape health, and RabbitMQ's rabbitmq_prometheus plugin (/metrics/per-object).
 EXTERNAL = {"up", "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages"}
-PROCESSES = {
-    "intake",
-    "risk_gate",
-    "router",
-    "execution_handler",
-    "settlement",
-    "outbox_relay",
-    "venue_sim",
-    "api",
-    "jobs_worker",
-    "jobs_scheduler",
-}
+PROCESSES = {spec.name for spec in system(with_venue=True, with_api=True, with_jobs=True)}
 
 _DEFINITION = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"")
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset"}

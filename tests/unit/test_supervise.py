@@ -70,7 +70,7 @@ def test_a_killed_child_is_restarted_and_the_state_file_says_so(
         now = _state(data_dir)["sleeper"]
         return now if now["restarts"] == 1 and now["state"] == "running" else None
 
-    now = wait_until(restarted, timeout=10, message="the sleeper restarted")
+    now = wait_until(restarted, timeout=60, message="the sleeper restarted")
     assert now is not None
     assert now["pid"] != first["pid"] and now["last_exit"] == -signal.SIGKILL
 
@@ -80,7 +80,7 @@ def test_a_child_that_keeps_failing_is_restarted_with_a_doubling_delay_up_to_the
 ) -> None:
     loop, _ = loop_running
     crasher = loop.children["crasher"]
-    wait_until(lambda: crasher.restarts >= 4, timeout=20, message="four restarts of the crasher")
+    wait_until(lambda: crasher.restarts >= 4, timeout=60, message="four restarts of the crasher")
     assert crasher.delay == 0.4  # 0.1, 0.2, 0.4, then capped
     assert _state(data_dir)["sleeper"]["restarts"] == 0  # the others are left alone
 
@@ -91,7 +91,7 @@ def test_stopping_the_loop_stops_every_child(
     loop, stop = loop_running
     pid = int(str(_state(data_dir)["sleeper"]["pid"]))
     stop.set()
-    wait_until(lambda: _state(data_dir)["sleeper"]["state"] == "stopped", timeout=15, message="stopped")
+    wait_until(lambda: _state(data_dir)["sleeper"]["state"] == "stopped", timeout=60, message="stopped")
     assert not supervise.is_alive(pid)
 
 
@@ -105,12 +105,12 @@ def test_the_daemon_supervises_refuses_a_second_up_shows_in_ps_and_stops_on_sigt
     command = supervise.daemon_command(supervise.specs_to_json([SLEEPER]), data_dir)
     daemon = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL)
     try:
-        wait_until(lambda: supervise.running_supervisor(data_dir) == daemon.pid, timeout=15, message="pid file")
-        wait_until(lambda: supervise.state_file(data_dir).exists(), timeout=15, message="state file")
+        wait_until(lambda: supervise.running_supervisor(data_dir) == daemon.pid, timeout=60, message="pid file")
+        wait_until(lambda: supervise.state_file(data_dir).exists(), timeout=60, message="state file")
         child = int(str(_state(data_dir)["sleeper"]["pid"]))
 
         os.kill(child, signal.SIGKILL)  # a killed process comes back
-        wait_until(lambda: _state(data_dir)["sleeper"]["restarts"] == 1, timeout=15, message="restarted")
+        wait_until(lambda: _state(data_dir)["sleeper"]["restarts"] == 1, timeout=60, message="restarted")
 
         assert up.main([]) == 1  # refused before touching any server
         assert f"already running (pid {daemon.pid})" in capsys.readouterr().err
