@@ -38,10 +38,16 @@ def listen_host(variable: str | None = None) -> str:
 class Settings:
     """Every tunable of the service; one instance is built by ``common.bootstrap``."""
 
+    # The local servers' ports (OMS_PG_PORT, OMS_AMQP_PORT, as tools/infra.py starts them) make the defaults, so
+    # every tool reaches the instance its environment names, not the one on the default ports.
     database_url: str = field(
-        default_factory=lambda: _env("OMS_DATABASE_URL", "postgresql+psycopg://oms:oms@127.0.0.1:54329/oms")
+        default_factory=lambda: _env(
+            "OMS_DATABASE_URL", f"postgresql+psycopg://oms:oms@127.0.0.1:{_env('OMS_PG_PORT', '54329')}/oms"
+        )
     )
-    amqp_url: str = field(default_factory=lambda: _env("OMS_AMQP_URL", "amqp://guest:guest@127.0.0.1:56729/"))
+    amqp_url: str = field(
+        default_factory=lambda: _env("OMS_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{_env('OMS_AMQP_PORT', '56729')}/")
+    )
     data_dir: Path = field(default_factory=lambda: Path(_env("OMS_DATA_DIR", str(REPO_ROOT / ".data"))))
     # Stage runtime: how many deliveries one transaction may take, and how long to wait to fill a batch.
     batch_size: int = field(default_factory=lambda: _env_int("OMS_BATCH_SIZE", 200))
