@@ -118,6 +118,14 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def kill_group(running: Running) -> None:
+    """SIGKILL what is left of an exited process's group: the processes it forked (the dramatiq worker's own
+    worker processes) outlive a SIGKILLed parent and would go on consuming, running yesterday's code."""
+    # start_new_session made the process the leader of a group whose id is its pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(running.popen.pid, signal.SIGKILL)
+
+
 class Supervisor:
     """Starts processes with a shared environment, logs each to a file, stops them all."""
 
@@ -171,6 +179,7 @@ class Supervisor:
         running = self.running[name]
         running.popen.send_signal(sig)
         running.popen.wait(timeout=30)
+        kill_group(running)
 
     def rotate_logs(self, extra: Iterable[Path] = ()) -> list[Path]:
         """Rotate (copytruncate) the logs of the running processes, and ``extra`` files, that reached the size."""
@@ -198,6 +207,7 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 running.popen.kill()
                 running.popen.wait(timeout=10)
+            kill_group(running)
             running.log_file.close()
         self.running.clear()
 

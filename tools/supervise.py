@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tools.processes import ProcessSpec, Running, Supervisor
+from tools.processes import ProcessSpec, Running, Supervisor, kill_group
 
 FIRST_DELAY_SECONDS = 0.5
 MAX_DELAY_SECONDS = 30.0
@@ -176,6 +176,7 @@ class SupervisionLoop:
             for child in self.children.values():
                 running = child.running
                 if child.start_at is None and running is not None and running.popen.poll() is not None:
+                    kill_group(running)
                     child.last_exit = running.popen.returncode
                     if now - child.started_mono >= self.stable_after:
                         child.delay = self.first_delay  # it had been fine for a while: a fresh failure

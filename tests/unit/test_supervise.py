@@ -136,3 +136,34 @@ def test_the_daemon_supervises_refuses_a_second_up_shows_in_ps_and_stops_on_sigt
 def test_a_stale_pid_file_does_not_block_up(data_dir: Path) -> None:
     supervise.write_pid_file(data_dir, 2**22 + 12345)  # no such process
     assert supervise.running_supervisor(data_dir) is None
+
+
+def test_what_a_killed_child_forked_is_killed_with_it(data_dir: Path) -> None:
+    """Found by the fault suite: a SIGKILLed dramatiq worker left its forked workers running, consuming jobs."""
+    pid_file = data_dir / "grandchild.pid"
+    forking = ProcessSpec("forking", "tests.support.forking_child", env={"FORKING_CHILD_PID_FILE": str(pid_file)})
+    supervisor = Supervisor({}, data_dir / "logs", REPO_ROOT, die_with_parent=True)
+    loop = supervise.SupervisionLoop(
+        supervisor,
+        [forking],
+        supervise.state_file(data_dir),
+        report=lambda line: None,
+        first_delay=0.1,
+        max_delay=0.4,
+        stable_after=60,
+        stop_timeout=5,
+    )
+    loop.start_all()
+    try:
+        wait_until(pid_file.exists, timeout=60, message="the child forked its worker")
+        grandchild = int(pid_file.read_text())
+        child = loop.children["forking"].running
+        assert child is not None and supervise.is_alive(grandchild)
+        pid_file.unlink()
+        os.kill(child.popen.pid, signal.SIGKILL)
+        wait_until(lambda: not supervise.is_alive(grandchild) or loop.tick(), timeout=60, message="worker gone")
+        wait_until(lambda: not supervise.is_alive(grandchild), timeout=60, message="the orphaned worker killed")
+        wait_until(lambda: loop.tick() or pid_file.exists(), timeout=60, message="the child restarted")
+    finally:
+        loop.stop_all()
+    assert not supervise.is_alive(int(pid_file.read_text()))  # stopping takes the new worker with it too
