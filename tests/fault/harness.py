@@ -6,9 +6,11 @@ the outages the suite injects touch nothing else on the machine, and ``./oms dow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -121,12 +123,34 @@ class Instance:
     def up(self) -> None:
         self.oms("up", "--detach")
 
-    def down(self) -> None:
+    def down(self) -> list[int]:
+        """Stop everything; returns the pids of any process that outlived it (killed here, for the next run)."""
         self.oms("down", check=False)
+        left = self.leftovers()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if os.environ.get("OMS_FAULT_KEEP"):  # debugging: keep the logs and the servers' data
             print(f"fault suite: kept {self.data_dir}")
         else:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        return left
+
+    def leftovers(self) -> list[int]:
+        """Pids of processes still running with this instance's environment (none should outlive ``down``)."""
+        marker = f"OMS_DATA_DIR={self.data_dir}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+            if marker in environ.split(b"\0") and b"python" in cmdline:
+                found.append(int(entry.name))
+        return found
 
     def processes(self) -> dict[str, dict[str, Any]]:
         """What the supervisor says of each process: ``./oms ps --json``."""

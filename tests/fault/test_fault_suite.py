@@ -142,7 +142,8 @@ def instance() -> Iterator[Instance]:
         print("\n".join(inst.log))
         raise
     finally:
-        inst.down()
+        left = inst.down()
+    assert not left, f"processes outlived ./oms down: {left}"
 
 
 @pytest.fixture(scope="module")
