@@ -46,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "seed": ("tools.seed", "main", "load sample data"),
     "token": ("tools.token", "main", "issue an API token"),
     "dlq": ("tools.dlq", "main", "inspect and replay dead-lettered messages"),
-    "bench": ("tools.bench", "main", "measure throughput"),
+    "bench": ("tools.bench", "main", "measure CPU per order by process, throughput and latency (see README, Speed)"),
     "risk": ("tools.risk", "main", "risk limits, restricted symbols and the kill switch (show | set | halt ...)"),
     "bench-risk": ("tools.bench_risk", "main", "measure the cost of the risk checks per order"),
     "check": ("tools.check", "main", "check the invariants: fills vs confirmations, positions, outbox, stuck"),

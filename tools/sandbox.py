@@ -6,7 +6,7 @@ import contextlib
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import requests
@@ -40,6 +40,10 @@ class Sandbox:
             if missing:
                 raise RuntimeError(f"{name} did not come back:\n{self.supervisor.tail(name)}")
 
+    def pids(self) -> dict[str, int]:
+        """The pid of each running process by name (``oms bench`` reads their CPU from /proc)."""
+        return {name: r.popen.pid for name, r in self.supervisor.running.items() if r.popen.poll() is None}
+
 
 def consumers_ready(management_url: str, vhost: str, queues: list[str], timeout: float) -> list[str]:
     """Poll the management API until every queue has a consumer; returns those that never got one."""
@@ -64,9 +68,18 @@ def consumers_ready(management_url: str, vhost: str, queues: list[str], timeout:
 
 @contextlib.contextmanager
 def sandbox(
-    infra_urls: InfraUrls, *, with_venue: bool, env: Mapping[str, str] | None = None, label: str = "oms_sbx"
+    infra_urls: InfraUrls,
+    *,
+    with_venue: bool,
+    env: Mapping[str, str] | None = None,
+    label: str = "oms_sbx",
+    extra: Sequence[ProcessSpec] = (),
 ) -> Iterator[Sandbox]:
-    """Create a database and vhost, migrate and seed, start every worker; tear it all down afterwards."""
+    """Create a database and vhost, migrate and seed, start every worker; tear it all down afterwards.
+
+    ``extra`` processes (``oms bench --rest`` adds the REST server) start after the pipeline; the caller waits
+    for them to be ready.
+    """
     name = f"{label}_{uuid.uuid4().hex[:10]}"
     database_url = infra.create_database(name, infra_urls.database_url)
     infra.create_vhost(name, infra_urls.management_url)
@@ -82,7 +95,7 @@ def sandbox(
         migrate.upgrade(database_url)
         with engine.begin() as connection:
             seed_demo(connection)
-        specs = system(with_venue=with_venue, with_api=False)
+        specs = system(with_venue=with_venue, with_api=False, extra=extra)
         supervisor.start_all(specs)
         missing = consumers_ready(infra_urls.management_url, name, [f"oms.{s}" for s in STAGES], timeout=90)
         if missing or supervisor.dead():

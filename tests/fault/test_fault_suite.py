@@ -392,6 +392,7 @@ async def test_the_promise_holds_under_every_fault(
         await _kill_each(instance, engine, strategy, faults)
         await _crash_after_commit(instance, engine, strategy, faults)
 
+        restarts = {name: p["restarts"] for name, p in (await asyncio.to_thread(instance.processes)).items()}
         length = await asyncio.to_thread(outage, instance.stop_broker, instance.start_broker, OUTAGE_SECONDS)
         faults.add(f"broker outage of {length:.0f} s")
         await _progress(engine, strategy, 20, timeout=180)
@@ -399,6 +400,9 @@ async def test_the_promise_holds_under_every_fault(
         faults.add(f"database outage of {length:.0f} s")
         await _progress(engine, strategy, 20, timeout=180)
 
+        # Outages are weather: no process exited because of them (the supervisor restarted nothing).
+        after = {name: p["restarts"] for name, p in (await asyncio.to_thread(instance.processes)).items()}
+        assert after == restarts, f"restarted during the outages: {after} (before {restarts})"
         bust = await _reports(amqp, engine, strategy, faults)
         await _progress(engine, strategy, 20)
     finally:
