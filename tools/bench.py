@@ -216,6 +216,14 @@ def _filled_latencies_ms(box: Sandbox, run: str, sent_at: Mapping[str, float]) -
     return [1000 * (filled - sent_at[key]) for key, filled in rows if key in sent_at]
 
 
+async def _publish_confirmed(publisher: Publisher, chunk: list[OutboxMessage], confirmed_at: dict[str, float]) -> None:
+    """Publish decisions with confirms; each decision's time (by decision id) is when its confirm arrived."""
+    if len(await publisher.publish(chunk)) != len(chunk):
+        raise RuntimeError("decisions not confirmed by the broker")
+    now = time.time()
+    confirmed_at.update((m.correlation_id or "", now) for m in chunk)
+
+
 async def _publish_all(box: Sandbox, run: str, orders: int, timeout: float) -> tuple[float, dict[str, float]]:
     """Publish ``orders`` decisions as fast as confirms allow; wait until all settled. (publish s, confirm times)"""
     messages = _decisions(run, orders)
@@ -226,11 +234,7 @@ async def _publish_all(box: Sandbox, run: str, orders: int, timeout: float) -> t
         publisher = Publisher(connection)
         started = time.perf_counter()
         for i in range(0, len(messages), 500):
-            chunk = messages[i : i + 500]
-            if len(await publisher.publish(chunk)) != len(chunk):
-                raise RuntimeError("decisions not confirmed by the broker")
-            now = time.time()
-            confirmed_at.update((m.correlation_id or "", now) for m in chunk)
+            await _publish_confirmed(publisher, messages[i : i + 500], confirmed_at)
         published = time.perf_counter() - started
         await _wait_settled(box, run, orders, started + timeout)
         return published, confirmed_at
@@ -254,10 +258,7 @@ async def _publish_at_rate(
             due = min(total, int((time.perf_counter() - started) * rate) + 1)
             if due > sent:
                 chunk = [_decision(run, i) for i in range(sent, due)]
-                if len(await publisher.publish(chunk)) != len(chunk):
-                    raise RuntimeError("decisions not confirmed by the broker")
-                now = time.time()
-                confirmed_at.update((m.correlation_id or "", now) for m in chunk)
+                await _publish_confirmed(publisher, chunk, confirmed_at)
                 sent = due
             next_due = started + sent / rate
             await asyncio.sleep(max(0.0, next_due - time.perf_counter()))

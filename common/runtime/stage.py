@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -171,6 +170,7 @@ def _decode(spec: StageSpec, message: AbstractIncomingMessage, delivery: _Delive
         type=message.type,
         headers=dict(message.headers or {}),
         redelivered=bool(message.redelivered),
+        digest=body_digest(body),
     )
 
 
@@ -422,7 +422,7 @@ class StageWorker:
         if not valid:
             self._log_batch(len(messages), started, invalid=len(deliveries))
             return
-        envelopes = [dataclasses.replace(d.envelope, digest=body_digest(d.message.body)) for d in valid if d.envelope]
+        envelopes = [d.envelope for d in valid if d.envelope is not None]
         outcome = await self._process_with_retry(envelopes)
         if outcome is None:
             return  # stopping while the database is away: left unacked, the broker redelivers them

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from types import TracebackType
 
@@ -21,7 +22,7 @@ class UnitOfWork:
         self._claim_outbox = claim_outbox
         self._connection: Connection | None = None
         self.committed: list[OutboxMessage] = []
-        self._after_commit: list[Callable[[], None]] = []
+        self._after_commit: list[tuple[contextvars.Context, Callable[[], None]]] = []
 
     def __enter__(self) -> UnitOfWork:
         self._connection = self._engine.connect()
@@ -45,8 +46,9 @@ class UnitOfWork:
 
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run ``action`` once this transaction commits (never if it rolls back): metrics and log lines about
-        what was committed, so a batch retried message by message does not count them twice."""
-        self._after_commit.append(action)
+        what was committed, so a batch retried message by message does not count them twice. The action runs in
+        the context it was registered in, so its log lines carry that message's ids."""
+        self._after_commit.append((contextvars.copy_context(), action))
 
     def _flush(self) -> None:
         # Orders first: execution reports and events refer to them.
@@ -62,8 +64,8 @@ class UnitOfWork:
         self.committed = list(self.outbox.written)
         self.outbox.written.clear()
         actions, self._after_commit = self._after_commit, []
-        for action in actions:
-            action()
+        for context, action in actions:
+            context.run(action)
         self.connection.begin()
         return self.committed
 

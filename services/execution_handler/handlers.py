@@ -92,7 +92,7 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
         # The same id for other terms: which one is true cannot be known, so the first stands and this is shown.
         order.record_anomaly(report.execution_id, ["execution_id_reused"], now, {"differences": differences})
         uow.orders.save(order, correlation_id=env.correlation_id or order.id, message_id=env.message_id)
-        _report_anomalies(uow, order, report, ["execution_id_reused"], {"differences": differences, **_ids(env)})
+        _report_anomalies(uow, order, report, ["execution_id_reused"], {"differences": differences})
         return
 
     busted = None
@@ -132,12 +132,7 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
         _answer_request(uow, report, now)
     if outcome.anomalies:
         booked = outcome.fill.quantity if outcome.fill is not None else _ZERO
-        _report_anomalies(uow, order, report, outcome.anomalies, {"booked_quantity": str(booked), **_ids(env)})
-
-
-def _ids(env: Envelope) -> dict[str, Any]:
-    # The line is written after the commit, outside the message's log context: it carries the ids itself.
-    return {"message_id": env.message_id, "correlation_id": env.correlation_id}
+        _report_anomalies(uow, order, report, outcome.anomalies, {"booked_quantity": str(booked)})
 
 
 def _report_anomalies(
