@@ -619,7 +619,8 @@ def _rabbit_config(settings: Settings) -> str:
         f"management.tcp.port = {settings.management_port}",
     ]
     if DEFINITIONS_FILE.exists():
-        lines.append(f"load_definitions = {DEFINITIONS_FILE}")
+        # The node's own copy (see _rabbit_prepare): the checkout may sit where its user cannot read.
+        lines.append(f"load_definitions = {settings.rabbit_dir / DEFINITIONS_FILE.name}")
     return "\n".join(lines) + "\n"
 
 
@@ -633,6 +634,10 @@ def _rabbit_prepare(settings: Settings) -> None:
     for folder in (base, base / "mnesia", base / "log"):
         _prepare_dir(folder, owner)
     _write_owned(base / "enabled_plugins", "[rabbitmq_management].\n", owner)
+    if DEFINITIONS_FILE.exists():
+        # Copied into the node's folder at every start: a checkout in a private folder (mktemp -d, mode 0700)
+        # is out of the rabbitmq user's reach, and the node refuses to start without its definitions.
+        _write_owned(base / DEFINITIONS_FILE.name, DEFINITIONS_FILE.read_text(), owner)
     _write_owned(base / "rabbitmq.conf", _rabbit_config(settings), owner)
 
 
