@@ -73,7 +73,10 @@ class Instance:
     @classmethod
     def create(cls, extra: Mapping[str, str]) -> Instance:
         run = uuid.uuid4().hex[:8]
-        data_dir = REPO_ROOT / ".data" / f"fault-{run}"
+        # Beside the machine's default data folder, which tools/infra.py keeps where the servers' users can reach
+        # (outside a private checkout such as a mktemp -d clone).
+        default = cls._settings({k: v for k, v in os.environ.items() if k != "OMS_DATA_DIR"}).data_dir
+        data_dir = default / f"fault-{run}"
         pg, amqp, mgmt, dist, rest, grpc = free_ports(6)
         env = {
             **os.environ,
