@@ -20,15 +20,15 @@ def settings() -> Settings:
 
 
 @lru_cache(maxsize=4)
-def engine(url: str | None = None) -> Engine:
-    """The process's database engine."""
-    return make_engine(url or settings().database_url)
+def engine(url: str | None = None, pre_ping: bool = True) -> Engine:
+    """The process's database engine (see ``make_engine`` for ``pre_ping``)."""
+    return make_engine(url or settings().database_url, pre_ping=pre_ping)
 
 
 def stage_worker(spec: StageSpec, config: Settings | None = None) -> StageWorker:
     """A stage worker wired to the configured database and broker."""
     config = config or settings()
-    return StageWorker(spec, config, engine(config.database_url))
+    return StageWorker(spec, config, engine(config.database_url, pre_ping=False))
 
 
 def run_stage(spec: StageSpec) -> None:

@@ -51,7 +51,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(_env("OMS_DATA_DIR", str(REPO_ROOT / ".data"))))
     # Stage runtime: how many deliveries one transaction may take, and how long to wait to fill a batch.
     batch_size: int = field(default_factory=lambda: _env_int("OMS_BATCH_SIZE", 200))
-    batch_linger_ms: float = field(default_factory=lambda: _env_float("OMS_BATCH_LINGER_MS", 2.0))
+    batch_linger_ms: float = field(default_factory=lambda: _env_float("OMS_BATCH_LINGER_MS", 0.0))
     delivery_limit: int = field(default_factory=lambda: _env_int("OMS_DELIVERY_LIMIT", 5))
     outbox_grace_seconds: float = field(default_factory=lambda: _env_float("OMS_OUTBOX_GRACE_SECONDS", 10.0))
     outbox_poll_seconds: float = field(default_factory=lambda: _env_float("OMS_OUTBOX_POLL_SECONDS", 1.0))

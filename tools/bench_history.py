@@ -2,9 +2,10 @@
 
 Each history order gets what a MARKET order leaves behind on its happy path: the order (FILLED), five events
 (ORDER_CREATED, RISK_APPROVED, ORDER_ROUTED, ORDER_ACKNOWLEDGED, ORDER_FILLED), two execution reports (NEW,
-FILL), one accepted NEW request and one trade confirmation. Rows are made by ``INSERT ... SELECT FROM
-generate_series`` in chunks (one transaction per chunk and table), spread over the past days, then the
-tables are analysed so the planner sees them as the workers will.
+FILL), one accepted NEW request, one trade confirmation with its settlement instruction (PENDING: nothing
+settles instructions yet), and the five inbox rows its messages left (retention keeps them 30 days). Rows are
+made by ``INSERT ... SELECT FROM generate_series`` in chunks (one transaction per chunk and table), spread over
+the past days, then the tables are analysed so the planner sees them as the workers will.
 """
 
 from __future__ import annotations
@@ -72,12 +73,35 @@ FROM (SELECT i, now() - (:n - i) * interval '2 seconds' - interval '1 hour' AS t
       FROM generate_series(:lo, :hi) AS i) AS s
 """
 
+_INSTRUCTIONS = """
+INSERT INTO settlement_instructions (id, confirmation_id, order_id, account_id, symbol, securities_direction,
+    quantity, cash_amount, currency, settlement_date, status, created_at)
+SELECT md5('s' || i)::uuid::text, md5('c' || i)::uuid::text, md5('o' || i)::uuid::text,
+    CASE WHEN i % 2 = 0 THEN 'ACC-001' ELSE 'ACC-002' END, (ARRAY['AAPL', 'MSFT', 'SPY'])[1 + i % 3],
+    CASE WHEN i % 3 = 0 THEN 'DELIVER' ELSE 'RECEIVE' END, 1 + i % 5,
+    CASE WHEN i % 3 = 0 THEN (1 + i % 5) * 100 ELSE -(1 + i % 5) * 100 END, 'USD', ts::date + 2, 'PENDING',
+    ts + interval '50 milliseconds'
+FROM (SELECT i, now() - (:n - i) * interval '2 seconds' - interval '1 hour' AS ts
+      FROM generate_series(:lo, :hi) AS i) AS s
+"""
+
+# What each stage's inbox keeps of the messages it handled (within the 30 days retention keeps).
+_INBOX = """
+INSERT INTO inbox (stage, message_id, processed_at, digest)
+SELECT st, md5('i' || i || st)::uuid::text, ts + interval '30 milliseconds', md5('d' || i || st)
+FROM (SELECT i, now() - (:n - i) * interval '2 seconds' - interval '1 hour' AS ts
+      FROM generate_series(:lo, :hi) AS i) AS s
+CROSS JOIN unnest(ARRAY['intake', 'risk_gate', 'router', 'execution_handler', 'settlement']) AS st
+"""
+
 TABLES = (
     ("orders", _ORDERS),
     ("order_events", _EVENTS),
     ("execution_reports", _REPORTS),
     ("order_requests", _REQUESTS),
     ("trade_confirmations", _CONFIRMATIONS),
+    ("settlement_instructions", _INSTRUCTIONS),
+    ("inbox", _INBOX),
 )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from common.messaging.batch import Record
 from common.messaging.publisher import Publisher
 from common.messaging.topology import DEAD_LETTER_EXCHANGE, StageQueue
 from common.store.outbox import OutboxMessage
@@ -32,13 +33,21 @@ def republishable(value: Any) -> Any:
 
 
 async def dead_letter(
-    publisher: Publisher, queue: StageQueue, message: AbstractIncomingMessage, message_id: str, reason: str
+    publisher: Publisher,
+    queue: StageQueue,
+    message: AbstractIncomingMessage,
+    message_id: str,
+    reason: str,
+    record: Record | None = None,
 ) -> None:
     """Publish the message, unchanged, to the stage's dead-letter queue with the reason in a header.
 
-    The caller acks the original only after this returns: the broker confirmed the copy, so nothing is lost.
+    With ``record`` (one record of a carrier), the copy is that record alone, as a plain message: the way it
+    would have travelled on its own, so it can be replayed like any other. The caller acks the original only
+    after this returns: the broker confirmed the copy, so nothing is lost.
     """
-    headers = {k: republishable(v) for k, v in (message.headers or {}).items()}
+    source_headers = record.headers if record is not None else message.headers
+    headers = {k: republishable(v) for k, v in (source_headers or {}).items()}
     headers.update(
         {
             ERROR_HEADER: reason[:4000],
@@ -52,9 +61,9 @@ async def dead_letter(
         message_id=message_id,
         exchange=DEAD_LETTER_EXCHANGE,
         routing_key=queue.dead_letter_name,
-        type=message.type or "unknown",
-        correlation_id=message.correlation_id,
-        body=message.body,
+        type=(record.type if record is not None else message.type) or "unknown",
+        correlation_id=record.correlation_id if record is not None else message.correlation_id,
+        body=record.body if record is not None else message.body,
         headers=headers,
     )
     if not await publisher.publish([copy]):

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelInvalidStateError
@@ -29,12 +29,14 @@ from common import jsonutil
 from common.config import Settings
 from common.contracts import text_problem
 from common.logging import log_context
+from common.messaging.batch import Record, is_carrier, pack, record_count, unpack
 from common.messaging.connection import connect_unless_stopped
 from common.messaging.deadletter import dead_letter
 from common.messaging.envelope import Envelope, body_digest, message_id_of
 from common.messaging.publisher import Publisher
 from common.messaging.topology import STAGE_QUEUES, StageQueue, declare_stage_queue, declare_topology
 from common.metrics import STAGE_BATCH_SIZE, STAGE_HANDLING_SECONDS, STAGE_MESSAGES
+from common.runtime.loop import run as run_loop
 from common.store.outbox import OutboxMessage, claim_inbox, mark_sent, record_failure
 from common.store.uow import UnitOfWork
 
@@ -49,6 +51,8 @@ CRASH_AFTER_COMMIT_ENV = "OMS_TEST_CRASH_AFTER_COMMIT"
 # How long marking published rows sent is retried while the database is away before giving up on it: the
 # relay publishes unsent rows again after the grace period, and the consumers' inboxes make that harmless.
 MARK_SENT_GIVE_UP_SECONDS = 60.0
+# How often published rows are marked sent, all those of the interval in one statement.
+MARK_SENT_INTERVAL_SECONDS = 0.2
 
 Handler = Callable[[UnitOfWork, Envelope], None]
 # Work done once per batch, in its transaction, after the orders are locked and before the handler runs.
@@ -97,10 +101,32 @@ class StageSpec:
 
 @dataclass
 class _Delivery:
+    """One message to handle: a plain delivery, or one record of a carrier (which then shares ``message``)."""
+
     message: AbstractIncomingMessage
     message_id: str
     envelope: Envelope | None = None
     error: str | None = None
+    record: Record | None = None
+
+
+class _Source(Protocol):
+    """What decoding reads of a message: a delivery's properties, or a record's."""
+
+    @property
+    def message_id(self) -> Any: ...
+    @property
+    def correlation_id(self) -> Any: ...
+    @property
+    def headers(self) -> Any: ...
+    @property
+    def routing_key(self) -> Any: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def type(self) -> Any: ...
+    @property
+    def redelivered(self) -> Any: ...
 
 
 @dataclass
@@ -128,7 +154,7 @@ def _property_problem(name: str, value: object) -> str | None:
     return None if problem is None else f"{name}: {problem}"
 
 
-def _decode(spec: StageSpec, message: AbstractIncomingMessage, delivery: _Delivery) -> None:
+def _decode(spec: StageSpec, message: _Source, delivery: _Delivery) -> None:
     for name, value in (
         ("message_id", message.message_id),
         ("correlation_id", message.correlation_id),
@@ -194,6 +220,29 @@ def decode(spec: StageSpec, message: AbstractIncomingMessage) -> _Delivery:
     return delivery
 
 
+def expand(spec: StageSpec, message: AbstractIncomingMessage) -> list[_Delivery]:
+    """The deliveries a message holds: itself, or each record of a carrier, decoded (total, as ``decode``)."""
+    if not is_carrier(message.type):
+        return [decode(spec, message)]
+    try:
+        records = unpack(bytes(message.body or b""), message.routing_key or "", bool(message.redelivered))
+    except Exception as exc:  # a carrier that is not one: dead-lettered whole, with the reason
+        delivery = decode(spec, message)
+        delivery.envelope = None
+        delivery.error = f"invalid batch: {exc}"[:1000]
+        return [delivery]
+    deliveries = []
+    for record in records:
+        delivery = _Delivery(message=message, message_id=record.message_id, record=record)
+        try:
+            _decode(spec, record, delivery)
+        except Exception as exc:  # as in decode: never an exception out of here
+            delivery.envelope = None
+            delivery.error = f"body could not be decoded: {type(exc).__name__}: {exc}"[:1000]
+        deliveries.append(delivery)
+    return deliveries
+
+
 def _is_infrastructure_error(exc: BaseException) -> bool:
     # The database went away: retrying later will work, and nacking would burn the delivery limit.
     return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
@@ -223,6 +272,9 @@ class StageWorker:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
         self._companions: list[Companion] = []
+        self._unmarked: list[str] = []
+        self._marker: asyncio.Task[None] | None = None
+        self._pending_work: set[asyncio.Future[None]] = set()
         # Read once: the test hook (see CRASH_AFTER_COMMIT_ENV) is decided when the process starts.
         stage, _, trigger = os.environ.get(CRASH_AFTER_COMMIT_ENV, "").partition(":")
         self._crash_after_commit = stage == spec.stage
@@ -313,7 +365,32 @@ class StageWorker:
 
     def _mark_sent(self, message_ids: list[str]) -> None:
         with self.engine.begin() as connection:
+            # A mark lost in a crash only makes the relay publish the row again, which the consumers' inboxes
+            # absorb: not worth waiting for the WAL flush.
+            connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
             mark_sent(connection, message_ids)
+
+    def _mark_sent_soon(self, message_ids: list[str]) -> None:
+        """Queue confirmed rows to be marked sent with the others of the next few batches, in one statement
+        (a transaction per batch for this alone was a fifth of a stage's round trips at a steady rate)."""
+        self._unmarked.extend(message_ids)
+        if self._marker is None:  # driven without ``run`` (tests): mark at once
+            ids, self._unmarked = self._unmarked, []
+            self._background(self._mark_sent_with_retry(ids))
+
+    def _background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._pending_work.add(task)
+        task.add_done_callback(self._pending_work.discard)
+
+    async def _mark_sent_loop(self) -> None:
+        """Mark queued rows sent every ``MARK_SENT_INTERVAL_SECONDS`` (well inside the relay's grace period)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), MARK_SENT_INTERVAL_SECONDS)
+            if self._unmarked:
+                ids, self._unmarked = self._unmarked, []
+                await self._mark_sent_with_retry(ids)
 
     async def _mark_sent_with_retry(self, message_ids: list[str]) -> None:
         """Mark published rows sent; never fails the stage (unmarked rows are only published again later)."""
@@ -346,20 +423,21 @@ class StageWorker:
     async def _next_batch(self) -> list[AbstractIncomingMessage]:
         first = await self._inbox.get()
         batch = [first]
+        size = record_count(first.headers)  # records, not deliveries: a carrier holds many
         deadline = time.monotonic() + self.settings.batch_linger_ms / 1000
-        while len(batch) < self.settings.batch_size:
+        while size < self.settings.batch_size:
             try:
-                batch.append(self._inbox.get_nowait())
-                continue
+                message = self._inbox.get_nowait()
             except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._inbox.get(), remaining))
-            except TimeoutError:
-                break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    message = await asyncio.wait_for(self._inbox.get(), remaining)
+                except TimeoutError:
+                    break
+            batch.append(message)
+            size += record_count(message.headers)
         return batch
 
     async def _settle(self, message_id: str, what: str, action: Callable[[], Awaitable[None]]) -> bool:
@@ -378,25 +456,51 @@ class StageWorker:
             )
             return False
 
-    async def _dead_letter(self, delivery: _Delivery, reason: str, outcome: str) -> None:
-        """Copy to the stage's DLQ, then ack; if the copy is not confirmed, requeue (never lose, never exit)."""
+    async def _copy_to_dead_letters(self, delivery: _Delivery, reason: str) -> bool:
+        """Copy to the stage's DLQ; False if the copy was not confirmed (its message is then requeued)."""
         assert self._publisher is not None
-        message = delivery.message
         try:
-            await dead_letter(self._publisher, self.spec.queue, message, delivery.message_id, reason)
+            await dead_letter(
+                self._publisher, self.spec.queue, delivery.message, delivery.message_id, reason, delivery.record
+            )
+            return True
         except Exception as exc:
             log.warning(
                 "dead-lettering failed; the message is requeued and comes back",
                 extra={"stage": self.spec.stage, "message_id": delivery.message_id, "error": repr(exc)},
             )
-            # Settled now, or a later multiple ack on this channel would take it without a copy in the DLQ.
-            await self._settle(delivery.message_id, "nack", lambda: message.nack(requeue=True))
-            return
-        if await self._settle(delivery.message_id, "ack", message.ack):
-            STAGE_MESSAGES.labels(self.spec.stage, outcome).inc()
+            return False
+
+    async def _publish(self, messages: list[OutboxMessage]) -> list[str]:
+        """Publish committed outbox rows, internal hops packed in carriers; returns the confirmed rows' ids."""
+        assert self._publisher is not None
+        carriers = pack(messages)
+        try:
+            confirmed = set(await self._publisher.publish([c.message for c in carriers]))
+        except Exception as exc:  # the committed rows are the durable copies: the relay publishes them
+            log.warning("outbox rows not published; the relay will", extra={"error": repr(exc)})
+            return []
+        return [rid for c in carriers if c.message.message_id in confirmed for rid in c.record_ids]
+
+    def _verdict(self, d: _Delivery, outcome: _Outcome) -> tuple[str, str | None]:
+        """What became of one delivery: handled, failed (retry), dead (dead-letter) or invalid, and why."""
+        if d.error is not None:
+            return "invalid", d.error
+        assert d.envelope is not None
+        conflict = outcome.conflicts.get((d.message_id, d.envelope.digest))
+        if conflict is not None:
+            log.warning(
+                "message id reused for a different body; dead-lettered",
+                extra={"message_id": d.message_id, "reason": conflict, "correlation_id": d.envelope.correlation_id},
+            )
+            return "dead_lettered", conflict
+        if d.message_id in outcome.dead:
+            return "dead_lettered", outcome.dead[d.message_id]
+        if d.message_id in outcome.failed:
+            return "failed", outcome.failed[d.message_id]
+        return "handled", None
 
     async def _run_batch(self, messages: list[AbstractIncomingMessage]) -> None:
-        assert self._publisher is not None
         started = time.perf_counter()
         # Deliveries still queued here from a channel that has since closed were requeued by the broker, which
         # delivers them again on the new channel; handling these copies would only be undone.
@@ -406,87 +510,111 @@ class StageWorker:
                 "deliveries from a closed channel dropped; the broker redelivers them",
                 extra={"stage": self.spec.stage, "count": len(messages) - len(live)},
             )
-        deliveries = [decode(self.spec, m) for m in live]
+        deliveries = [d for m in live for d in expand(self.spec, m)]
         for d in deliveries:
             if d.error is not None:
                 log.warning(
                     "bad message dead-lettered",
-                    extra={
-                        "message_id": d.message_id,
-                        "reason": d.error,
-                        "routing_key": d.message.routing_key,
-                    },
+                    extra={"message_id": d.message_id, "reason": d.error, "routing_key": d.message.routing_key},
                 )
-                await self._dead_letter(d, d.error, "invalid")
-        valid = [d for d in deliveries if d.envelope is not None]
-        if not valid:
-            self._log_batch(len(messages), started, invalid=len(deliveries))
-            return
-        envelopes = [d.envelope for d in valid if d.envelope is not None]
-        outcome = await self._process_with_retry(envelopes)
-        if outcome is None:
-            return  # stopping while the database is away: left unacked, the broker redelivers them
-        if outcome.published and self._crash_after_commit and self._crash_now():
-            log.warning("test hook: crashing after commit, before publishing", extra={"stage": self.spec.stage})
-            os._exit(137)
-        try:
-            confirmed = await self._publisher.publish(outcome.published)
-        except Exception as exc:  # the committed rows are the durable copies: the relay publishes them
-            log.warning("outbox rows not published; the relay will", extra={"error": repr(exc)})
-            confirmed = []
-        if confirmed:
-            await self._mark_sent_with_retry(confirmed)
-        handled: list[_Delivery] = []
-        for d, env in zip(valid, envelopes, strict=True):
-            conflict = outcome.conflicts.get((d.message_id, env.digest))
-            if conflict is not None:
-                log.warning(
-                    "message id reused for a different body; dead-lettered",
-                    extra={"message_id": d.message_id, "reason": conflict, "correlation_id": env.correlation_id},
-                )
-                await self._dead_letter(d, conflict, "dead_lettered")
-            elif d.message_id in outcome.dead:
-                await self._dead_letter(d, outcome.dead[d.message_id], "dead_lettered")
-            elif d.message_id in outcome.failed:
-                if await self._settle(d.message_id, "nack", lambda m=d.message: m.nack(requeue=True)):  # type: ignore[misc]
-                    STAGE_MESSAGES.labels(self.spec.stage, "failed").inc()
-            else:
-                handled.append(d)
-        if handled:
-            # Acked even if a publish was not confirmed: the committed outbox row is the durable copy, and the
-            # relay publishes it. One frame per channel: every delivery before the highest handled tag on a
-            # channel is settled (earlier batches entirely, this one above), so a multiple ack takes exactly
-            # these. After a reconnect a batch can hold deliveries of two channels, whose tags are unrelated.
-            by_channel: dict[int, list[_Delivery]] = {}
-            for d in handled:
-                by_channel.setdefault(id(_open_channel_of(d.message)), []).append(d)
-            acked = 0
-            for group in by_channel.values():
-                last = max(group, key=lambda d: d.message.delivery_tag or 0)
-                if await self._settle(last.message_id, "ack", lambda m=last.message: m.ack(multiple=True)):  # type: ignore[misc]
-                    acked += len(group)
-            STAGE_MESSAGES.labels(self.spec.stage, "handled").inc(acked)
-        STAGE_BATCH_SIZE.labels(self.spec.stage).observe(len(messages))
+        envelopes = [d.envelope for d in deliveries if d.envelope is not None]
+        outcome = _Outcome()
+        if envelopes:
+            processed = await self._process_with_retry(envelopes)
+            if processed is None:
+                return  # stopping while the database is away: left unacked, the broker redelivers them
+            outcome = processed
+            if outcome.published and self._crash_after_commit and self._crash_now():
+                log.warning("test hook: crashing after commit, before publishing", extra={"stage": self.spec.stage})
+                os._exit(137)
+            confirmed = await self._publish(outcome.published)
+            if confirmed:
+                self._mark_sent_soon(confirmed)
+        counts = await self._settle_messages(live, deliveries, outcome)
+        STAGE_BATCH_SIZE.labels(self.spec.stage).observe(len(deliveries))
         STAGE_HANDLING_SECONDS.labels(self.spec.stage).observe(time.perf_counter() - started)
-        dead = sum(
-            1
-            for d, env in zip(valid, envelopes, strict=True)
-            if (d.message_id, env.digest) in outcome.conflicts or d.message_id in outcome.dead
-        )
-        self._log_batch(
-            len(messages),
-            started,
-            handled=len(handled),
-            failed=len(valid) - len(handled) - dead,
-            dead_lettered=dead,
-            invalid=len(deliveries) - len(valid),
-        )
+        self._log_batch(len(deliveries), started, **counts)
+
+    def _last_attempt(self, message: AbstractIncomingMessage) -> bool:
+        """Whether a carrier is on the delivery the broker's limit allows last (quorum ``x-delivery-count``)."""
+        if not is_carrier(message.type):
+            return False  # a plain message is dead-lettered by the broker at the limit, as it is
+        count = (message.headers or {}).get("x-delivery-count")
+        return isinstance(count, int) and count >= self.settings.delivery_limit
+
+    async def _settle_messages(
+        self, live: list[AbstractIncomingMessage], deliveries: list[_Delivery], outcome: _Outcome
+    ) -> dict[str, int]:
+        """Settle every AMQP message of the batch by what became of its deliveries; returns the counts.
+
+        A message with a delivery to retry is requeued whole (its handled records are in the inbox, so they are
+        skipped when it comes back, and its bad ones are dead-lettered then). Otherwise its bad deliveries are
+        copied to the DLQ (a copy not confirmed requeues the message) and it is acked.
+        """
+        verdicts: dict[int, list[tuple[_Delivery, str, str | None]]] = {}
+        for d in deliveries:
+            verdicts.setdefault(id(d.message), []).append((d, *self._verdict(d, outcome)))
+        counts = {"handled": 0, "failed": 0, "dead_lettered": 0, "invalid": 0}
+        to_ack: list[tuple[AbstractIncomingMessage, list[tuple[_Delivery, str, str | None]]]] = []
+        for message in live:
+            items = verdicts.get(id(message), [])
+            first_id = items[0][0].message_id if items else str(message.message_id)
+            if any(kind == "failed" for _, kind, _ in items) and self._last_attempt(message):
+                # A carrier's records fail alone: at its last attempt the ones still failing are dead-lettered
+                # one by one, as plain messages with their reason, rather than the broker dead-lettering the
+                # whole carrier (whose other records are handled) with no reason at all.
+                items = [
+                    (d, "dead_lettered", f"failed at every delivery: {reason}")
+                    if kind == "failed"
+                    else (d, kind, reason)
+                    for d, kind, reason in items
+                ]
+            if any(kind == "failed" for _, kind, _ in items):
+                if await self._settle(first_id, "nack", lambda m=message: m.nack(requeue=True)):  # type: ignore[misc]
+                    failed = sum(1 for _, kind, _ in items if kind == "failed")
+                    STAGE_MESSAGES.labels(self.spec.stage, "failed").inc(failed)
+                    counts["failed"] += failed
+                continue
+            copied = True
+            for d, kind, reason in items:
+                if kind in ("invalid", "dead_lettered") and reason is not None:
+                    copied = await self._copy_to_dead_letters(d, reason)
+                    if not copied:
+                        break
+            if not copied:
+                # Settled now, or a later multiple ack on this channel would take it without a copy in the DLQ.
+                await self._settle(first_id, "nack", lambda m=message: m.nack(requeue=True))  # type: ignore[misc]
+                continue
+            to_ack.append((message, items))
+        # One frame per channel: every delivery before the highest tag acked here on a channel is settled
+        # (earlier batches entirely, this one above), so a multiple ack takes exactly these. After a reconnect a
+        # batch can hold deliveries of two channels, whose tags are unrelated.
+        by_channel: dict[int, list[tuple[AbstractIncomingMessage, list[tuple[_Delivery, str, str | None]]]]] = {}
+        for entry in to_ack:
+            by_channel.setdefault(id(_open_channel_of(entry[0])), []).append(entry)
+        for group in by_channel.values():
+            last = max(group, key=lambda e: e[0].delivery_tag or 0)[0]
+            if not await self._settle(str(last.message_id), "ack", lambda m=last: m.ack(multiple=True)):  # type: ignore[misc]
+                continue
+            for _, items in group:
+                for _, kind, _ in items:
+                    counts[kind] += 1
+        for kind in ("handled", "dead_lettered", "invalid"):
+            if counts[kind]:
+                STAGE_MESSAGES.labels(self.spec.stage, kind).inc(counts[kind])
+        return counts
 
     def _log_batch(
         self, size: int, started: float, *, handled: int = 0, failed: int = 0, dead_lettered: int = 0, invalid: int = 0
     ) -> None:
-        """One INFO line per batch: what the stage did with it and how long it took."""
-        log.info(
+        """One line per batch: what the stage did with it and how long it took. INFO when something in it went
+        wrong (failed, dead-lettered, invalid), DEBUG otherwise: at a steady rate a batch is one message, and a
+        line per message is a measurable share of its CPU."""
+        level = logging.INFO if failed or dead_lettered or invalid else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        log.log(
+            level,
             "batch done",
             extra={
                 "stage": self.spec.stage,
@@ -537,12 +665,18 @@ class StageWorker:
         # Built first: a companion that cannot be configured stops the process before it consumes anything.
         self._companions = [factory(self.settings, self.engine) for factory in self.spec.companions]
         companion_tasks = [asyncio.create_task(self._keep_running(c)) for c in self._companions]
+        self._marker = asyncio.create_task(self._mark_sent_loop())
         try:
             await self._consume()
         finally:
             for companion in self._companions:
                 companion.stop()
-            await asyncio.gather(*companion_tasks, return_exceptions=True)
+            self._stopping.set()
+            await asyncio.gather(*companion_tasks, self._marker, return_exceptions=True)
+            if self._unmarked:  # best effort: whatever is left is published again by the relay, harmlessly
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._mark_sent, self._unmarked)
+                self._unmarked = []
 
     async def _connect(self) -> AbstractRobustConnection | None:
         """Connect (waiting for the broker with back-off), unless stopped first."""
@@ -610,7 +744,7 @@ def run_stage_forever(spec: StageSpec, worker_factory: Callable[[StageSpec], Sta
             loop.add_signal_handler(sig, worker.stop)
         await worker.run()
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 __all__ = [

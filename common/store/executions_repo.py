@@ -13,12 +13,51 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, text
 
 from common.domain import BookedExecution, ExecutionReportData, FillDelta
-from common.store import tables
+from common.store.bulk import bulk_insert, rows_parameter
 
 _ZERO = Decimal(0)
+
+# Built once: a batch's reads and writes are one statement each, whatever its size.
+_KNOWN_SQL = text(
+    "SELECT execution_id, order_id, exec_type, last_qty, last_px, cum_qty, exec_ref_id FROM execution_reports "
+    "WHERE execution_id = ANY(CAST(:ids AS varchar[]))"
+)
+# The columns ``record`` buffers, in the order of its row tuples; one INSERT for the batch.
+_INSERT_COLUMNS = (
+    ("id", "varchar"),
+    ("order_id", "varchar"),
+    ("execution_id", "varchar"),
+    ("quantity", "numeric"),
+    ("price", "numeric"),
+    ("timestamp", "timestamptz"),
+    ("fees", "numeric"),
+    ("venue", "varchar"),
+    ("exec_type", "varchar"),
+    ("request_id", "varchar"),
+    ("broker_order_id", "varchar"),
+    ("cum_qty", "numeric"),
+    ("leaves_qty", "numeric"),
+    ("avg_px", "numeric"),
+    ("exec_ref_id", "varchar"),
+    ("reason", "text"),
+    ("busted", "boolean"),
+    ("received_at", "timestamptz"),
+    ("last_qty", "numeric"),
+    ("last_px", "numeric"),
+    ("unreported_delta", "numeric"),
+)
+_INSERT_SQL = bulk_insert("execution_reports", _INSERT_COLUMNS)
+_COLUMN_NAMES = tuple(name for name, _ in _INSERT_COLUMNS)
+_BOOKED_SQL = text(
+    "SELECT quantity, price, fees, busted, exec_type FROM execution_reports "
+    "WHERE order_id = :order_id AND execution_id = :execution_id"
+)
+_MARK_BUSTED_SQL = text(
+    "UPDATE execution_reports SET busted = true WHERE order_id = :order_id AND execution_id = :execution_id"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +108,13 @@ class ExecutionReportRepository:
         """Forget what this transaction looked up and buffered."""
         self._known: dict[str, StoredReport] = {}
         self._checked: set[str] = set()
-        self._pending: list[dict[str, object]] = []
+        self._pending: list[tuple[object, ...]] = []  # rows to insert, in _INSERT_COLUMNS order
 
     def prefetch(self, execution_ids: Iterable[str]) -> None:
         """Find, in one round trip, which of these execution ids were recorded before, with their terms."""
         ids = set(execution_ids) - self._checked
         if ids:
-            e = tables.execution_reports.c
-            rows = self._connection.execute(
-                select(e.execution_id, e.order_id, e.exec_type, e.last_qty, e.last_px, e.cum_qty, e.exec_ref_id).where(
-                    e.execution_id.in_(ids)
-                )
-            )
-            for row in rows:
+            for row in self._connection.execute(_KNOWN_SQL, {"ids": list(ids)}):
                 self._known[row.execution_id] = StoredReport(
                     row.order_id, row.exec_type, row.last_qty, row.last_px, row.cum_qty, row.exec_ref_id
                 )
@@ -89,7 +122,8 @@ class ExecutionReportRepository:
 
     def known(self, execution_id: str) -> StoredReport | None:
         """The report recorded before under this ``execution_id`` (in this transaction or earlier), if any."""
-        self.prefetch([execution_id])
+        if execution_id not in self._checked:
+            self.prefetch([execution_id])
         return self._known.get(execution_id)
 
     def record(
@@ -107,47 +141,43 @@ class ExecutionReportRepository:
         )
         self._checked.add(report.execution_id)
         self._pending.append(
-            {
-                "id": row_id,
-                "order_id": report.order_id,
-                "execution_id": report.execution_id,
-                "quantity": booked.quantity if booked else _ZERO,
-                "price": booked.price if booked else (report.last_px or _ZERO),
-                "timestamp": report.timestamp,
-                "fees": booked.fees if booked else _ZERO,
-                "venue": report.venue,
-                "exec_type": report.exec_type.value,
-                "request_id": report.request_id,
-                "broker_order_id": report.broker_order_id,
-                "cum_qty": report.cum_qty,
-                "leaves_qty": report.leaves_qty,
-                "avg_px": report.avg_px,
-                "exec_ref_id": report.exec_ref_id,
-                "reason": report.reason,
-                "busted": False,
-                "received_at": received_at,
-                "last_qty": report.last_qty,
-                "last_px": report.last_px,
-                "unreported_delta": unreported_delta,
-            }
+            (
+                row_id,
+                report.order_id,
+                report.execution_id,
+                booked.quantity if booked else _ZERO,
+                booked.price if booked else (report.last_px or _ZERO),
+                report.timestamp,
+                booked.fees if booked else _ZERO,
+                report.venue,
+                report.exec_type.value,
+                report.request_id,
+                report.broker_order_id,
+                report.cum_qty,
+                report.leaves_qty,
+                report.avg_px,
+                report.exec_ref_id,
+                report.reason,
+                False,
+                received_at,
+                report.last_qty,
+                report.last_px,
+                unreported_delta,
+            )
         )
         return row_id
 
     def flush(self) -> None:
         """Write the buffered reports. A concurrent writer's duplicate fails the batch (unique execution id)."""
         if self._pending:
-            self._connection.execute(insert(tables.execution_reports), self._pending)
+            rows = [dict(zip(_COLUMN_NAMES, row, strict=True)) for row in self._pending]
+            self._connection.execute(_INSERT_SQL, rows_parameter(rows, _INSERT_COLUMNS))
             self._pending.clear()
 
     def booked(self, order_id: str, execution_id: str) -> BookedExecution | None:
         """What this order's execution ``execution_id`` booked (for a bust of it); None if it has no such one."""
         self.flush()  # the busted execution may be in this batch
-        e = tables.execution_reports.c
-        row = self._connection.execute(
-            select(e.quantity, e.price, e.fees, e.busted, e.exec_type).where(
-                e.order_id == order_id, e.execution_id == execution_id
-            )
-        ).first()
+        row = self._connection.execute(_BOOKED_SQL, {"order_id": order_id, "execution_id": execution_id}).first()
         if row is None or row.exec_type == "TRADE_CANCEL":
             return None
         return BookedExecution(execution_id, row.quantity, row.price, row.fees, busted=row.busted)
@@ -155,9 +185,4 @@ class ExecutionReportRepository:
     def mark_busted(self, order_id: str, execution_id: str) -> None:
         """Flag a busted execution of this order (its bust has been applied)."""
         self.flush()
-        e = tables.execution_reports.c
-        self._connection.execute(
-            update(tables.execution_reports)
-            .where(e.order_id == order_id, e.execution_id == execution_id)
-            .values(busted=True)
-        )
+        self._connection.execute(_MARK_BUSTED_SQL, {"order_id": order_id, "execution_id": execution_id})

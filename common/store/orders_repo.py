@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, bindparam, insert, select, tuple_, update
+from sqlalchemy import Connection, RowMapping, String, any_, bindparam, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from common.domain import (
     Order,
@@ -20,6 +21,7 @@ from common.domain import (
     TimeInForce,
 )
 from common.store import tables
+from common.store.bulk import bulk_insert, bulk_update, rows_parameter
 from common.store.outbox import Outbox
 
 ORDER_UPDATES_EXCHANGE = "oms.order_updates"
@@ -34,6 +36,21 @@ _EVENT_SEQ = (
     .scalar_subquery()
     .label("last_sequence")
 )
+
+
+# Prebuilt, with the ids as one array parameter: the same SQL text for any number of orders, so neither
+# SQLAlchemy nor Postgres plans it again per batch.
+_IDS = bindparam("ids", type_=ARRAY(String()))
+_LOCK_BY_IDS = (
+    select(tables.orders.c.id)
+    .where(tables.orders.c.id == any_(_IDS))
+    .order_by(tables.orders.c.id)
+    # NO KEY UPDATE: writers of an order still queue, but the foreign-key checks of rows that refer to it
+    # (settlement's confirmations, in its own message order) take KEY SHARE, which this does not block; a plain
+    # FOR UPDATE would, and two such lockers in different orders deadlock.
+    .with_for_update(key_share=True)
+)
+_LOAD_BY_IDS = select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id == any_(_IDS))
 
 
 def _pending_to_json(pending: PendingRequest | None) -> dict[str, Any] | None:
@@ -75,6 +92,50 @@ def order_from_row(row: RowMapping) -> Order:
     )
 
 
+_ORDER_COLUMNS = (
+    ("id", "varchar"),
+    ("account_id", "varchar"),
+    ("symbol", "varchar"),
+    ("side", "varchar"),
+    ("type", "varchar"),
+    ("status", "varchar"),
+    ("quantity", "numeric"),
+    ("filled_quantity", "numeric"),
+    ("price", "numeric"),
+    ("stop_price", "numeric"),
+    ("average_execution_price", "numeric"),
+    ("time_in_force", "varchar"),
+    ("strategy_id", "varchar"),
+    ("broker_order_id", "varchar"),
+    ("rejection_reason", "text"),
+    ("notes", "text"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+    ("state", "varchar"),
+    ("client_order_id", "varchar"),
+    ("rejection_code", "varchar"),
+    ("fees", "numeric"),
+    ("overfilled", "boolean"),
+    ("unreported_quantity", "numeric"),
+    ("pending_request", "jsonb"),
+    ("version", "integer"),
+)
+_INSERT_ORDERS = bulk_insert("orders", _ORDER_COLUMNS)
+_UPDATE_ORDERS = bulk_update("orders", "id", _ORDER_COLUMNS)
+_EVENT_COLUMNS = (
+    ("id", "varchar"),
+    ("order_id", "varchar"),
+    ("type", "varchar"),
+    ("payload", "jsonb"),
+    ("user_id", "varchar"),
+    ("timestamp", "timestamptz"),
+    ("correlation_id", "varchar"),
+    ("sequence", "integer"),
+    ("message_id", "varchar"),
+)
+_INSERT_EVENTS = bulk_insert("order_events", _EVENT_COLUMNS)
+
+
 def _order_values(order: Order) -> dict[str, Any]:
     return {
         "account_id": order.account_id,
@@ -105,6 +166,13 @@ def _order_values(order: Order) -> dict[str, Any]:
     }
 
 
+def _order_row(order: Order) -> dict[str, Any]:
+    """The order as the bulk statements take it."""
+    row = _order_values(order)
+    row["id"] = order.id
+    return row
+
+
 def order_update_body(order: Order, latest_execution: Mapping[str, Any] | None) -> dict[str, Any]:
     """The specification's ``OrderUpdate`` (camelCase), plus the account, symbol and finer state."""
     body: dict[str, Any] = {
@@ -126,10 +194,11 @@ def order_update_body(order: Order, latest_execution: Mapping[str, Any] | None) 
 
 
 def _log_state_change(order: Order, from_state: str | None, correlation_id: str | None, message_id: str | None) -> None:
-    """One INFO line per change of an order's state (logged when recorded, before the commit: a batch retried
-    message by message logs its changes again)."""
-    if log.isEnabledFor(logging.INFO):
-        log.info(
+    """One DEBUG line per change of an order's state (logged when recorded, before the commit: a batch retried
+    message by message logs its changes again). Not INFO: a line per message per stage is a measurable share of
+    an order's CPU; the order's events are its durable story (``./oms order show``)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
             "order state changed",
             extra={
                 "order_id": order.id,
@@ -140,6 +209,11 @@ def _log_state_change(order: Order, from_state: str | None, correlation_id: str 
                 "correlation_id": correlation_id,
             },
         )
+
+
+def _public_view(order: Order) -> tuple[str, Decimal, Decimal, str]:
+    """What subscribers see change (status, filled and ordered quantity), then the internal state."""
+    return (order.status.value, order.filled_quantity, order.quantity, order.state.value)
 
 
 def order_update_routing_key(order: Order) -> str:
@@ -169,7 +243,7 @@ class OrderRepository:
         self._dirty: dict[str, Order] = {}
         self._event_rows: list[dict[str, Any]] = []
         self._sequence: dict[str, int] = {}
-        self._seen: dict[str, tuple[str, Decimal, str]] = {}
+        self._seen: dict[str, tuple[str, Decimal, Decimal, str]] = {}
         self._creation_terms: dict[str, dict[str, Any]] = {}
 
     def _remember(self, order: Order, last_sequence: int) -> Order:
@@ -177,13 +251,13 @@ class OrderRepository:
         if order.client_order_id is not None:
             self._by_client_key[(order.account_id, order.client_order_id)] = order.id
         self._sequence[order.id] = last_sequence
-        self._seen[order.id] = (order.status.value, order.filled_quantity, order.state.value)
+        self._seen[order.id] = _public_view(order)
         return order
 
-    def _load(self, query: Any) -> list[Order]:
+    def _load(self, query: Any, parameters: Mapping[str, Any] | None = None) -> list[Order]:
         return [
             self._remember(order_from_row(row), row["last_sequence"] or 0)
-            for row in self._connection.execute(query).mappings()
+            for row in self._connection.execute(query, parameters or {}).mappings()
         ]
 
     def lock(self, order_ids: Iterable[str]) -> None:
@@ -196,14 +270,9 @@ class OrderRepository:
         """
         ids = sorted(set(order_ids) - self._locked - set(self._dirty))
         if ids:
-            o = tables.orders.c
-            # NO KEY UPDATE: writers of an order still queue, but the foreign-key checks of rows that refer to
-            # it (settlement's confirmations, in its own message order) take KEY SHARE, which this does not
-            # block; a plain FOR UPDATE would, and two such lockers in different orders deadlock.
-            locking = select(o.id).where(o.id.in_(ids)).order_by(o.id).with_for_update(key_share=True)
-            locked = list(self._connection.execute(locking).scalars())
+            locked = list(self._connection.execute(_LOCK_BY_IDS, {"ids": ids}).scalars())
             if locked:
-                self._load(select(tables.orders, _EVENT_SEQ).where(o.id.in_(locked)))
+                self._load(_LOAD_BY_IDS, {"ids": locked})
             self._locked.update(locked)
 
     def get(self, order_id: str, for_update: bool = False) -> Order | None:
@@ -214,7 +283,7 @@ class OrderRepository:
         if for_update:
             self.lock([order_id])
             return self._orders.get(order_id)
-        loaded = self._load(select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id == order_id))
+        loaded = self._load(_LOAD_BY_IDS, {"ids": [order_id]})
         return loaded[0] if loaded else None
 
     def get_many(self, order_ids: Iterable[str]) -> dict[str, Order]:
@@ -222,7 +291,7 @@ class OrderRepository:
         ids = set(order_ids)
         missing = [i for i in ids if i not in self._orders]
         if missing:
-            self._load(select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id.in_(missing)))
+            self._load(_LOAD_BY_IDS, {"ids": missing})
         return {i: self._orders[i] for i in ids if i in self._orders}
 
     def prefetch_client_orders(self, keys: Iterable[tuple[str, str]]) -> None:
@@ -299,26 +368,26 @@ class OrderRepository:
             self._dirty[order.id] = order
         self._write_events(order, correlation_id, message_id, user_id)
         before = self._seen.get(order.id)
-        after = (order.status.value, order.filled_quantity, order.state.value)
-        if before != after or latest_execution is not None:
+        after = _public_view(order)
+        # Subscribers are told of public changes only: a new status, or a fill (the filled quantity moves, or an
+        # execution is booked). The finer internal steps (APPROVED, ROUTED, PENDING_CANCEL...) are in the
+        # events; announcing each would cost a message per step and nobody outside asked for them.
+        if before is None or before[:3] != after[:3] or latest_execution is not None:
             self._announce(order, latest_execution)
         self._seen[order.id] = after
-        if before is None or before[2] != after[2]:
-            _log_state_change(order, None if before is None else before[2], correlation_id, message_id)
+        if before is None or before[3] != after[3]:
+            _log_state_change(order, None if before is None else before[3], correlation_id, message_id)
 
     def flush(self) -> None:
         """Write the buffered inserts, updates and events: a statement each, whatever the batch size."""
         if self._new:
-            self._connection.execute(
-                insert(tables.orders), [{"id": o.id, **_order_values(o)} for o in self._new.values()]
-            )
+            rows = [_order_row(o) for o in self._new.values()]
+            self._connection.execute(_INSERT_ORDERS, rows_parameter(rows, _ORDER_COLUMNS))
         if self._dirty:
-            self._connection.execute(
-                update(tables.orders).where(tables.orders.c.id == bindparam("order_id")),
-                [{"order_id": o.id, **_order_values(o)} for o in self._dirty.values()],
-            )
+            rows = [_order_row(o) for o in self._dirty.values()]
+            self._connection.execute(_UPDATE_ORDERS, rows_parameter(rows, _ORDER_COLUMNS))
         if self._event_rows:
-            self._connection.execute(insert(tables.order_events), self._event_rows)
+            self._connection.execute(_INSERT_EVENTS, rows_parameter(self._event_rows, _EVENT_COLUMNS))
         self._new.clear()
         self._dirty.clear()
         self._event_rows.clear()

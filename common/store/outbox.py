@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, text
+from sqlalchemy import Connection, text
 
 from common import jsonutil
-from common.store import tables
+from common.store.bulk import bulk_insert, rows_parameter
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,20 @@ class OutboxMessage:
         )
 
 
+_OUTBOX_COLUMNS = (
+    ("message_id", "varchar"),
+    ("exchange", "varchar"),
+    ("routing_key", "varchar"),
+    ("type", "varchar"),
+    ("correlation_id", "varchar"),
+    ("headers", "jsonb"),
+    ("body", "text"),
+    ("claimed", "boolean"),
+    ("created_at", "timestamptz"),
+)
+_INSERT_OUTBOX = bulk_insert("outbox", _OUTBOX_COLUMNS)
+
+
 class Outbox:
     """Collects the messages of one transaction and writes them as outbox rows at flush."""
 
@@ -81,23 +95,21 @@ class Outbox:
         """Insert the queued rows (one statement for the lot)."""
         if not self._pending:
             return
-        self._connection.execute(
-            insert(tables.outbox),
-            [
-                {
-                    "message_id": m.message_id,
-                    "exchange": m.exchange,
-                    "routing_key": m.routing_key,
-                    "type": m.type,
-                    "correlation_id": m.correlation_id,
-                    "headers": dict(m.headers),
-                    "body": m.body,
-                    "claimed": self._claimed,
-                    "created_at": m.created_at,
-                }
-                for m in self._pending
-            ],
-        )
+        rows = [
+            {
+                "message_id": m.message_id,
+                "exchange": m.exchange,
+                "routing_key": m.routing_key,
+                "type": m.type,
+                "correlation_id": m.correlation_id,
+                "headers": dict(m.headers),
+                "body": m.body if isinstance(m.body, str) else m.body.decode("utf-8"),
+                "claimed": self._claimed,
+                "created_at": m.created_at,
+            }
+            for m in self._pending
+        ]
+        self._connection.execute(_INSERT_OUTBOX, rows_parameter(rows, _OUTBOX_COLUMNS))
         if not self._claimed:
             # Wakes the relay at commit (NOTIFY is transactional), so API writes go out at once.
             self._connection.execute(text("NOTIFY oms_outbox"))

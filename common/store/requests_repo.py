@@ -1,5 +1,9 @@
 """Venue requests (``order_requests``): one row per new, cancel or replace request the OMS sends the venue.
 
+Two ways in: ``RequestRepository`` (``uow.repository(RequestRepository)``), which buffers new rows and status moves
+and writes each kind in one statement per batch, for the stages' hot paths; and the functions below, which run
+at once on a connection, for the rarer callers.
+
 Statuses: PENDING (written, not yet handed to the broker; a replace waits for the risk gate, then the router),
 SENT (in the router's outbox), SKIPPED (not sent: the order ended or another request superseded it; the reason
 says which), ACCEPTED (the venue acknowledged it), DONE (the venue carried it out), REJECTED (the venue refused
@@ -8,15 +12,16 @@ it, or the risk gate refused a replace's new terms: the reason says which rule).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, RowMapping, bindparam, insert, select, text
 
 from common.store import tables
+from common.store.bulk import bulk_insert, rows_parameter
 
 # order_requests.kind: the domain's RequestKind plus the router's NEW.
 REQUEST_NEW = "NEW"
@@ -53,6 +58,21 @@ def terms_of(request: VenueRequest) -> tuple[Decimal | None, Decimal | None, Dec
     return _decimal(terms.get("quantity")), _decimal(terms.get("price")), _decimal(terms.get("stopPrice"))
 
 
+_INSERT_ONE = insert(tables.order_requests)
+_LOAD_ONE = (
+    select(tables.order_requests).where(tables.order_requests.c.request_id == bindparam("request_id")).with_for_update()
+)
+_SET_STATUS = text(
+    "UPDATE order_requests SET status = :status, reason = COALESCE(CAST(:reason AS text), reason), "
+    "updated_at = :now WHERE request_id = :request_id"
+)
+_ANSWER = text(
+    "UPDATE order_requests SET status = :status, reason = COALESCE(CAST(:reason AS text), reason), "
+    "updated_at = :now WHERE request_id = :request_id AND order_id = :order_id "
+    "AND status NOT IN ('DONE', 'REJECTED') RETURNING request_id"  # FINAL_REQUEST_STATUSES
+)
+
+
 def record_request(
     connection: Connection,
     *,
@@ -67,31 +87,22 @@ def record_request(
 ) -> None:
     """Insert an ``order_requests`` row."""
     connection.execute(
-        insert(tables.order_requests).values(
-            request_id=request_id,
-            order_id=order_id,
-            kind=kind,
-            terms=dict(terms),
-            status=status,
-            reason=reason,
-            created_by=created_by,
-            created_at=now,
-            updated_at=now,
-        )
+        _INSERT_ONE,
+        {
+            "request_id": request_id,
+            "order_id": order_id,
+            "kind": kind,
+            "terms": dict(terms),
+            "status": status,
+            "reason": reason,
+            "created_by": created_by,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
 
 
-def load_request(connection: Connection, request_id: str) -> VenueRequest | None:
-    """The request row, locked for this transaction (the router updates it)."""
-    row = (
-        connection.execute(
-            select(tables.order_requests).where(tables.order_requests.c.request_id == request_id).with_for_update()
-        )
-        .mappings()
-        .first()
-    )
-    if row is None:
-        return None
+def _venue_request(row: RowMapping) -> VenueRequest:
     return VenueRequest(
         request_id=row["request_id"],
         order_id=row["order_id"],
@@ -103,34 +114,233 @@ def load_request(connection: Connection, request_id: str) -> VenueRequest | None
     )
 
 
+def load_request(connection: Connection, request_id: str) -> VenueRequest | None:
+    """The request row, locked for this transaction (the router updates it)."""
+    row = connection.execute(_LOAD_ONE, {"request_id": request_id}).mappings().first()
+    return None if row is None else _venue_request(row)
+
+
 def set_request_status(
     connection: Connection, request_id: str, status: str, now: datetime, reason: str | None = None
 ) -> None:
     """Move a request row to ``status`` (keeping its reason unless a new one is given)."""
-    values: dict[str, Any] = {"status": status, "updated_at": now}
-    if reason is not None:
-        values["reason"] = reason
-    connection.execute(
-        update(tables.order_requests).where(tables.order_requests.c.request_id == request_id).values(**values)
-    )
+    connection.execute(_SET_STATUS, {"request_id": request_id, "status": status, "reason": reason, "now": now})
 
 
 def answer_request(
     connection: Connection, order_id: str, request_id: str, status: str, reason: str | None, now: datetime
 ) -> bool:
     """Move this order's ``order_requests`` row to ``status``; False if unknown or already final."""
-    r = tables.order_requests.c
-    values: dict[str, object] = {"status": status, "updated_at": now}
-    if reason is not None:
-        values["reason"] = reason
     result = connection.execute(
-        update(tables.order_requests)
-        .where(
-            r.request_id == request_id,
-            r.order_id == order_id,
-            r.status.not_in(FINAL_REQUEST_STATUSES),
-        )
-        .values(**values)
-        .returning(r.request_id)
+        _ANSWER, {"request_id": request_id, "order_id": order_id, "status": status, "reason": reason, "now": now}
     )
     return result.first() is not None
+
+
+# --------------------------------------------------------------------------- the buffered repository
+
+_LOCK_SQL = text(
+    "SELECT request_id, order_id, kind, terms, status, reason, created_by FROM order_requests "
+    "WHERE request_id = ANY(CAST(:ids AS varchar[])) ORDER BY request_id FOR UPDATE"
+)
+_STATUS_SQL = text(
+    "SELECT request_id, order_id, status FROM order_requests WHERE request_id = ANY(CAST(:ids AS varchar[]))"
+)
+_REQUEST_COLUMNS = (
+    ("request_id", "varchar"),
+    ("order_id", "varchar"),
+    ("kind", "varchar"),
+    ("terms", "jsonb"),
+    ("status", "varchar"),
+    ("reason", "text"),
+    ("created_by", "varchar"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+)
+_INSERT_SQL = bulk_insert("order_requests", _REQUEST_COLUMNS)
+_MOVE_COLUMNS = (
+    ("request_id", "varchar"),
+    ("status", "varchar"),
+    ("reason", "text"),
+    ("updated_at", "timestamptz"),
+    ("guarded", "boolean"),
+)
+# A guarded move (a venue's answer) never moves a request already final, even one made final since it was read.
+_MOVE_SQL = text(
+    "UPDATE order_requests AS q "
+    "SET status = m.status, reason = COALESCE(m.reason, q.reason), updated_at = m.updated_at "
+    "FROM json_to_recordset(CAST(:rows AS json)) "
+    "AS m(request_id varchar, status varchar, reason text, updated_at timestamptz, guarded boolean) "
+    "WHERE q.request_id = m.request_id AND q.request_id = ANY(CAST(:keys AS varchar[])) "  # see bulk.bulk_update
+    "AND (NOT m.guarded OR q.status NOT IN ('DONE', 'REJECTED'))"  # FINAL_REQUEST_STATUSES
+)
+
+
+@dataclass(slots=True)
+class _Move:
+    """A buffered status move of a stored row; several moves of one row in a batch fold into one."""
+
+    status: str
+    reason: str | None
+    updated_at: datetime
+    guarded: bool  # applies only if the row is not final when written (a venue's answer to an unlocked row)
+
+
+class RequestRepository:
+    """``order_requests`` of one transaction, used through ``uow.repository(RequestRepository)``.
+
+    New rows and status moves are buffered and written at ``flush`` in one statement each, whatever the batch
+    size; reads see what is buffered. ``prefetch`` looks up many requests' status in one round trip (no lock),
+    which is all ``answer`` needs; ``lock``/``get`` read whole rows locked (the router, before it sends one).
+
+    Keep to this repository within a transaction that uses it: the module's functions (``load_request``...) run
+    at once on the connection and this repository would not see their writes.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what this transaction read and buffered (after a commit or a rollback)."""
+        # request id -> (order id, status) as this transaction sees it; None: no such request.
+        self._status: dict[str, tuple[str, str] | None] = {}
+        # request id -> the row read locked (or written here), as this transaction sees it; None: no such request.
+        self._locked: dict[str, VenueRequest | None] = {}
+        self._inserts: dict[str, dict[str, Any]] = {}
+        self._moves: dict[str, _Move] = {}
+
+    # --- reads
+
+    def _seen(self, request_id: str, order_id: str, stored_status: str) -> str:
+        """The status a stored row has for this transaction: what it read, with its buffered move on top."""
+        move = self._moves.get(request_id)
+        status = stored_status
+        if move is not None and not (move.guarded and stored_status in FINAL_REQUEST_STATUSES):
+            status = move.status
+        self._status[request_id] = (order_id, status)
+        return status
+
+    def prefetch(self, request_ids: Iterable[str]) -> None:
+        """Find, in one round trip, the order and status of these requests (not locked)."""
+        ids = [i for i in set(request_ids) if i not in self._status]
+        if not ids:
+            return
+        for row in self._connection.execute(_STATUS_SQL, {"ids": ids}):
+            self._seen(row.request_id, row.order_id, row.status)
+        for request_id in ids:
+            self._status.setdefault(request_id, None)
+
+    def lock(self, request_ids: Iterable[str]) -> None:
+        """Read and lock these requests' rows in one round trip, in id order (so lockers queue, not deadlock)."""
+        ids = sorted(i for i in set(request_ids) if i not in self._locked)
+        if not ids:
+            return
+        for row in self._connection.execute(_LOCK_SQL, {"ids": ids}).mappings():
+            request_id = row["request_id"]
+            move = self._moves.get(request_id)
+            status = self._seen(request_id, row["order_id"], row["status"])
+            reason = row["reason"]
+            if move is not None:
+                if move.guarded and row["status"] in FINAL_REQUEST_STATUSES:
+                    del self._moves[request_id]  # an answer to a row already final: it would change nothing
+                else:
+                    reason = move.reason if move.reason is not None else reason
+                    move.guarded = False  # the row is locked: the move is certain now
+            self._locked[request_id] = replace(_venue_request(row), status=status, reason=reason)
+        for request_id in ids:
+            self._locked.setdefault(request_id, None)
+            self._status.setdefault(request_id, None)
+
+    def get(self, request_id: str) -> VenueRequest | None:
+        """The request, locked for this transaction, as this transaction sees it (None if there is none)."""
+        self.lock([request_id])
+        return self._locked.get(request_id)
+
+    # --- writes (buffered)
+
+    def record(
+        self,
+        *,
+        request_id: str,
+        order_id: str,
+        kind: str,
+        terms: Mapping[str, Any],
+        status: str,
+        reason: str | None,
+        created_by: str | None,
+        now: datetime,
+    ) -> None:
+        """Add an ``order_requests`` row (written at flush)."""
+        self._inserts[request_id] = {
+            "request_id": request_id,
+            "order_id": order_id,
+            "kind": kind,
+            "terms": dict(terms),
+            "status": status,
+            "reason": reason,
+            "created_by": created_by,
+            "created_at": now,
+            "updated_at": now,
+        }
+        self._locked[request_id] = VenueRequest(request_id, order_id, kind, dict(terms), status, reason, created_by)
+        self._status[request_id] = (order_id, status)
+
+    def set_status(self, request_id: str, status: str, now: datetime, reason: str | None = None) -> None:
+        """Move a request to ``status`` (keeping its reason unless a new one is given), whatever its status."""
+        self._move(request_id, status, reason, now, guarded=False)
+
+    def answer(self, order_id: str, request_id: str, status: str, reason: str | None, now: datetime) -> bool:
+        """Move this order's request to ``status`` (a venue's answer); False if unknown or already final.
+
+        Costs no round trip for a request ``prefetch``ed (or read or written) in this transaction.
+        """
+        if request_id not in self._status:
+            self.prefetch([request_id])
+        known = self._status.get(request_id)
+        if known is None or known[0] != order_id or known[1] in FINAL_REQUEST_STATUSES:
+            return False
+        self._move(request_id, status, reason, now, guarded=request_id not in self._locked)
+        return True
+
+    def _move(self, request_id: str, status: str, reason: str | None, now: datetime, *, guarded: bool) -> None:
+        row = self._inserts.get(request_id)
+        if row is not None:  # not written yet: the row is written as it ends up
+            row["status"], row["updated_at"] = status, now
+            if reason is not None:
+                row["reason"] = reason
+        else:
+            move = self._moves.get(request_id)
+            if move is None:
+                self._moves[request_id] = _Move(status, reason, now, guarded)
+            else:
+                move.status, move.updated_at = status, now
+                move.reason = reason if reason is not None else move.reason
+                move.guarded = move.guarded and guarded  # after an unconditional move, the row's status is known
+        known = self._status.get(request_id)
+        if known is not None:
+            self._status[request_id] = (known[0], status)
+        locked = self._locked.get(request_id)
+        if locked is not None:
+            self._locked[request_id] = replace(
+                locked, status=status, reason=locked.reason if reason is None else reason
+            )
+
+    def flush(self) -> None:
+        """Write the buffered rows and status moves: one statement each, whatever the batch size."""
+        if self._inserts:
+            self._connection.execute(_INSERT_SQL, rows_parameter(self._inserts.values(), _REQUEST_COLUMNS))
+            self._inserts.clear()
+        if self._moves:
+            moves = [
+                {
+                    "request_id": rid,
+                    "status": m.status,
+                    "reason": m.reason,
+                    "updated_at": m.updated_at,
+                    "guarded": m.guarded,
+                }
+                for rid, m in self._moves.items()
+            ]
+            self._connection.execute(_MOVE_SQL, rows_parameter(moves, _MOVE_COLUMNS))
+            self._moves.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable
 from types import TracebackType
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -12,6 +13,20 @@ from common.store.executions_repo import ExecutionReportRepository
 from common.store.orders_repo import OrderRepository
 from common.store.outbox import Outbox, OutboxMessage
 from common.store.reference import ReferenceData
+
+
+class BufferedRepository(Protocol):
+    """A repository of one transaction that buffers its writes: built on the transaction's connection, written
+    at ``flush`` (before the commit and before any SQL run through ``uow.connection``), forgotten at ``reset``."""
+
+    def flush(self) -> None:
+        """Write what is buffered."""
+
+    def reset(self) -> None:
+        """Forget what was read and buffered (after a commit or a rollback)."""
+
+
+RepositoryT = TypeVar("RepositoryT", bound=BufferedRepository)
 
 
 class UnitOfWork:
@@ -23,6 +38,7 @@ class UnitOfWork:
         self._connection: Connection | None = None
         self.committed: list[OutboxMessage] = []
         self._after_commit: list[tuple[contextvars.Context, Callable[[], None]]] = []
+        self._repositories: dict[Callable[[Connection], BufferedRepository], BufferedRepository] = {}
 
     def __enter__(self) -> UnitOfWork:
         self._connection = self._engine.connect()
@@ -44,6 +60,19 @@ class UnitOfWork:
         self._flush()
         return self._connection
 
+    def repository(self, factory: Callable[[Connection], RepositoryT]) -> RepositoryT:
+        """The transaction's one instance of a stage's buffered repository (built on first use).
+
+        Its buffered writes go out with the orders' (after them: rows may refer to orders) at every flush, so a
+        batch writes each table once whatever its size.
+        """
+        found = self._repositories.get(factory)
+        if found is None:
+            assert self._connection is not None, "unit of work used outside its with-block"
+            found = factory(self._connection)
+            self._repositories[factory] = found
+        return found  # type: ignore[return-value]
+
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run ``action`` once this transaction commits (never if it rolls back): metrics and log lines about
         what was committed, so a batch retried message by message does not count them twice. The action runs in
@@ -54,6 +83,8 @@ class UnitOfWork:
         # Orders first: execution reports and events refer to them.
         self.orders.flush()
         self.executions.flush()
+        for repository in self._repositories.values():
+            repository.flush()
 
     def commit(self) -> list[OutboxMessage]:
         """Write what is buffered and commit; returns the messages now owed to the broker."""
@@ -73,6 +104,8 @@ class UnitOfWork:
         self.orders.reset()
         self.executions.reset()
         self.reference.reset()
+        for repository in self._repositories.values():
+            repository.reset()
 
     def rollback(self) -> None:
         """Undo everything since the last commit."""

@@ -7,6 +7,10 @@ to the order (FIX semantics and the booking rule live in ``Order.apply_report``)
 ``execution_reports`` with what it booked, and the order saved, which announces an ``OrderUpdate``; what it
 booked goes to settlement as a ``FillBooked``; the OMS request the report answers is marked.
 
+Round trips: the stage's ``prepare`` (worker.py) looks up the batch's execution ids and the requests its reports
+answer, each in one statement; everything a report changes is buffered and written at commit, one statement per
+table for the whole batch. Only a bust reads and writes on its own (it needs the busted execution's row).
+
 The booking rule (docs/design.md): what is booked for an order is exactly the rise of its cumulative filled
 quantity, priced by the report; a bust books the reversal of what the busted execution booked. Every
 contradiction is an ``EXECUTION_ANOMALY`` event, a metric and a WARNING log line, never a silent drop.
@@ -20,6 +24,7 @@ stores the reversed quantity and fees as negative numbers, so an order's rows su
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -29,7 +34,7 @@ from common.messaging.envelope import Envelope
 from common.messaging.topology import OMS_EXCHANGE
 from common.metrics import EXECUTION_ANOMALIES
 from common.runtime.stage import DeadLetter
-from common.store.requests_repo import REQUEST_ACCEPTED, REQUEST_DONE, REQUEST_REJECTED, answer_request
+from common.store.requests_repo import REQUEST_ACCEPTED, REQUEST_DONE, REQUEST_REJECTED, RequestRepository
 from common.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -87,7 +92,7 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
     if stored is not None:
         differences = stored.differences(report)
         if not differences:
-            log.info("duplicate execution report skipped", extra={"execution_id": report.execution_id})
+            log.debug("duplicate execution report skipped", extra={"execution_id": report.execution_id})
             return
         # The same id for other terms: which one is true cannot be known, so the first stands and this is shown.
         order.record_anomaly(report.execution_id, ["execution_id_reused"], now, {"differences": differences})
@@ -115,17 +120,18 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
         user_id=env.user_id,
         latest_execution=latest,
     )
-    # Every applied report, with what it did (the repository logs the state change, if any, on its own line).
-    log.info(
-        "execution report applied",
-        extra={
-            "execution_id": report.execution_id,
-            "exec_type": report.exec_type.value,
-            "state": order.state.value,
-            "filled_quantity": str(order.filled_quantity),
-            "booked_quantity": None if outcome.fill is None else str(outcome.fill.quantity),
-        },
-    )
+    # Every applied report, with what it did, at DEBUG: the repository logs a change of state at INFO.
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "execution report applied",
+            extra={
+                "execution_id": report.execution_id,
+                "exec_type": report.exec_type.value,
+                "state": order.state.value,
+                "filled_quantity": str(order.filled_quantity),
+                "booked_quantity": None if outcome.fill is None else str(outcome.fill.quantity),
+            },
+        )
     if outcome.fill is not None:
         _hand_to_settlement(uow, order, report, outcome.fill)
     if report.request_id is not None and report.exec_type in _REQUEST_STATUS:
@@ -197,12 +203,22 @@ def _hand_to_settlement(uow: UnitOfWork, order: Order, report: ExecutionReportDa
     uow.outbox.add(OMS_EXCHANGE, SETTLEMENT_FILL_KEY, "FillBooked", fill_booked_body(order, report, fill), order.id)
 
 
+def answered_request_ids(bodies: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The ids of the OMS requests these (loaded) report bodies answer, for one look-up per batch."""
+    return [
+        request_id
+        for body in bodies
+        if (request_id := body.get("request_id")) is not None and ExecType(body["exec_type"]) in _REQUEST_STATUS
+    ]
+
+
 def _answer_request(uow: UnitOfWork, report: ExecutionReportData, now: datetime) -> None:
     assert report.request_id is not None
     status = _REQUEST_STATUS[report.exec_type]
     reason = report.reason if status == REQUEST_REJECTED else None
-    if not answer_request(uow.connection, report.order_id, report.request_id, status, reason, now):
-        log.info(
+    requests = uow.repository(RequestRepository)
+    if not requests.answer(report.order_id, report.request_id, status, reason, now):
+        log.debug(
             "no open order request to answer",
             extra={"request_id": report.request_id, "exec_type": report.exec_type.value},
         )

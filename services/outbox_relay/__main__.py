@@ -8,6 +8,7 @@ import signal
 from common import bootstrap
 from common.health import dependency_checks, serve_process_endpoints
 from common.logging import configure_logging
+from common.runtime.loop import run as run_loop
 from common.runtime.outbox_relay import OutboxRelay
 
 
@@ -28,4 +29,4 @@ if __name__ == "__main__":
         "oms.outbox_relay",
         dependency_checks(bootstrap.engine(), settings.amqp_url, "oms.outbox_relay"),
     )
-    asyncio.run(_main())
+    run_loop(_main())

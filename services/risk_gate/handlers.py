@@ -9,6 +9,11 @@ The stage's ``prepare`` hook (``prepare_checks``) prepares each batch once (``st
 locks and every query) for the handler; a handler called on its own (tests, tools) prepares for its single
 order. Limits, halts and restrictions are read in every batch's transaction, so a change made while the gate
 runs applies to the next batch.
+
+Checking an order then costs no statement of its own: the runtime has locked and loaded the batch's orders,
+the batch is kept in the unit of work (``uow.repository``, forgotten at commit and rollback) rather than found
+through ``uow.connection`` (which would write the batch's buffered changes out message by message), and the
+approvals, events and hand-overs are written for the whole batch at commit.
 """
 
 from __future__ import annotations
@@ -19,9 +24,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
-from weakref import WeakKeyDictionary
 
-from sqlalchemy import RootTransaction
+from sqlalchemy import ARRAY, Connection, String, any_, bindparam, select
 
 from common.domain import Order, OrderState, RequestKind
 from common.domain.lifecycle import AT_VENUE
@@ -29,11 +33,12 @@ from common.messaging.envelope import Envelope
 from common.messaging.topology import OMS_EXCHANGE
 from common.metrics import RISK_REJECTIONS
 from common.runtime.stage import DeadLetter
+from common.store import tables
 from common.store.requests_repo import (
     REQUEST_PENDING,
     REQUEST_REJECTED,
     REQUEST_SKIPPED,
-    load_request,
+    VenueRequest,
     set_request_status,
     terms_of,
 )
@@ -41,12 +46,71 @@ from common.store.uow import UnitOfWork
 from services.intake.commands import ROUTE_NEW_KEY, ROUTE_REPLACE_KEY, USER_HEADER
 from services.risk_gate.prices import PriceSettings
 from services.risk_gate.rules import OrderTerms, RiskDecision, evaluate
-from services.risk_gate.store import RiskBatch, prepare_batch
+from services.risk_gate.store import OrderMeta, RiskBatch, prepare_batch
 
 log = logging.getLogger(__name__)
 
-# The batch ``prepare_checks`` loaded, per unit of work, with the transaction it was loaded (and locked) in.
-_PREPARED: WeakKeyDictionary[UnitOfWork, tuple[RootTransaction | None, RiskBatch]] = WeakKeyDictionary()
+
+# The batch's replace requests, locked in id order (as the router locks them); typed, so their JSON terms are
+# read Decimal-exact. Built once.
+_LOCK_REQUESTS = (
+    select(tables.order_requests)
+    .where(tables.order_requests.c.request_id == any_(bindparam("ids", type_=ARRAY(String))))
+    .order_by(tables.order_requests.c.request_id)
+    .with_for_update()
+)
+
+
+class PreparedBatch:
+    """What ``prepare_checks`` loaded (and locked) in the unit of work's transaction, and the replace requests'
+    status moves, written at flush. A repository of the unit of work (``uow.repository``): written before the
+    commit, forgotten when the transaction commits or rolls back."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.reset()
+
+    def reset(self) -> None:
+        """The transaction ended: its locks are gone and what was read may be out of date."""
+        self.batch: RiskBatch | None = None
+        self._requests: dict[str, VenueRequest | None] = {}
+        self._moves: dict[str, tuple[str, datetime, str | None]] = {}
+
+    def lock_requests(self, request_ids: Collection[str]) -> None:
+        """Read and lock these requests in one statement."""
+        ids = sorted(set(request_ids) - self._requests.keys())
+        if not ids:
+            return
+        for row in self._connection.execute(_LOCK_REQUESTS, {"ids": ids}).mappings():
+            self._requests[row["request_id"]] = VenueRequest(
+                request_id=row["request_id"],
+                order_id=row["order_id"],
+                kind=row["kind"],
+                terms=row["terms"] or {},
+                status=row["status"],
+                reason=row["reason"],
+                created_by=row["created_by"],
+            )
+        for request_id in ids:
+            self._requests.setdefault(request_id, None)
+
+    def request(self, request_id: str) -> VenueRequest | None:
+        """The request, locked, as this transaction sees it."""
+        self.lock_requests([request_id])
+        return self._requests[request_id]
+
+    def set_status(self, request_id: str, status: str, now: datetime, reason: str) -> None:
+        """Move a request to ``status`` (written at flush)."""
+        self._moves[request_id] = (status, now, reason)
+        request = self._requests.get(request_id)
+        if request is not None:
+            self._requests[request_id] = replace(request, status=status, reason=reason)
+
+    def flush(self) -> None:
+        """Write the status moves (only refused or stale replaces move one here: a statement each)."""
+        for request_id, (status, now, reason) in self._moves.items():
+            set_request_status(self._connection, request_id, status, now, reason)
+        self._moves.clear()
 
 
 @lru_cache(maxsize=1)
@@ -56,24 +120,32 @@ def configured_price_settings() -> PriceSettings:
 
 
 def prepare(uow: UnitOfWork, order_ids: Collection[str], price_settings: PriceSettings | None = None) -> RiskBatch:
-    """Lock the orders' accounts and load what the rules need, in the unit of work's transaction."""
-    return prepare_batch(uow.connection, order_ids, datetime.now(UTC), price_settings or configured_price_settings())
+    """Lock the orders' accounts and load what the rules need, in the unit of work's transaction.
+
+    The orders come from the unit of work (the stage runtime has locked and loaded them: no statement); an
+    unknown order id is left out (its check dead-letters it).
+    """
+    orders = uow.orders.get_many(order_ids)
+    metas = {i: OrderMeta(o.account_id, o.strategy_id, o.symbol, o.created_at) for i, o in orders.items()}
+    return prepare_batch(uow.connection, metas, datetime.now(UTC), price_settings or configured_price_settings())
 
 
 def prepare_checks(uow: UnitOfWork, envelopes: list[Envelope]) -> None:
     """The stage's ``prepare`` hook: one batch (locks and queries) for every check about to be handled in this
-    transaction; the handler uses it for the orders it covers."""
+    transaction; the handler uses it for the orders it covers. The replaces' requests are locked here too, in
+    one statement, after the orders (the router's order)."""
+    prepared = uow.repository(PreparedBatch)
+    request_ids = [env.body["request_id"] for env in envelopes if env.body.get("request_id") is not None]
+    if request_ids:
+        prepared.lock_requests(request_ids)
     order_ids = sorted({env.body["order_id"] for env in envelopes})
-    _PREPARED[uow] = (uow.connection.get_transaction(), prepare(uow, order_ids))
+    prepared.batch = prepare(uow, order_ids)
 
 
 def _batch_for(uow: UnitOfWork, order_id: str) -> RiskBatch:
-    prepared = _PREPARED.get(uow)
-    if prepared is not None:
-        transaction, batch = prepared
-        # A batch from an earlier transaction of this unit of work holds no locks and may be out of date.
-        if transaction is uow.connection.get_transaction() and batch.covers(order_id):
-            return batch
+    batch = uow.repository(PreparedBatch).batch
+    if batch is not None and batch.covers(order_id):
+        return batch
     return prepare(uow, [order_id])
 
 
@@ -110,7 +182,7 @@ def apply_decision(uow: UnitOfWork, env: Envelope, order: Order, decision: RiskD
             extra={"code": violation.code, "rule": violation.rule, "reason": violation.message},
         )
     else:
-        limits = batch.limits_of(order.account_id).enabled()
+        limits = batch.enabled_limits_of(order.account_id)
         order.approve(decision.checks, now, details={"reference_price": _reference(decision), "limits": limits})
         batch.record_approval(OrderTerms.of(order), decision.quote)
     uow.orders.save(order, correlation_id=env.correlation_id or order.id, message_id=env.message_id)
@@ -184,7 +256,8 @@ def check_replace(uow: UnitOfWork, env: Envelope, batch: RiskBatch) -> None:
     order = uow.orders.get(order_id, for_update=True)
     if order is None:
         raise DeadLetter(f"unknown order {order_id}")
-    request = load_request(uow.connection, request_id)
+    prepared = uow.repository(PreparedBatch)
+    request = prepared.request(request_id)
     if request is None or request.order_id != order_id or request.kind != RequestKind.REPLACE.value:
         raise DeadLetter(f"no REPLACE request {request_id} for order {order_id}")
     if request.status != REQUEST_PENDING:
@@ -193,7 +266,7 @@ def check_replace(uow: UnitOfWork, env: Envelope, batch: RiskBatch) -> None:
     now = datetime.now(UTC)
     stale = stale_replace_reason(order, request_id)
     if stale is not None:
-        set_request_status(uow.connection, request_id, REQUEST_SKIPPED, now, stale)
+        prepared.set_status(request_id, REQUEST_SKIPPED, now, stale)
         log.info("stale replace check skipped", extra={"request_id": request_id, "reason": stale})
         return
     quantity, price, stop_price = terms_of(request)
@@ -204,14 +277,14 @@ def check_replace(uow: UnitOfWork, env: Envelope, batch: RiskBatch) -> None:
     if violation is not None:
         details = _violation_details(decision)
         order.reject_replace_request(request_id, violation.code, violation.message, now, details=details)
-        set_request_status(uow.connection, request_id, REQUEST_REJECTED, now, f"{violation.code}: {violation.message}")
+        prepared.set_status(request_id, REQUEST_REJECTED, now, f"{violation.code}: {violation.message}")
         RISK_REJECTIONS.labels(violation.rule).inc()
         log.info(
             "replace rejected by risk",
             extra={"request_id": request_id, "code": violation.code, "rule": violation.rule},
         )
     else:
-        limits = batch.limits_of(order.account_id).enabled()
+        limits = batch.enabled_limits_of(order.account_id)
         details = {"reference_price": _reference(decision), "limits": limits}
         order.approve_replace_request(request_id, decision.checks, now, details=details)
         # The order's state does not change here, so the repository's state-change line does not cover it.

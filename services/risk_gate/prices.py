@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -23,14 +23,13 @@ from enum import StrEnum
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from sqlalchemy import Engine
-from sqlalchemy.dialects.postgresql import insert
+from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
+from sqlalchemy import Engine, text
 
 from common import jsonutil
 from common.domain.validation import plain
 from common.messaging.connection import connect
-from common.store.tables import reference_prices
 from services.risk_gate.rules import Quote
 
 log = logging.getLogger(__name__)
@@ -131,53 +130,79 @@ def parse_price(body: bytes) -> FeedPrice | None:
     return FeedPrice(symbol, price, as_of)
 
 
+# The latest price per symbol, in one statement whatever the number of symbols (built once); rows in symbol order,
+# so concurrent writers lock them in one order and never deadlock; an older price never overwrites a newer one.
+_UPSERT_PRICES = text(
+    "INSERT INTO reference_prices (symbol, price, source, as_of, received_at)"
+    " SELECT u.symbol, u.price, u.source, u.as_of, CAST(:received_at AS timestamptz)"
+    " FROM unnest(CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]), CAST(:sources AS varchar[]),"
+    " CAST(:as_ofs AS timestamptz[])) AS u(symbol, price, source, as_of)"
+    " ORDER BY u.symbol"
+    " ON CONFLICT (symbol) DO UPDATE SET price = excluded.price, source = excluded.source,"
+    " as_of = excluded.as_of, received_at = excluded.received_at"
+    " WHERE reference_prices.as_of <= excluded.as_of"
+)
+
+
 def store_prices(engine: Engine, prices: Mapping[str, FeedPrice], received_at: datetime) -> None:
     """Upsert the latest price per symbol; an older price never overwrites a newer one."""
     if not prices:
         return
-    rows = [
-        {"symbol": p.symbol, "price": p.price, "source": p.source, "as_of": p.as_of, "received_at": received_at}
-        for p in sorted(prices.values(), key=lambda p: p.symbol)  # a fixed order: concurrent writers never deadlock
-    ]
-    stmt = insert(reference_prices).values(rows)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["symbol"],
-        set_={
-            "price": stmt.excluded.price,
-            "source": stmt.excluded.source,
-            "as_of": stmt.excluded.as_of,
-            "received_at": stmt.excluded.received_at,
-        },
-        where=reference_prices.c.as_of <= stmt.excluded.as_of,
-    )
+    ordered = sorted(prices.values(), key=lambda p: p.symbol)
+    params = {
+        "symbols": [p.symbol for p in ordered],
+        "prices": [p.price for p in ordered],
+        "sources": [p.source for p in ordered],
+        "as_ofs": [p.as_of for p in ordered],
+        "received_at": received_at,
+    }
     with engine.begin() as connection:
-        connection.execute(stmt)
+        connection.execute(_UPSERT_PRICES, params)
+
+
+def latest_prices(bodies: Iterable[tuple[bytes, str | None]], into: dict[str, FeedPrice]) -> int:
+    """Parse feed messages (body, routing key) into the latest price per symbol; returns how many were dropped
+    (not a price: logged, the next tick follows)."""
+    dropped = 0
+    for body, routing_key in bodies:
+        price = parse_price(body)
+        if price is None:
+            dropped += 1
+            log.warning("price message dropped: not {symbol, price, timestamp}", extra={"routing_key": routing_key})
+            continue
+        current = into.get(price.symbol)
+        if current is None or current.as_of <= price.as_of:
+            into[price.symbol] = price
+    return dropped
 
 
 class ReferencePriceConsumer:
-    """Consumes ``marketdata``/``prices.*`` and writes the latest prices, at most every ``flush_seconds``."""
+    """Consumes ``marketdata``/``prices.*`` and writes the latest prices, at most every ``flush_seconds``.
 
-    def __init__(self, engine: Engine, amqp_url: str, flush_seconds: float = 0.25) -> None:
+    Cheap while the system idles, when the feed is all the gate does: a delivery is only kept (its body, as the
+    broker's client library hands it over, without aio-pika's per-message wrapper); the bodies are parsed, the
+    latest per symbol kept and written in one statement once per ``flush_seconds``. A price is used for checks
+    only after that write, up to ``flush_seconds`` later; the staleness limit (30 s by default) dwarfs it.
+    """
+
+    def __init__(self, engine: Engine, amqp_url: str, flush_seconds: float = 1.0) -> None:
         self.engine = engine
         self.amqp_url = amqp_url
         self.flush_seconds = flush_seconds
+        self._received: list[tuple[bytes, str | None]] = []
         self._latest: dict[str, FeedPrice] = {}
         self._stopping = asyncio.Event()
         self._ready = asyncio.Event()
+        self._lost: BaseException | None = None
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        price = parse_price(message.body)
-        if price is None:
-            log.warning(
-                "price message dropped: not {symbol, price, timestamp}", extra={"routing_key": message.routing_key}
-            )
-            return
-        current = self._latest.get(price.symbol)
-        if current is None or current.as_of <= price.as_of:
-            self._latest[price.symbol] = price
+    async def _on_delivery(self, message: DeliveredMessage) -> None:
+        self._received.append((message.body, message.routing_key))
 
     async def flush(self) -> None:
         """Write what arrived since the last flush (kept for the next flush if the database is down)."""
+        if self._received:
+            received, self._received = self._received, []
+            latest_prices(received, self._latest)
         if not self._latest:
             return
         batch, self._latest = self._latest, {}
@@ -192,22 +217,39 @@ class ReferencePriceConsumer:
         """Wait until the queue is bound and consuming (tests)."""
         await asyncio.wait_for(self._ready.wait(), timeout)
 
+    async def _consume(self, channel: AbstractRobustChannel, queue: AbstractQueue) -> None:
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_consume(queue.name, self._on_delivery, no_ack=True)
+
+    async def _consume_again(self, channel: AbstractRobustChannel, queue: AbstractQueue) -> None:
+        """After the robust connection reopened the channel (and declared and bound the queue again)."""
+        try:
+            await self._consume(channel, queue)
+        except Exception as exc:  # aio-pika ignores what its reopen callbacks raise: ``run`` raises it instead
+            self._lost = exc
+
     async def run(self) -> None:
-        """Consume until ``stop``; the robust connection reconnects and restores the consumer by itself."""
+        """Consume until ``stop``; the robust connection reconnects by itself, declares and binds the queue again
+        and the consumer is registered again on the new channel (if that fails, ``run`` raises and the stage
+        restarts its companion)."""
         connection: AbstractRobustConnection = await connect(self.amqp_url, "oms.risk_gate.prices")
         try:
             channel = await connection.channel()
+            assert isinstance(channel, AbstractRobustChannel)
             exchange = await channel.declare_exchange(MARKETDATA_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
             # Exclusive and auto-deleted: prices are only worth having while this process runs.
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await queue.bind(exchange, PRICES_BINDING)
-            await queue.consume(self._on_message, no_ack=True)
+            await self._consume(channel, queue)
+            channel.reopen_callbacks.add(lambda reopened: self._consume_again(channel, queue))
             self._ready.set()
             log.info("reference price feed consuming", extra={"queue": queue.name})
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.flush_seconds)
                 await self.flush()
+                if self._lost is not None:
+                    raise RuntimeError(f"price feed not consumed again after a reconnect: {self._lost!r}")
         finally:
             await connection.close()
 

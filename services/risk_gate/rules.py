@@ -252,8 +252,13 @@ def _violation(
 
 def _count_in_last_second(orders: Sequence[RecentOrder], order: OrderTerms, same: Callable[[RecentOrder], bool]) -> int:
     """Approved orders (not this one) submitted in the second up to this order's submission."""
-    start = order.created_at - _ONE_SECOND
-    return sum(1 for o in orders if o.id != order.id and same(o) and start < o.created_at <= order.created_at)
+    end = order.created_at
+    start = end - _ONE_SECOND
+    count = 0
+    for o in orders:  # the time first: most recent orders of a batch are outside the window
+        if start < o.created_at <= end and o.id != order.id and same(o):
+            count += 1
+    return count
 
 
 def _seconds(delta: timedelta) -> Decimal:
@@ -384,12 +389,12 @@ def duplicate_order(ri: RiskInput) -> RiskViolation | None:
     order = ri.order
     for other in ri.recent_account_orders:
         same = (
-            other.id != order.id
+            other.quantity == order.quantity  # the most telling term first
             and other.symbol == order.symbol
             and other.side is order.side
-            and other.quantity == order.quantity
             and other.price == order.price
             and other.stop_price == order.stop_price
+            and other.id != order.id
         )
         if not same:
             continue

@@ -1,9 +1,13 @@
-"""What the rules need, read in one place: one set of queries per batch of orders, under per-account locks.
+"""What the rules need, read in one place: two statements per batch of orders, under per-account locks.
 
 ``prepare_batch`` takes a transaction-scoped advisory lock per account (and per throttled strategy) in a
 fixed order, so two gate transactions holding orders of the same account serialise (the order locks alone
 would not: they are different orders), and loads for the whole batch: accounts, limits, halts, restricted
 symbols, positions (as settlement books them), open orders, unsettled cash, recent orders and prices.
+The first statement takes the account locks and reads the limits; the second, run once the locks are held
+(with the strategy locks, if a throttle needs them, in between), reads everything else. Both are built once
+and are the same text whatever the batch, so their cost per batch does not grow with its size, and nothing is
+cached between batches: a limit, halt or restriction changed by an operator applies to the next batch.
 ``RiskBatch.input_for`` then builds each order's ``RiskInput``; ``record_approval`` adds an approved order
 to the batch's books so the next order of the same account in the batch sees it.
 """
@@ -16,14 +20,13 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, case, func, or_, select, text
+from sqlalchemy import Connection, TextClause, text
 
 from common.domain import OrderState, Side
-from common.store import tables
-from common.store.tables import reference_prices, restricted_symbols, risk_limits, trading_halts
-from services.risk_gate.limits import Limits, resolve
+from services.risk_gate.limits import Limits, LimitValue, resolve
 from services.risk_gate.prices import FeedPrice, PriceSettings, best_price, choose_quote
 from services.risk_gate.rules import (
     AccountInfo,
@@ -59,6 +62,7 @@ NOT_PASSED_STATES: tuple[str, ...] = (OrderState.NEW.value, OrderState.REJECTED.
 _LOCK_SQL = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS t(k, n)")
 
 
+@lru_cache(maxsize=65536)
 def lock_key(kind: str, identifier: str) -> int:
     """A stable 64-bit advisory lock key (the same in every process, unlike ``hash``)."""
     digest = hashlib.blake2b(f"oms.risk:{kind}:{identifier}".encode(), digest_size=8).digest()
@@ -112,6 +116,7 @@ class RiskBatch:
     feed: dict[str, FeedPrice] = field(default_factory=dict)
     states: dict[str, _AccountState] = field(default_factory=lambda: defaultdict(_AccountState))
     strategy_recent: dict[str, list[RecentOrder]] = field(default_factory=lambda: defaultdict(list))
+    _enabled: dict[str, dict[str, LimitValue]] = field(default_factory=dict, repr=False)
 
     def covers(self, order_id: str) -> bool:
         """Whether this batch was loaded (and locked) for the order."""
@@ -120,6 +125,13 @@ class RiskBatch:
     def limits_of(self, account_id: str) -> Limits:
         """The limits in force for the account."""
         return self.limits.get(account_id, self.global_limits)
+
+    def enabled_limits_of(self, account_id: str) -> dict[str, LimitValue]:
+        """The limits that are on for the account, as an approval records them (a copy of its own)."""
+        enabled = self._enabled.get(account_id)
+        if enabled is None:
+            enabled = self._enabled[account_id] = self.limits_of(account_id).enabled()
+        return dict(enabled)
 
     def _price_of(self, symbol: str, book: _Book | None = None) -> Decimal | None:
         instrument = self.instruments.get(symbol)
@@ -207,149 +219,276 @@ class RiskBatch:
 # --------------------------------------------------------------------------- loading
 
 
-@dataclass(frozen=True)
-class _OrderMeta:
+@dataclass(frozen=True, slots=True)
+class OrderMeta:
+    """What the loading needs of an order of the batch (none of it changes once the order exists)."""
+
     account_id: str
     strategy_id: str | None
     symbol: str
     created_at: datetime
 
 
-def _order_metas(connection: Connection, order_ids: Collection[str]) -> dict[str, _OrderMeta]:
-    o = tables.orders.c
-    rows = connection.execute(
-        select(o.id, o.account_id, o.strategy_id, o.symbol, o.created_at).where(o.id.in_(list(order_ids)))
+# Statements built once (plain SQL, parameterised, one text per statement whatever the batch: psycopg prepares
+# them on the server after a few runs). Arrays, never IN lists, so a batch of any size is the same statement.
+
+
+def _statement(sql: str) -> TextClause:
+    """A statement on one line: psycopg caches its parsing of statements up to 4 KB, and ``_LOAD`` fits once its
+    indentation is gone."""
+    return text(" ".join(sql.split()))
+
+
+# The account locks, then the limits. One statement: the locks are taken before the limits are read (the outer
+# side of the join is evaluated first and always), and the limits need not be read after the locks: they are
+# not what the locks guard, and a change committed meanwhile applies to the next batch.
+# It also switches the rest of the transaction to generic plans (``SET LOCAL plan_cache_mode``): ``_LOAD`` costs
+# Postgres about twice as much to plan as to run, and with batch-sized arrays as parameters it would otherwise be
+# planned again at every batch. Every statement after it in the gate's transaction looks rows up by key, where a
+# generic plan is the plan; the setting ends with the transaction.
+_LOCK_ACCOUNTS_AND_LIMITS = _statement(
+    """
+    WITH locked AS MATERIALIZED (
+        SELECT count(pg_advisory_xact_lock(t.k)) AS n,
+            set_config('plan_cache_mode', 'force_generic_plan', true) AS plan_cache_mode
+        FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS t(k, i)
     )
-    return {r.id: _OrderMeta(r.account_id, r.strategy_id, r.symbol, r.created_at) for r in rows}
+    SELECT r.*
+    FROM locked
+    LEFT JOIN risk_limits AS r
+        ON r.account_id IS NULL OR r.account_id = ANY(CAST(:account_ids AS varchar[]))
+    """
+)
+
+# Everything else the rules read, in one statement run after the locks (so it sees every approval committed by
+# a gate transaction that held them): one row per fact, ``kind`` says which and which columns it uses.
+#   A account       account_id, s1 account_type, b1 active, n1 cash_balance
+#   H halt          account_id (NULL: global), s1 reason, s2 halted_by, ts since
+#   R restriction   account_id (NULL: global), symbol, s1 reason
+#   P position      account_id, symbol, n1 quantity, n2 average_cost
+#   O open orders   account_id, symbol, s1 side, i1 orders, n1 leaves, n2 priced cost, n3 market leaves
+#   I instrument    symbol, b1 tradable, t1 session_open, t2 session_close, s1 session_timezone, n1 reference
+#   F feed price    symbol, n1 price, ts as_of, s1 source
+#   C unsettled     account_id, n1 cash
+#   X / Y recent    (account / strategy window) account_id, symbol, s1 id, s2 strategy_id, s3 side,
+#                   n1 quantity, n2 price, n3 stop_price, ts created_at
+# open_orders repeats the final states literally: so the planner can prove the partial index of working orders
+# (idx_orders_working_account) applies and read an account's open orders, not every order it ever had.
+_LOAD = _statement(
+    """
+    WITH pos AS (
+        SELECT p.account_id, p.symbol, p.quantity, p.average_cost
+        FROM positions AS p
+        WHERE p.account_id = ANY(CAST(:account_ids AS varchar[])) AND p.quantity <> 0
+    ),
+    open_orders AS (
+        SELECT o.account_id, o.symbol, o.side, count(*) AS orders,
+            coalesce(sum(greatest(o.quantity - o.filled_quantity, 0)), 0) AS leaves,
+            coalesce(sum(CASE WHEN coalesce(o.price, o.stop_price) IS NOT NULL
+                THEN greatest(o.quantity - o.filled_quantity, 0) * coalesce(o.price, o.stop_price) END), 0)
+                AS priced_cost,
+            coalesce(sum(CASE WHEN coalesce(o.price, o.stop_price) IS NULL
+                THEN greatest(o.quantity - o.filled_quantity, 0) END), 0) AS market_leaves
+        FROM orders AS o
+        WHERE o.account_id = ANY(CAST(:account_ids AS varchar[])) AND o.state = ANY(CAST(:open_states AS varchar[]))
+            AND o.state NOT IN ('FILLED', 'CANCELED', 'EXPIRED', 'REJECTED')
+        GROUP BY o.account_id, o.symbol, o.side
+    ),
+    wanted AS (
+        SELECT unnest(CAST(:symbols AS varchar[])) AS symbol
+        UNION SELECT symbol FROM pos
+        UNION SELECT symbol FROM open_orders
+    )
+    SELECT 'A' AS kind, CAST(a.id AS varchar) AS account_id, CAST(NULL AS varchar) AS symbol,
+        CAST(a.account_type AS varchar) AS s1, CAST(NULL AS varchar) AS s2, CAST(NULL AS varchar) AS s3,
+        CAST(a.cash_balance AS numeric) AS n1, CAST(NULL AS numeric) AS n2, CAST(NULL AS numeric) AS n3,
+        CAST(NULL AS bigint) AS i1, a.active AS b1, CAST(NULL AS timestamptz) AS ts,
+        CAST(NULL AS time) AS t1, CAST(NULL AS time) AS t2
+    FROM accounts AS a
+    WHERE a.id = ANY(CAST(:account_ids AS varchar[]))
+    UNION ALL
+    SELECT 'H', h.account_id, NULL, h.reason, h.halted_by, NULL, NULL, NULL, NULL, NULL, NULL, h.since, NULL, NULL
+    FROM trading_halts AS h
+    WHERE h.account_id IS NULL OR h.account_id = ANY(CAST(:account_ids AS varchar[]))
+    UNION ALL
+    SELECT 'R', r.account_id, r.symbol, r.reason, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    FROM restricted_symbols AS r
+    WHERE r.symbol = ANY(CAST(:symbols AS varchar[]))
+        AND (r.account_id IS NULL OR r.account_id = ANY(CAST(:account_ids AS varchar[])))
+    UNION ALL
+    SELECT 'P', pos.account_id, pos.symbol, NULL, NULL, NULL, pos.quantity, pos.average_cost, NULL, NULL, NULL,
+        NULL, NULL, NULL
+    FROM pos
+    UNION ALL
+    SELECT 'O', oo.account_id, oo.symbol, oo.side, NULL, NULL, oo.leaves, oo.priced_cost, oo.market_leaves,
+        oo.orders, NULL, NULL, NULL, NULL
+    FROM open_orders AS oo
+    UNION ALL
+    SELECT 'I', NULL, i.symbol, i.session_timezone, NULL, NULL, i.reference_price, NULL, NULL, NULL, i.tradable,
+        NULL, i.session_open, i.session_close
+    FROM instruments AS i
+    WHERE i.symbol IN (SELECT symbol FROM wanted)
+    UNION ALL
+    SELECT 'F', NULL, f.symbol, f.source, NULL, NULL, f.price, NULL, NULL, NULL, NULL, f.as_of, NULL, NULL
+    FROM reference_prices AS f
+    WHERE f.symbol IN (SELECT symbol FROM wanted)
+    UNION ALL
+    SELECT 'C', s.account_id, NULL, NULL, NULL, NULL, sum(s.cash_amount), NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    FROM settlement_instructions AS s
+    JOIN accounts AS ca ON ca.id = s.account_id AND ca.account_type = 'CASH'
+    WHERE s.account_id = ANY(CAST(:account_ids AS varchar[])) AND s.status = 'PENDING'
+    GROUP BY s.account_id
+    UNION ALL
+    SELECT 'X', o.account_id, o.symbol, o.id, o.strategy_id, o.side, o.quantity, o.price, o.stop_price, NULL, NULL,
+        o.created_at, NULL, NULL
+    FROM orders AS o
+    WHERE o.account_id = ANY(CAST(:recent_accounts AS varchar[]))
+        AND o.created_at >= CAST(:recent_since AS timestamptz) AND o.created_at <= CAST(:recent_until AS timestamptz)
+        AND o.state <> ALL(CAST(:not_passed AS varchar[]))
+    UNION ALL
+    SELECT 'Y', o.account_id, o.symbol, o.id, o.strategy_id, o.side, o.quantity, o.price, o.stop_price, NULL, NULL,
+        o.created_at, NULL, NULL
+    FROM orders AS o
+    WHERE o.strategy_id = ANY(CAST(:strategies AS varchar[]))
+        AND o.created_at >= CAST(:strategy_since AS timestamptz)
+        AND o.created_at <= CAST(:strategy_until AS timestamptz)
+        AND o.state <> ALL(CAST(:not_passed AS varchar[]))
+    """
+)
+
+_OPEN_STATES = list(OPEN_STATES)
+_NOT_PASSED = list(NOT_PASSED_STATES)
 
 
-def load_limits(connection: Connection, account_ids: Collection[str]) -> tuple[Limits, dict[str, Limits]]:
-    """The global limits and those in force for each account."""
-    c = risk_limits.c
-    rows = connection.execute(
-        select(risk_limits).where(or_(c.account_id.is_(None), c.account_id.in_(list(account_ids))))
-    ).mappings()
-    by_scope: dict[str | None, Mapping[str, Any]] = {r["account_id"]: dict(r) for r in rows}
+def resolve_limits(rows: Iterable[Mapping[str, Any]], account_ids: Collection[str]) -> tuple[Limits, dict[str, Limits]]:
+    """The global limits and those in force for each account, from the ``risk_limits`` rows of their scopes."""
+    by_scope: dict[str | None, Mapping[str, Any]] = {r["account_id"]: r for r in rows}
     global_row = by_scope.get(None)
     global_limits, _ = resolve(global_row, None)
     return global_limits, {a: resolve(global_row, by_scope.get(a))[0] for a in account_ids}
 
 
 def prepare_batch(
-    connection: Connection, order_ids: Collection[str], now: datetime, price_settings: PriceSettings
+    connection: Connection, metas: Mapping[str, OrderMeta], now: datetime, price_settings: PriceSettings
 ) -> RiskBatch:
-    """Lock the batch's accounts and load what the rules need for its orders (see the module docstring)."""
-    metas = _order_metas(connection, order_ids)
-    batch = RiskBatch(order_ids=frozenset(order_ids), price_settings=price_settings)
+    """Lock the batch's accounts and load what the rules need for its orders (see the module docstring).
+
+    Two statements whatever the batch (three when a strategy throttle is on): the account locks with the
+    limits, then (after the strategy locks) everything else.
+    """
+    batch = RiskBatch(order_ids=frozenset(metas), price_settings=price_settings)
     account_ids = sorted({m.account_id for m in metas.values()})
     if not account_ids:
         return batch
-    lock_scopes(connection, "account", account_ids)
-    # Everything below is read after the locks: another gate transaction's approvals are committed by now.
-    batch.global_limits, batch.limits = load_limits(connection, account_ids)
+    keys = sorted({lock_key("account", a) for a in account_ids})
+    rows = connection.execute(_LOCK_ACCOUNTS_AND_LIMITS, {"keys": keys, "account_ids": account_ids}).mappings()
+    batch.global_limits, batch.limits = resolve_limits((dict(r) for r in rows if r["id"] is not None), account_ids)
     throttled = {
         m.strategy_id
         for m in metas.values()
         if m.strategy_id is not None and batch.limits[m.account_id].max_strategy_orders_per_second is not None
     }
     lock_scopes(connection, "strategy", throttled)
-    _load_accounts(connection, batch, account_ids)
-    _load_halts(connection, batch, account_ids)
-    symbols = {m.symbol for m in metas.values()}
-    _load_restrictions(connection, batch, account_ids, symbols)
-    symbols |= _load_positions(connection, batch, account_ids)
-    market_buys = _load_open_orders(connection, batch, account_ids)
-    symbols |= {symbol for by_symbol in batch.states.values() for symbol in by_symbol.books}
-    _load_prices(connection, batch, symbols)
+    # Everything below is read after the locks: another gate transaction's approvals are committed by now.
+    symbols = sorted({m.symbol for m in metas.values()})
+    params: dict[str, Any] = {
+        "account_ids": account_ids,
+        "symbols": symbols,
+        "open_states": _OPEN_STATES,
+        "not_passed": _NOT_PASSED,
+        **_recent_windows(batch, metas, throttled),
+    }
+    market_buys = _fill(batch, connection.execute(_LOAD, params))
     _price_open_market_buys(batch, market_buys, now)
-    _load_unsettled_cash(connection, batch)
-    _load_recent(connection, batch, metas, throttled)
     return batch
 
 
-def _load_accounts(connection: Connection, batch: RiskBatch, account_ids: list[str]) -> None:
-    a = tables.accounts.c
-    rows = connection.execute(
-        select(a.id, a.account_type, a.active, a.cash_balance).where(a.id.in_(account_ids))
-    ).mappings()
-    batch.accounts = {r["id"]: AccountInfo(**r) for r in rows}
+def _recent_windows(batch: RiskBatch, metas: Mapping[str, OrderMeta], strategies: set[str]) -> dict[str, Any]:
+    """Orders that passed the gate around the batch's orders' submission times: only what the throttles and
+    the duplicate window can look at (empty windows when no such rule is on)."""
+    spans: dict[str, timedelta] = {}
+    for account_id, limits in batch.limits.items():
+        window = limits.duplicate_window_seconds or _ZERO
+        if limits.max_orders_per_second is not None:
+            window = max(window, Decimal(1))
+        if window > 0:
+            spans[account_id] = timedelta(seconds=float(window))
+    windows: dict[str, Any] = {
+        "recent_accounts": [],
+        "recent_since": None,
+        "recent_until": None,
+        "strategies": [],
+        "strategy_since": None,
+        "strategy_until": None,
+    }
+    if spans:
+        created = [m.created_at for m in metas.values() if m.account_id in spans]
+        span = max(spans.values())
+        windows["recent_accounts"] = sorted(spans)
+        windows["recent_since"], windows["recent_until"] = min(created) - span, max(created) + span
+    if strategies:
+        created = [m.created_at for m in metas.values() if m.strategy_id in strategies]
+        windows["strategies"] = sorted(strategies)
+        windows["strategy_since"], windows["strategy_until"] = min(created) - _ONE_SECOND, max(created) + _ONE_SECOND
+    return windows
 
 
-def _load_halts(connection: Connection, batch: RiskBatch, account_ids: list[str]) -> None:
-    h = trading_halts.c
-    rows = connection.execute(
-        select(h.account_id, h.reason, h.halted_by, h.since).where(
-            or_(h.account_id.is_(None), h.account_id.in_(account_ids))
-        )
-    ).mappings()
-    for r in rows:
-        halt = Halt(**r)
-        if halt.account_id is None:
-            batch.global_halt = halt
-        else:
-            batch.halts[halt.account_id] = halt
+def _recent(
+    account_id: str, symbol: str, s1: str, s2: str | None, s3: str, n1: Any, n2: Any, n3: Any, ts: Any
+) -> RecentOrder:
+    return RecentOrder(s1, account_id, s2, symbol, Side(s3), n1, n2, n3, ts)
 
 
-def _load_restrictions(connection: Connection, batch: RiskBatch, account_ids: list[str], symbols: set[str]) -> None:
-    r = restricted_symbols.c
-    rows = connection.execute(
-        select(r.account_id, r.symbol, r.reason).where(
-            r.symbol.in_(sorted(symbols)), or_(r.account_id.is_(None), r.account_id.in_(account_ids))
-        )
-    ).mappings()
-    batch.restrictions = {(row["account_id"], row["symbol"]): Restriction(**row) for row in rows}
-
-
-def _load_positions(connection: Connection, batch: RiskBatch, account_ids: list[str]) -> set[str]:
-    p = tables.positions.c
-    rows = connection.execute(
-        select(p.account_id, p.symbol, p.quantity, p.average_cost).where(p.account_id.in_(account_ids), p.quantity != 0)
-    )
-    symbols: set[str] = set()
-    for row in rows:
-        book = batch.states[row.account_id].books[row.symbol]
-        book.position, book.average_cost = row.quantity, row.average_cost
-        symbols.add(row.symbol)
-    return symbols
-
-
-_LEAVES = tables.orders.c.quantity - tables.orders.c.filled_quantity
-
-
-def _load_open_orders(
-    connection: Connection, batch: RiskBatch, account_ids: list[str]
-) -> dict[tuple[str, str], Decimal]:
-    """Open orders per account, symbol and side; returns the leaves of open MARKET buys, which have no price
-    of their own and are costed at the reference price once prices are loaded."""
-    o = tables.orders.c
-    priced = func.coalesce(o.price, o.stop_price)
-    leaves = func.greatest(_LEAVES, 0)
-    rows = connection.execute(
-        select(
-            o.account_id,
-            o.symbol,
-            o.side,
-            func.count().label("orders"),
-            func.coalesce(func.sum(leaves), 0).label("leaves"),
-            func.coalesce(func.sum(case((priced.is_not(None), leaves * priced))), 0).label("priced_cost"),
-            func.coalesce(func.sum(case((priced.is_(None), leaves))), 0).label("market_leaves"),
-        )
-        .where(o.account_id.in_(account_ids), o.state.in_(OPEN_STATES))
-        .group_by(o.account_id, o.symbol, o.side)
-    )
+def _fill(batch: RiskBatch, rows: Iterable[Any]) -> dict[tuple[str, str], Decimal]:
+    """Put the rows of ``_LOAD`` into the batch; returns the leaves of open MARKET buys per account and symbol,
+    which have no price of their own and are costed at the reference price once prices are known."""
     market_buys: dict[tuple[str, str], Decimal] = {}
-    for row in rows:
-        state = batch.states[row.account_id]
-        book = state.books[row.symbol]
-        state.open_orders += row.orders
-        if row.side == Side.BUY.value:
-            book.open_buy += row.leaves
-            state.open_buy_cost += row.priced_cost
-            if row.market_leaves:
-                market_buys[(row.account_id, row.symbol)] = row.market_leaves
-        else:
-            book.open_sell += row.leaves
+    states = batch.states
+    for kind, account_id, symbol, s1, s2, s3, n1, n2, n3, i1, b1, ts, t1, t2 in rows:
+        if kind == "O":
+            state = states[account_id]
+            book = state.books[symbol]
+            state.open_orders += i1
+            if s1 == Side.BUY.value:
+                book.open_buy += n1
+                state.open_buy_cost += n2
+                if n3:
+                    market_buys[(account_id, symbol)] = n3
+            else:
+                book.open_sell += n1
+        elif kind == "X":
+            states[account_id].recent.append(_recent(account_id, symbol, s1, s2, s3, n1, n2, n3, ts))
+        elif kind == "Y":
+            batch.strategy_recent[s2 or ""].append(_recent(account_id, symbol, s1, s2, s3, n1, n2, n3, ts))
+        elif kind == "P":
+            book = states[account_id].books[symbol]
+            book.position, book.average_cost = n1, n2
+        elif kind == "I":
+            batch.instruments[symbol] = _Instrument(InstrumentInfo(symbol, b1, t1, t2, s1), n1)
+        elif kind == "F":
+            batch.feed[symbol] = FeedPrice(symbol, n1, ts, s1)
+        elif kind == "A":
+            batch.accounts[account_id] = AccountInfo(account_id, s1, b1, n1)
+        elif kind == "H":
+            halt = Halt(account_id, s1, s2, ts)
+            if account_id is None:
+                batch.global_halt = halt
+            else:
+                batch.halts[account_id] = halt
+        elif kind == "R":
+            batch.restrictions[(account_id, symbol)] = Restriction(account_id, symbol, s1)
+        elif kind == "C":
+            states[account_id].unsettled_cash = n1 or _ZERO
+    # The throttles and the duplicate rule read the recent orders in submission order.
+    for state in states.values():
+        state.recent.sort(key=_created_at)
+    for recent in batch.strategy_recent.values():
+        recent.sort(key=_created_at)
     return market_buys
+
+
+def _created_at(order: RecentOrder) -> datetime:
+    return order.created_at
 
 
 def _price_open_market_buys(batch: RiskBatch, market_buys: Mapping[tuple[str, str], Decimal], now: datetime) -> None:
@@ -360,75 +499,12 @@ def _price_open_market_buys(batch: RiskBatch, market_buys: Mapping[tuple[str, st
         batch.states[account_id].open_buy_cost += leaves * (price or _ZERO)
 
 
-def _load_unsettled_cash(connection: Connection, batch: RiskBatch) -> None:
-    cash_accounts = [a for a, info in batch.accounts.items() if info.is_cash]
-    if not cash_accounts:
-        return
-    i = tables.settlement_instructions.c
-    rows = connection.execute(
-        select(i.account_id, func.sum(i.cash_amount).label("cash"))
-        .where(i.account_id.in_(cash_accounts), i.status == "PENDING")
-        .group_by(i.account_id)
-    )
-    for row in rows:
-        batch.states[row.account_id].unsettled_cash = row.cash or _ZERO
-
-
-def _load_prices(connection: Connection, batch: RiskBatch, symbols: set[str]) -> None:
-    wanted = sorted(symbols)
-    i = tables.instruments.c
-    for row in connection.execute(
-        select(i.symbol, i.tradable, i.session_open, i.session_close, i.session_timezone, i.reference_price).where(
-            i.symbol.in_(wanted)
-        )
-    ):
-        info = InstrumentInfo(row.symbol, row.tradable, row.session_open, row.session_close, row.session_timezone)
-        batch.instruments[row.symbol] = _Instrument(info, row.reference_price)
-    p = reference_prices.c
-    for quote in connection.execute(select(p.symbol, p.price, p.as_of, p.source).where(p.symbol.in_(wanted))):
-        batch.feed[quote.symbol] = FeedPrice(quote.symbol, quote.price, quote.as_of, quote.source)
-
-
-def _recent_orders(connection: Connection, condition: Any, since: datetime, until: datetime) -> list[RecentOrder]:
-    o = tables.orders.c
-    rows = connection.execute(
-        select(o.id, o.account_id, o.strategy_id, o.symbol, o.side, o.quantity, o.price, o.stop_price, o.created_at)
-        .where(condition, o.created_at >= since, o.created_at <= until, o.state.not_in(NOT_PASSED_STATES))
-        .order_by(o.created_at)
-    )
-    return [
-        RecentOrder(
-            r.id, r.account_id, r.strategy_id, r.symbol, Side(r.side), r.quantity, r.price, r.stop_price, r.created_at
-        )
-        for r in rows
-    ]
-
-
-def _load_recent(
-    connection: Connection, batch: RiskBatch, metas: Mapping[str, _OrderMeta], strategies: set[str]
-) -> None:
-    """Orders that passed the gate around the batch's orders' submission times: only what the throttles and
-    the duplicate window can look at."""
-    o = tables.orders.c
-    spans: dict[str, timedelta] = {}
-    for account_id, limits in batch.limits.items():
-        window = limits.duplicate_window_seconds or _ZERO
-        if limits.max_orders_per_second is not None:
-            window = max(window, Decimal(1))
-        if window > 0:
-            spans[account_id] = timedelta(seconds=float(window))
-    if spans:
-        created = [m.created_at for m in metas.values() if m.account_id in spans]
-        span = max(spans.values())
-        for order in _recent_orders(
-            connection, o.account_id.in_(sorted(spans)), min(created) - span, max(created) + span
-        ):
-            batch.states[order.account_id].recent.append(order)
-    if strategies:
-        created = [m.created_at for m in metas.values() if m.strategy_id in strategies]
-        condition = o.strategy_id.in_(sorted(strategies))
-        for order in _recent_orders(connection, condition, min(created) - _ONE_SECOND, max(created) + _ONE_SECOND):
-            batch.strategy_recent[order.strategy_id or ""].append(order)
-
-
-__all__ = ["OPEN_STATES", "RiskBatch", "load_limits", "lock_key", "lock_scopes", "prepare_batch"]
+__all__ = [
+    "OPEN_STATES",
+    "OrderMeta",
+    "RiskBatch",
+    "lock_key",
+    "lock_scopes",
+    "prepare_batch",
+    "resolve_limits",
+]

@@ -2,6 +2,10 @@
 
 Every request the venue sees is an ``order_requests`` row with its own ``requestId``; a request row moves
 PENDING -> SENT when its message is in the outbox, or to SKIPPED when the order no longer needs it.
+
+Round trips: request rows are written through the transaction's ``RequestRepository``, buffered and written at
+commit in one statement per batch; the cancel and replace requests of a batch are read and locked together by
+the stage's ``prepare`` (``lock_requests``), so a batch costs the same statements whatever its size.
 """
 
 from __future__ import annotations
@@ -22,9 +26,7 @@ from common.store.requests_repo import (
     REQUEST_PENDING,
     REQUEST_SENT,
     REQUEST_SKIPPED,
-    load_request,
-    record_request,
-    set_request_status,
+    RequestRepository,
     terms_of,
 )
 from common.store.uow import UnitOfWork
@@ -79,8 +81,7 @@ def route_new(uow: UnitOfWork, env: Envelope) -> None:
     now = datetime.now(UTC)
     request_id = str(uuid.uuid4())
     body = broker_body(order, request_id)
-    record_request(
-        uow.connection,
+    uow.repository(RequestRepository).record(
         request_id=request_id,
         order_id=order.id,
         kind=REQUEST_NEW,
@@ -93,7 +94,7 @@ def route_new(uow: UnitOfWork, env: Envelope) -> None:
     order.mark_routed(request_id, now)
     uow.orders.save(order, correlation_id=env.correlation_id or order.id, message_id=env.message_id)
     uow.outbox.add(BROKER_EXCHANGE, NEW_ORDER_KEY, "NewOrderRequest", body, order.id)
-    log.info("order routed", extra={"request_id": request_id})
+    log.debug("order routed", extra={"request_id": request_id})
 
 
 def _skip_reason(order: Order, kind: RequestKind) -> str | None:
@@ -117,7 +118,8 @@ def route_request(uow: UnitOfWork, env: Envelope, kind: RequestKind) -> None:
     """Send a cancel or replace request recorded by the order commands."""
     order_id: str = env.body["order_id"]
     request_id: str = env.body["request_id"]
-    request = load_request(uow.connection, request_id)
+    requests = uow.repository(RequestRepository)
+    request = requests.get(request_id)  # locked (for the whole batch by lock_requests)
     if request is None or request.order_id != order_id or request.kind != kind.value:
         raise DeadLetter(f"no {kind.value} request {request_id} for order {order_id}")
     if request.status != REQUEST_PENDING:
@@ -127,7 +129,7 @@ def route_request(uow: UnitOfWork, env: Envelope, kind: RequestKind) -> None:
     now = datetime.now(UTC)
     reason = _skip_reason(order, kind)
     if reason is not None:
-        set_request_status(uow.connection, request_id, REQUEST_SKIPPED, now, reason)
+        requests.set_status(request_id, REQUEST_SKIPPED, now, reason)
         log.info("request skipped", extra={"request_id": request_id, "reason": reason})
         return
     if kind is RequestKind.REPLACE:
@@ -135,8 +137,17 @@ def route_request(uow: UnitOfWork, env: Envelope, kind: RequestKind) -> None:
         uow.outbox.add(BROKER_EXCHANGE, REPLACE_KEY, "ReplaceRequest", body, order.id)
     else:
         uow.outbox.add(BROKER_EXCHANGE, CANCEL_KEY, "CancelRequest", broker_body(order, request_id), order.id)
-    set_request_status(uow.connection, request_id, REQUEST_SENT, now)
+    requests.set_status(request_id, REQUEST_SENT, now)
     log.info("request sent", extra={"request_id": request_id, "kind": kind.value})
+
+
+def lock_requests(uow: UnitOfWork, envelopes: list[Envelope]) -> None:
+    """The stage's ``prepare``: read and lock the batch's cancel and replace requests in one round trip."""
+    request_ids = [
+        env.body["request_id"] for env in envelopes if env.routing_key in (ROUTE_CANCEL_KEY, ROUTE_REPLACE_KEY)
+    ]
+    if request_ids:
+        uow.repository(RequestRepository).lock(request_ids)
 
 
 def handle_route(uow: UnitOfWork, env: Envelope) -> None:

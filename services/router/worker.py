@@ -5,7 +5,7 @@ from __future__ import annotations
 from common.contracts import RouteCancelSchema, RouteNewSchema, RouteReplaceSchema
 from common.runtime.stage import StageSpec
 from services.intake.commands import ROUTE_CANCEL_KEY, ROUTE_NEW_KEY, ROUTE_REPLACE_KEY
-from services.router.handlers import handle_route
+from services.router.handlers import handle_route, lock_requests
 
 SPEC = StageSpec(
     stage="router",
@@ -15,4 +15,5 @@ SPEC = StageSpec(
         ROUTE_REPLACE_KEY: RouteReplaceSchema(),
     },
     handler=handle_route,
+    prepare=lock_requests,
 )

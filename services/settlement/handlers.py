@@ -1,5 +1,6 @@
 """Settlement: book each execution (or its reversal) as a trade confirmation, a settlement instruction and
-a position change, and tell the portfolio service.
+a position change, and tell the portfolio service in one ``positions.update`` per fill, which carries the
+confirmation and the instruction with it.
 
 The FillBooked contract (shared with the execution handler): ``quantity``, ``price`` and ``fees`` are always
 the execution's own terms, quantity positive; ``reversal: true`` means "undo execution ``executionId``" (a
@@ -14,12 +15,20 @@ Positions: average cost (of price, fees excluded) moves when the position grows,
 shrinks; crossing through zero closes the old side and opens the new one at the trade price. A reversal
 recomputes the position from the trades still standing, in booking order, so it restores the exact average
 cost and P&L it would have had without the busted trade, even with trades booked after it.
+
+Set-based per batch: ``prepare`` (once per batch transaction) locks every position the batch touches in
+(account, symbol) order and loads its instruments and the confirmations already booked for its execution ids,
+in four statements; the handler then books each fill in memory, in message order (fills of one position in one
+batch chain), and the repository writes the batch's confirmations, instructions and positions in one statement
+per table at commit. A reversal (rare) replays the position from the store, after writing what the batch booked
+before it.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -37,8 +46,6 @@ from services.settlement.calendar import SettlementCalendar, trade_date_of
 log = logging.getLogger(__name__)
 
 POSITION_UPDATE_KEY = "positions.update"
-TRADE_CONFIRMATION_KEY = "trades.confirmation"
-SETTLEMENT_INSTRUCTION_KEY = "settlement.instruction"
 
 _ZERO = Decimal(0)
 # DECIMAL(20,8) in the store: computed amounts are rounded alike so the published values equal the stored.
@@ -82,7 +89,7 @@ def replay(trades: list[BookedTrade]) -> Position:
     return position
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Trade:
     """The execution being booked, with amounts and dates settled."""
 
@@ -99,9 +106,27 @@ class _Trade:
     def gross(self) -> Decimal:
         return _round(self.quantity * self.price)
 
-    @property
-    def net(self) -> Decimal:
-        return _round(self.gross + self.fees if self.side is Side.BUY else self.gross - self.fees)
+    def net(self, gross: Decimal) -> Decimal:
+        return _round(gross + self.fees if self.side is Side.BUY else gross - self.fees)
+
+
+def _bookable(body: dict[str, Any]) -> bool:
+    return bool(body["quantity"] > _ZERO and body["price"] > _ZERO)
+
+
+def prepare(uow: UnitOfWork, envelopes: Iterable[Envelope]) -> None:
+    """Once per batch transaction: load its instruments, lock its positions, load its executions' confirmations.
+
+    A message that will be dead-lettered (non-positive terms, unknown instrument) locks nothing: its handler
+    raises before it needs a position.
+    """
+    repo = uow.repository(SettlementRepository)
+    bodies = [env.body for env in envelopes]
+    repo.load_instruments({body["symbol"] for body in bodies})
+    bookable = [b for b in bodies if _bookable(b) and repo.instrument(b["symbol"]) is not None]
+    # Locks first, then the confirmations they guard (read after any wait, so what the writer before committed).
+    repo.lock_positions({(b["account_id"], b["symbol"]) for b in bookable}, datetime.now(UTC))
+    repo.load_confirmations({b["execution_id"] for b in bookable})
 
 
 def _trade(body: dict[str, Any], repo: SettlementRepository, calendar: SettlementCalendar, cycle: int) -> _Trade:
@@ -142,7 +167,7 @@ def _trade(body: dict[str, Any], repo: SettlementRepository, calendar: Settlemen
 
 
 def handle(uow: UnitOfWork, env: Envelope, *, calendar: SettlementCalendar) -> None:
-    """Book one FillBooked: confirmation, instruction, position; publish all three to the portfolio."""
+    """Book one FillBooked: confirmation, instruction, position; publish one position update carrying them."""
     body = env.body
     order_id: str = body["order_id"]
     with log_context(order_id=order_id, execution_id=body["execution_id"]):
@@ -150,19 +175,26 @@ def handle(uow: UnitOfWork, env: Envelope, *, calendar: SettlementCalendar) -> N
 
 
 def _book(uow: UnitOfWork, body: dict[str, Any], order_id: str, calendar: SettlementCalendar) -> None:
-    if body["quantity"] <= _ZERO or body["price"] <= _ZERO:
+    if not _bookable(body):
         raise DeadLetter("FillBooked quantity and price must be positive (a reversal says reversal: true)")
-    instrument = uow.reference.instrument(body["symbol"])
-    if instrument is None:
-        raise DeadLetter(f"unknown instrument {body['symbol']}")
-    account_id: str = body["account_id"]
+    repo = uow.repository(SettlementRepository)
     symbol: str = body["symbol"]
-    repo = SettlementRepository(uow.connection)
-    # Lock first: booking order (created_at, taken under the lock) is then the order positions change in.
-    before = repo.lock_position(account_id, symbol, datetime.now(UTC))
-    now = datetime.now(UTC)
+    instrument = repo.instrument(symbol)
+    if instrument is None:
+        raise DeadLetter(f"unknown instrument {symbol}")
+    account_id: str = body["account_id"]
+    # Locked first (by ``prepare``, or here): booking order (created_at, taken under the lock) is then the order
+    # positions change in.
+    before = repo.position(account_id, symbol)
+    reversal = bool(body["reversal"])
+    if repo.confirmation(body["execution_id"], reversal) is not None:
+        log.debug("execution already booked; skipped", extra={"reversal": reversal})
+        return
+    now = repo.stamp()
     cycle = calendar.settlement_days(instrument.asset_class, instrument.settlement_days)
     trade = _trade(body, repo, calendar, cycle)
+    gross = trade.gross
+    net = trade.net(gross)
     confirmation_id = str(uuid.uuid4())
     confirmation = {
         "id": confirmation_id,
@@ -173,9 +205,9 @@ def _book(uow: UnitOfWork, body: dict[str, Any], order_id: str, calendar: Settle
         "side": trade.side.value,
         "quantity": trade.quantity,
         "price": trade.price,
-        "gross_amount": trade.gross,
+        "gross_amount": gross,
         "fees": trade.fees,
-        "net_amount": trade.net,
+        "net_amount": net,
         "currency": instrument.currency,
         "venue": body.get("venue"),
         "trade_date": trade.trade_date,
@@ -183,12 +215,7 @@ def _book(uow: UnitOfWork, body: dict[str, Any], order_id: str, calendar: Settle
         "reversal": trade.reversal,
         "created_at": now,
     }
-    if not repo.add_confirmation(confirmation):
-        log.info("execution already booked; skipped", extra={"reversal": trade.reversal})
-        return
-
     receives = (trade.side is Side.BUY) != trade.reversal
-    cash = -trade.net if receives else trade.net
     instruction = {
         "id": str(uuid.uuid4()),
         "confirmation_id": confirmation_id,
@@ -197,13 +224,13 @@ def _book(uow: UnitOfWork, body: dict[str, Any], order_id: str, calendar: Settle
         "symbol": symbol,
         "securities_direction": "RECEIVE" if receives else "DELIVER",
         "quantity": trade.quantity,
-        "cash_amount": cash,
+        "cash_amount": -net if receives else net,
         "currency": instrument.currency,
         "settlement_date": trade.settlement_date,
         "status": "PENDING",
         "created_at": now,
     }
-    repo.add_instruction(instruction)
+    repo.add(confirmation, instruction)
 
     if trade.reversal or repo.confirmation(trade.execution_id, reversal=True) is not None:
         # Undoing a trade (or booking one already undone, the reversal having overtaken it) rebuilds the
@@ -212,17 +239,18 @@ def _book(uow: UnitOfWork, body: dict[str, Any], order_id: str, calendar: Settle
     else:
         signed = trade.quantity if trade.side is Side.BUY else -trade.quantity
         after = position_after(before, signed, trade.price)
-    repo.save_position(account_id, symbol, after, now)
+    repo.set_position(account_id, symbol, after, now)
 
     _publish(uow, order_id, body, trade, confirmation, instruction, before, after)
-    log.info(
-        "execution booked",
-        extra={
-            "reversal": trade.reversal,
-            "position": str(after.quantity),
-            "settlement_date": str(trade.settlement_date),
-        },
-    )
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "execution booked",
+            extra={
+                "reversal": trade.reversal,
+                "position": str(after.quantity),
+                "settlement_date": str(trade.settlement_date),
+            },
+        )
 
 
 def _publish(
@@ -235,63 +263,61 @@ def _publish(
     before: Position,
     after: Position,
 ) -> None:
-    common = {"orderId": order_id, "executionId": trade.execution_id, "accountId": body["account_id"]}
-    uow.outbox.add(
-        PORTFOLIO_EXCHANGE,
-        TRADE_CONFIRMATION_KEY,
-        "TradeConfirmation",
-        {
-            "confirmationId": confirmation["id"],
-            **common,
-            "symbol": confirmation["symbol"],
-            "side": confirmation["side"],
-            "quantity": trade.quantity,
-            "price": trade.price,
-            "grossAmount": confirmation["gross_amount"],
-            "fees": trade.fees,
-            "netAmount": confirmation["net_amount"],
-            "currency": confirmation["currency"],
-            "venue": confirmation["venue"],
-            "tradeDate": trade.trade_date,
-            "settlementDate": trade.settlement_date,
-            "reversal": trade.reversal,
-        },
-        order_id,
-    )
+    """One ``positions.update`` per fill; ``confirmation`` and ``instruction`` are what the retired
+    ``trades.confirmation`` and ``settlement.instruction`` messages carried, field for field."""
+    account_id = body["account_id"]
+    execution_id = trade.execution_id
+    symbol = confirmation["symbol"]
     cash = instruction["cash_amount"]
-    uow.outbox.add(
-        PORTFOLIO_EXCHANGE,
-        SETTLEMENT_INSTRUCTION_KEY,
-        "SettlementInstruction",
-        {
-            "instructionId": instruction["id"],
-            "confirmationId": confirmation["id"],
-            **common,
-            "symbol": instruction["symbol"],
-            "securitiesDirection": instruction["securities_direction"],
-            "quantity": trade.quantity,
-            "cashDirection": "PAY" if cash < _ZERO else "RECEIVE",
-            "cashAmount": cash,
-            "currency": instruction["currency"],
-            "settlementDate": trade.settlement_date,
-            "status": instruction["status"],
-            "reversal": trade.reversal,
-        },
-        order_id,
-    )
     uow.outbox.add(
         PORTFOLIO_EXCHANGE,
         POSITION_UPDATE_KEY,
         "PositionUpdate",
         {
-            **common,
-            "symbol": confirmation["symbol"],
+            "orderId": order_id,
+            "executionId": execution_id,
+            "accountId": account_id,
+            "symbol": symbol,
             "quantity": after.quantity,
             "delta": after.quantity - before.quantity,
             "averageCost": after.average_cost,
             "realizedPnl": after.realized_pnl,
             "timestamp": body["timestamp"],
             "reversal": trade.reversal,
+            "confirmation": {
+                "confirmationId": confirmation["id"],
+                "orderId": order_id,
+                "executionId": execution_id,
+                "accountId": account_id,
+                "symbol": symbol,
+                "side": confirmation["side"],
+                "quantity": trade.quantity,
+                "price": trade.price,
+                "grossAmount": confirmation["gross_amount"],
+                "fees": trade.fees,
+                "netAmount": confirmation["net_amount"],
+                "currency": confirmation["currency"],
+                "venue": confirmation["venue"],
+                "tradeDate": trade.trade_date,
+                "settlementDate": trade.settlement_date,
+                "reversal": trade.reversal,
+            },
+            "instruction": {
+                "instructionId": instruction["id"],
+                "confirmationId": confirmation["id"],
+                "orderId": order_id,
+                "executionId": execution_id,
+                "accountId": account_id,
+                "symbol": symbol,
+                "securitiesDirection": instruction["securities_direction"],
+                "quantity": trade.quantity,
+                "cashDirection": "PAY" if cash < _ZERO else "RECEIVE",
+                "cashAmount": cash,
+                "currency": instruction["currency"],
+                "settlementDate": trade.settlement_date,
+                "status": instruction["status"],
+                "reversal": trade.reversal,
+            },
         },
         order_id,
     )

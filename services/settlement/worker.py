@@ -1,4 +1,8 @@
-"""The settlement stage: FillBooked (``settlement.fill``) -> confirmations, instructions, positions."""
+"""The settlement stage: FillBooked (``settlement.fill``) -> confirmations, instructions, positions.
+
+A batch is prepared once (its positions locked, its instruments and confirmations loaded), then booked in memory
+and written in one statement per table at commit: see services/settlement/handlers.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from common.messaging.envelope import Envelope
 from common.runtime.stage import StageSpec
 from common.store.uow import UnitOfWork
 from services.settlement.calendar import SettlementCalendar, parse_holidays
-from services.settlement.handlers import handle
+from services.settlement.handlers import handle, prepare
 
 
 @lru_cache(maxsize=1)
@@ -39,4 +43,5 @@ SPEC = StageSpec(
     schemas={"settlement.fill": FillBookedSchema()},
     handler=handle_fill,
     order_id_of=_no_order_lock,
+    prepare=prepare,
 )

@@ -8,6 +8,7 @@ import signal
 from common.config import load_settings
 from common.health import dependency_checks, serve_process_endpoints
 from common.logging import configure_logging
+from common.runtime.loop import run as run_loop
 from services.venue_sim.config import VenueConfig
 from services.venue_sim.venue import VenueSim
 
@@ -29,7 +30,7 @@ def main() -> None:
     serve_process_endpoints(
         settings.metrics_port, "oms.venue_sim", dependency_checks(None, settings.amqp_url, "oms.venue_sim")
     )
-    asyncio.run(_run(VenueConfig.from_env(settings)))
+    run_loop(_run(VenueConfig.from_env(settings)))
 
 
 if __name__ == "__main__":

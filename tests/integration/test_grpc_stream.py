@@ -321,8 +321,8 @@ async def test_an_order_streams_from_pending_to_filled_while_it_happens(
             metadata=grpc_metadata(),
         )
         await subscription.until(1)  # PENDING (NEW), published by the outbox relay
+        # Approval and routing change the internal state only: no update (the public status stays PENDING).
         await asyncio.to_thread(_route, engine, order.id)
-        await subscription.until(3)  # PENDING (APPROVED), PENDING (ROUTED)
 
         async def report(status: pb.OrderStatus, **fields: Any) -> None:
             await stub.UpdateOrderStatus(
@@ -333,28 +333,26 @@ async def test_an_order_streams_from_pending_to_filled_while_it_happens(
             )
 
         await report(STATUS.ORDER_STATUS_OPEN, execution_id=f"{order.id}-ack")
-        await subscription.until(4)
+        await subscription.until(2)
         await report(STATUS.ORDER_STATUS_PARTIALLY_FILLED, execution_id=f"{order.id}-1", quantity=40, price=190.0)
-        await subscription.until(5)
+        await subscription.until(3)
         await report(STATUS.ORDER_STATUS_FILLED, execution_id=f"{order.id}-2", quantity=60, price=189.5, fees=0.3)
-        received = await subscription.until(6)
+        received = await subscription.until(4)
 
     assert [u.status for u in received] == [
-        STATUS.ORDER_STATUS_PENDING,
-        STATUS.ORDER_STATUS_PENDING,
         STATUS.ORDER_STATUS_PENDING,
         STATUS.ORDER_STATUS_OPEN,
         STATUS.ORDER_STATUS_PARTIALLY_FILLED,
         STATUS.ORDER_STATUS_FILLED,
     ]
-    assert [u.state for u in received] == ["NEW", "APPROVED", "ROUTED", "OPEN", "PARTIALLY_FILLED", "FILLED"]
+    assert [u.state for u in received] == ["NEW", "OPEN", "PARTIALLY_FILLED", "FILLED"]
     assert all(u.order_id == order.id for u in received)
     versions = [u.version for u in received]
     assert versions == sorted(versions) and len(set(versions)) == len(versions)
-    assert [u.filled_quantity for u in received[3:]] == [0, 40, 100]
-    assert received[4].latest_execution.execution_id == f"{order.id}-1"
-    assert received[5].latest_execution.quantity == 60 and received[5].latest_execution.price == 189.5
-    assert received[5].average_execution_price == pytest.approx(189.7)
+    assert [u.filled_quantity for u in received[1:]] == [0, 40, 100]
+    assert received[2].latest_execution.execution_id == f"{order.id}-1"
+    assert received[3].latest_execution.quantity == 60 and received[3].latest_execution.price == 189.5
+    assert received[3].average_execution_price == pytest.approx(189.7)
     final = await stub.GetOrder(pb.GetOrderRequest(order_id=order.id), metadata=grpc_metadata())
     assert final.status == STATUS.ORDER_STATUS_FILLED and final.filled_quantity == 100
     assert [r.execution_id for r in final.execution_reports] == [f"{order.id}-ack", f"{order.id}-1", f"{order.id}-2"]

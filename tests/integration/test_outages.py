@@ -134,7 +134,7 @@ async def rig(database_url: str, amqp_url: str, management_url: str) -> AsyncIte
     queue_def = StageQueue(stage, (f"{stage}.echo",))
     # Batches of one: a held batch leaves the next deliveries waiting in the worker's memory.
     settings = Settings(database_url=database_url, amqp_url=amqp_url, delivery_limit=5, batch_size=1)
-    engine = make_engine(database_url)
+    engine = make_engine(database_url, pre_ping=False)  # as stage workers run (common.bootstrap.stage_worker)
     gate = Gate(threading.Event(), threading.Event())
     spec = StageSpec(stage=stage, schemas={"*": EchoSchema()}, handler=gate.handler, queue_override=queue_def)
     worker = StageWorker(spec, settings, engine)

@@ -25,7 +25,7 @@ from services.settlement.calendar import SettlementCalendar
 from services.settlement.handlers import handle, position_after
 from services.settlement.worker import SPEC
 from tests.support.api import new_account
-from tests.support.db import open_engine
+from tests.support.db import open_engine, statements
 from tests.support.orders import create_order, mark_routed, store
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,7 @@ def worker(engine: Engine, database_url: str) -> StageWorker:
         schemas=SPEC.schemas,
         handler=lambda uow, env: handle(uow, env, calendar=CALENDAR),
         order_id_of=SPEC.order_id_of,
+        prepare=SPEC.prepare,
     )
     return StageWorker(spec, Settings(database_url=database_url), engine)
 
@@ -85,6 +86,16 @@ def order_for(engine: Engine, account_id: str, symbol: str, side: Side) -> str:
         account_id=account_id, symbol=symbol, side=side, type=OrderType.MARKET, quantity=D(1000), price=None
     )
     return store(engine, order)
+
+
+def envelope(body: dict[str, Any], message_id: str | None = None) -> Envelope:
+    return Envelope(
+        message_id=message_id or str(uuid.uuid4()),
+        routing_key="settlement.fill",
+        body=FillBookedSchema().load(jsonutil.loads(jsonutil.dumps(body))),
+        correlation_id=body["orderId"],
+        type="FillBooked",
+    )
 
 
 class Book:
@@ -122,15 +133,40 @@ class Book:
         self.deliver(body, message_id)
         return body
 
+    def body(
+        self,
+        side: Side,
+        quantity: str,
+        price: str,
+        fees: str = "0",
+        symbol: str = "AAPL",
+        execution_id: str | None = None,
+        order_id: str | None = None,
+        reversal: bool = False,
+    ) -> dict[str, Any]:
+        """A FillBooked body for this account (not delivered)."""
+        return {
+            "orderId": order_id or order_for(self.engine, self.account_id, symbol, side),
+            "executionId": execution_id or str(uuid.uuid4()),
+            "accountId": self.account_id,
+            "symbol": symbol,
+            "side": side.value,
+            "quantity": D(quantity),
+            "price": D(price),
+            "fees": D(fees),
+            "venue": "SIM",
+            "timestamp": WEDNESDAY,
+            "reversal": reversal,
+        }
+
     def deliver(self, body: dict[str, Any], message_id: str | None = None) -> Any:
-        env = Envelope(
-            message_id=message_id or str(uuid.uuid4()),
-            routing_key="settlement.fill",
-            body=FillBookedSchema().load(jsonutil.loads(jsonutil.dumps(body))),
-            correlation_id=body["orderId"],
-            type="FillBooked",
-        )
-        outcome = self.worker.process([env])
+        outcome = self.worker.process([envelope(body, message_id)])
+        assert not outcome.failed, outcome.failed
+        return outcome
+
+    def deliver_batch(self, bodies: list[dict[str, Any]]) -> Any:
+        """All in one batch: one transaction, one ``prepare``."""
+        outcome = self.worker.process([envelope(body) for body in bodies])
         assert not outcome.failed, outcome.failed
         return outcome
 
@@ -219,22 +255,53 @@ def test_a_buy_is_confirmed_and_instructed(book: Book) -> None:
     )
     assert (instruction["settlement_date"], instruction["status"]) == (date(2026, 11, 26), "PENDING")
 
-    (tc,) = book.published("trades.confirmation")
-    assert tc["_type"] == "TradeConfirmation"
-    assert (tc["confirmationId"], tc["netAmount"], tc["settlementDate"], tc["reversal"]) == (
-        conf["id"],
-        D("19059.525"),
-        "2026-11-26",
-        False,
-    )
-    (si,) = book.published("settlement.instruction")
-    assert si["_type"] == "SettlementInstruction"
-    assert (si["securitiesDirection"], si["cashDirection"], si["cashAmount"]) == ("RECEIVE", "PAY", D("-19059.525"))
+    # One message per fill: the position update, carrying the confirmation and the instruction.
+    assert book.published("trades.confirmation") == []
+    assert book.published("settlement.instruction") == []
     (pu,) = book.published("positions.update")
     assert pu["_type"] == "PositionUpdate"
     assert (pu["quantity"], pu["delta"], pu["averageCost"], pu["realizedPnl"]) == (D(100), D(100), D("190.50"), D(0))
-    assert (pu["executionId"], pu["orderId"], pu["symbol"]) == (fill["executionId"], fill["orderId"], "AAPL")
-    assert pu["timestamp"] == WEDNESDAY
+    assert (pu["executionId"], pu["orderId"], pu["symbol"], pu["reversal"]) == (
+        fill["executionId"],
+        fill["orderId"],
+        "AAPL",
+        False,
+    )
+    assert pu["confirmation"] == {
+        "confirmationId": conf["id"],
+        "orderId": fill["orderId"],
+        "executionId": fill["executionId"],
+        "accountId": book.account_id,
+        "symbol": "AAPL",
+        "side": "BUY",
+        "quantity": D(100),
+        "price": D("190.50"),
+        "grossAmount": D("19050.00"),
+        "fees": D("9.525"),
+        "netAmount": D("19059.525"),
+        "currency": "USD",
+        "venue": "SIM",
+        "tradeDate": "2026-11-25",
+        "settlementDate": "2026-11-26",
+        "reversal": False,
+    }
+    assert pu["instruction"] == {
+        "instructionId": instruction["id"],
+        "confirmationId": conf["id"],
+        "orderId": fill["orderId"],
+        "executionId": fill["executionId"],
+        "accountId": book.account_id,
+        "symbol": "AAPL",
+        "securitiesDirection": "RECEIVE",
+        "quantity": D(100),
+        "cashDirection": "PAY",
+        "cashAmount": D("-19059.525"),
+        "currency": "USD",
+        "settlementDate": "2026-11-26",
+        "status": "PENDING",
+        "reversal": False,
+    }
+    assert datetime.fromisoformat(pu["timestamp"]) == datetime.fromisoformat(WEDNESDAY)
 
 
 def test_a_sell_delivers_and_receives_cash_net_of_fees(book: Book) -> None:
@@ -243,8 +310,10 @@ def test_a_sell_delivers_and_receives_cash_net_of_fees(book: Book) -> None:
     assert (conf["gross_amount"], conf["net_amount"], conf["currency"]) == (D("10000.00"), D("9995.00"), "GBP")
     (instruction,) = book.instructions()
     assert (instruction["securities_direction"], instruction["cash_amount"]) == ("DELIVER", D("9995.00"))
-    (si,) = book.published("settlement.instruction")
-    assert si["cashDirection"] == "RECEIVE"
+    (pu,) = book.published("positions.update")
+    assert (pu["instruction"]["securitiesDirection"], pu["instruction"]["cashDirection"]) == ("DELIVER", "RECEIVE")
+    assert pu["instruction"]["cashAmount"] == D("9995.00")
+    assert (pu["confirmation"]["side"], pu["confirmation"]["netAmount"]) == ("SELL", D("9995.00"))
     assert book.position("VOD") == Position(D(-50), D("200.00"), D(0))
 
 
@@ -299,8 +368,8 @@ def test_the_same_fill_twice_books_once(book: Book) -> None:
     assert len(book.confirmations()) == 1
     assert len(book.instructions()) == 1
     assert book.position() == Position(D(100), D(10), D(0))
-    assert len(book.published("positions.update")) == 1
-    assert len(book.published("trades.confirmation")) == 1
+    (pu,) = book.published("positions.update")
+    assert pu["confirmation"]["confirmationId"] == book.confirmations()[0]["id"]
 
 
 def test_a_reversal_undoes_the_position(book: Book) -> None:
@@ -318,6 +387,13 @@ def test_a_reversal_undoes_the_position(book: Book) -> None:
     assert (deliver_back["securities_direction"], deliver_back["cash_amount"]) == ("DELIVER", D(1002))
     update = book.published("positions.update")[-1]
     assert (update["delta"], update["quantity"], update["reversal"]) == (D(-100), D(0), True)
+    assert (update["confirmation"]["confirmationId"], update["confirmation"]["reversal"]) == (reversal["id"], True)
+    assert (update["confirmation"]["netAmount"], update["confirmation"]["settlementDate"]) == (D(1002), "2026-11-26")
+    assert (update["instruction"]["instructionId"], update["instruction"]["cashDirection"]) == (
+        deliver_back["id"],
+        "RECEIVE",
+    )
+    assert (update["instruction"]["securitiesDirection"], update["instruction"]["cashAmount"]) == ("DELIVER", D(1002))
 
     book.reverse(only)  # reversed once only
     assert len(book.confirmations()) == 2
@@ -471,3 +547,175 @@ async def test_a_fill_travels_from_the_venue_report_to_the_position(
             worker.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
         await connection.close()
+
+
+def _statements_for_a_batch(engine: Engine, book: Book, fills: int) -> list[str]:
+    symbols = ("AAPL", "MSFT", "SPY", "VOD")
+    bodies = [book.body(Side.BUY, "1", "10", symbol=symbols[i % len(symbols)]) for i in range(fills)]
+    with statements(engine) as sent:
+        book.deliver_batch(bodies)
+    return sent
+
+
+def test_a_batch_costs_the_same_statements_whatever_its_size(engine: Engine, worker: StageWorker) -> None:
+    small = _statements_for_a_batch(engine, Book(engine, worker, new_account(engine)), 4)
+    large = _statements_for_a_batch(engine, Book(engine, worker, new_account(engine)), 40)
+    print(f"statements: {len(small)} for 4 fills, {len(large)} for 40 fills")
+    assert len(large) == len(small), large
+
+
+def test_a_batch_books_each_fill_once_and_chains_fills_of_one_position(book: Book) -> None:
+    booked_before = book.fill(Side.BUY, "7", "20", symbol="SPY")
+    aapl = [
+        book.body(Side.BUY, "100", "10"),
+        book.body(Side.BUY, "50", "13"),
+        book.body(Side.SELL, "60", "12", fees="1.00"),
+        book.body(Side.SELL, "140", "9"),
+        book.body(Side.BUY, "50", "8"),
+    ]
+    msft = [book.body(Side.BUY, "10", "100", symbol="MSFT"), book.body(Side.SELL, "4", "110", symbol="MSFT")]
+    batch = [aapl[0], msft[0], aapl[1], aapl[0], aapl[2], booked_before, msft[1], aapl[3], msft[0], aapl[4]]
+    book.deliver_batch(batch)  # duplicates (in the batch, and booked before it) under other message ids
+
+    assert book.position("AAPL") == Position(D(0), D(0), D(-70))
+    assert book.position("MSFT") == Position(D(6), D(100), D(40))
+    assert book.position("SPY") == Position(D(7), D(20), D(0))
+    confirmations = book.confirmations()
+    assert sorted(c["execution_id"] for c in confirmations) == sorted(
+        b["executionId"] for b in [*aapl, *msft, booked_before]
+    )
+    # Booked in message order: created_at orders them as the batch did (what a reversal replays by).
+    assert [c["execution_id"] for c in confirmations if c["symbol"] == "AAPL"] == [b["executionId"] for b in aapl]
+    assert len(book.instructions()) == len(confirmations)
+    updates = book.published("positions.update")
+    assert [(u["executionId"], u["quantity"], u["delta"], u["averageCost"], u["realizedPnl"]) for u in updates] == [
+        (booked_before["executionId"], D(7), D(7), D(20), D(0)),
+        (aapl[0]["executionId"], D(100), D(100), D(10), D(0)),
+        (msft[0]["executionId"], D(10), D(10), D(100), D(0)),
+        (aapl[1]["executionId"], D(150), D(50), D(11), D(0)),
+        (aapl[2]["executionId"], D(90), D(-60), D(11), D(60)),
+        (msft[1]["executionId"], D(6), D(-4), D(100), D(40)),
+        (aapl[3]["executionId"], D(-50), D(-140), D(9), D(-120)),
+        (aapl[4]["executionId"], D(0), D(50), D(0), D(-70)),
+    ]
+    by_id = {c["id"]: c for c in confirmations}
+    for update in updates:
+        assert by_id[update["confirmation"]["confirmationId"]]["execution_id"] == update["executionId"]
+
+
+def test_a_reversal_in_a_batch_sees_the_fills_booked_before_it(book: Book) -> None:
+    first = book.body(Side.BUY, "100", "10")
+    busted = book.body(Side.BUY, "100", "12")
+    sold = book.body(Side.SELL, "50", "13")
+    late = book.body(Side.BUY, "10", "20")
+    book.deliver_batch([first, busted, sold, {**busted, "reversal": True}, late, {**busted, "reversal": True}])
+    # As if the busted trade never happened: 100 at 10, 50 sold at 13, then 10 bought at 20.
+    assert book.position() == Position(D(60), D("11.66666667"), D(150))
+    reversal = [c for c in book.confirmations() if c["reversal"]]
+    assert [(c["execution_id"], c["quantity"], c["price"]) for c in reversal] == [
+        (busted["executionId"], D(100), D(12))
+    ]
+    updates = book.published("positions.update")
+    assert [(u["delta"], u["reversal"]) for u in updates] == [
+        (D(100), False),
+        (D(100), False),
+        (D(-50), False),
+        (D(-100), True),
+        (D(10), False),
+    ]
+
+
+def test_a_dead_letter_in_a_batch_fails_only_its_own_message(book: Book) -> None:
+    good = [book.body(Side.BUY, "10", "10"), book.body(Side.BUY, "5", "16")]
+    unknown = {**book.body(Side.BUY, "1", "1"), "symbol": "NOSUCH"}
+    outcome = book.worker.process([envelope(good[0]), envelope(unknown), envelope(good[1])])
+    # The batch rolled back and went again message by message: prepare with each message alone.
+    assert not outcome.failed
+    assert list(outcome.dead.values()) == ["DeadLetter: unknown instrument NOSUCH"]
+    assert book.position() == Position(D(15), D(12), D(0))
+    assert len(book.confirmations()) == 2
+    with book.engine.connect() as connection:
+        p = tables.positions.c
+        assert connection.execute(select(p.symbol).where(p.symbol == "NOSUCH")).first() is None
+
+
+def test_a_handler_without_prepare_books_alike(engine: Engine, database_url: str, account: str) -> None:
+    # A spec that does not prepare (other tests build their own): the repository reads what it was not handed.
+    spec = StageSpec(
+        stage=SPEC.stage,
+        schemas=SPEC.schemas,
+        handler=lambda uow, env: handle(uow, env, calendar=CALENDAR),
+        order_id_of=SPEC.order_id_of,
+    )
+    unprepared = Book(engine, StageWorker(spec, Settings(database_url=database_url), engine), account)
+    first, second = unprepared.body(Side.BUY, "10", "10"), unprepared.body(Side.SELL, "4", "12")
+    first["venue"] = second["venue"] = None  # a column of NULLs only
+    unprepared.deliver_batch([first, second, first])
+    unprepared.reverse(second)
+    assert unprepared.position() == Position(D(10), D(10), D(0))
+    assert [c["venue"] for c in unprepared.confirmations()] == [None, None, None]
+
+
+def test_overlapping_batches_queue_instead_of_deadlocking(engine: Engine, worker: StageWorker) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    books = [Book(engine, worker, new_account(engine)) for _ in range(3)]
+    symbols = ("AAPL", "MSFT", "SPY")
+    rounds = 5
+    batches = []
+    for _ in range(rounds):
+        forward = [b.body(Side.BUY, "1", "10", symbol=s) for b in books for s in symbols]
+        backward = [b.body(Side.BUY, "2", "10", symbol=s) for b in reversed(books) for s in reversed(symbols)]
+        batches += [forward, backward]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # process() raises a deadlock (an infrastructure error) instead of retrying it.
+        for outcome in pool.map(lambda bodies: worker.process([envelope(b) for b in bodies]), batches):
+            assert not outcome.failed and not outcome.dead
+    for b in books:
+        for s in symbols:
+            assert b.position(s) == Position(D(3 * rounds), D(10), D(0))
+
+
+def test_a_batch_locks_its_positions_in_sorted_order(engine: Engine, worker: StageWorker) -> None:
+    """Whatever the order of its messages, a batch takes its position locks in (account, symbol) order: held up on
+    the first, it has not taken the second yet (which is what keeps overlapping batches from deadlocking)."""
+    import threading
+
+    from sqlalchemy import text
+
+    from tests.support.polling import wait_until
+
+    book = Book(engine, worker, new_account(engine))
+    book.fill(Side.BUY, "1", "10", symbol="AAPL")
+    book.fill(Side.BUY, "1", "10", symbol="MSFT")  # both rows exist: AAPL < MSFT
+    lock = "SELECT 1 FROM positions WHERE account_id = :a AND symbol = :s FOR UPDATE"
+    outcome: list[Any] = []
+    with engine.connect() as holder:
+        holder.execute(text(lock), {"a": book.account_id, "s": "AAPL"})
+        batch = [book.body(Side.BUY, "1", "10", symbol="MSFT"), book.body(Side.BUY, "1", "10", symbol="AAPL")]
+        thread = threading.Thread(target=lambda: outcome.append(worker.process([envelope(b) for b in batch])))
+        thread.start()
+        try:
+
+            def waiting() -> bool:
+                with engine.connect() as connection:
+                    return bool(
+                        connection.execute(
+                            text(
+                                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                "AND datname = current_database() AND query LIKE '%FOR UPDATE OF p%'"
+                            )
+                        ).scalar()
+                    )
+
+            assert wait_until(waiting, timeout=10, message="the batch waiting for the AAPL lock")
+            with engine.connect() as other:
+                other.execute(text("SET lock_timeout = '1s'"))
+                # MSFT comes after AAPL: not locked yet.
+                other.execute(text(lock + " NOWAIT"), {"a": book.account_id, "s": "MSFT"})
+                other.rollback()
+        finally:
+            holder.rollback()
+            thread.join(10)
+    assert outcome and not outcome[0].failed
+    assert book.position("AAPL") == book.position("MSFT") == Position(D(2), D(10), D(0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, select, text
 
 from common import jsonutil
 from common.config import Settings
+from common.messaging.batch import CARRIER_TYPE, is_carrier, pack
 from common.messaging.deadletter import ERROR_HEADER
 from common.messaging.envelope import Envelope
 from common.messaging.publisher import Publisher
@@ -118,10 +120,16 @@ async def test_published_with_confirm_is_consumed_handled_and_acked(setup: Any) 
             select(tables.inbox.c.message_id).where(tables.inbox.c.stage == queue_def.stage)
         ).scalars()
         assert set(processed) == set(ids)
-        unsent = connection.execute(
-            text("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND routing_key = 'test.echoed'")
-        ).scalar()
-        assert unsent == 0
+
+    def unsent() -> int:  # marked sent shortly after the confirms, a few batches to a statement
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    text("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND routing_key = 'test.echoed'")
+                ).scalar_one()
+            )
+
+    await async_wait_until(lambda: unsent() == 0, timeout=10, message="every published row marked sent")
 
 
 async def test_redelivered_message_is_applied_once(setup: Any) -> None:
@@ -172,6 +180,82 @@ async def test_message_failing_every_time_is_dead_lettered_after_delivery_limit(
         ).one()
     assert "asked to fail" in failure.error
     assert failure.attempts == DELIVERY_LIMIT + 1
+
+
+# --------------------------------------------------------------------------- carriers: many records, one message
+
+
+async def _publish_carrier(channel: AbstractChannel, routing_key: str, records: list[tuple[str, bytes]]) -> str:
+    """Pack records as a stage does (``pack``) and publish the carrier to ``routing_key``; returns its id."""
+    rows = [OutboxMessage(mid, OMS_EXCHANGE, "risk.check", "Echo", mid, body.decode()) for mid, body in records]
+    (carrier,) = pack(rows)
+    assert is_carrier(carrier.message.type) and carrier.record_ids == [mid for mid, _ in records]
+    message = dataclasses.replace(carrier.message, routing_key=routing_key)
+    confirmed = await Publisher(_CONNECTIONS[id(channel)]).publish([message])
+    assert confirmed == [message.message_id]
+    return message.message_id
+
+
+async def test_a_carrier_s_records_are_handled_and_its_bad_ones_dead_lettered_alone(setup: Any) -> None:
+    worker, channel, echoed, engine, queue_def = setup
+    good = [str(uuid.uuid4()) for _ in range(5)]
+    bad_json, bad_shape, poison = (str(uuid.uuid4()) for _ in range(3))
+    records = [(mid, jsonutil.dumps({"text": f"g{i}"}).encode()) for i, mid in enumerate(good)]
+    records[2:2] = [
+        (bad_json, b"{not json"),
+        (bad_shape, jsonutil.dumps({"txet": 1}).encode()),
+        (poison, jsonutil.dumps({"text": "p", "fail": True}).encode()),
+    ]
+    await _publish_carrier(channel, f"{queue_def.stage}.echo", records)
+    got = await _collect(echoed, 5)
+    assert sorted(jsonutil.loads(m.body)["text"] for m in got) == [f"g{i}" for i in range(5)]
+    dlq = await channel.declare_queue(queue_def.dead_letter_name, passive=True)
+    dead = {m.message_id: m for m in await _collect(dlq, 3, timeout=30)}
+    assert set(dead) == {bad_json, bad_shape, poison}  # each alone, never the carrier
+    assert dead[bad_json].body == b"{not json" and dead[bad_json].type == "Echo"
+    assert "not JSON" in str(dead[bad_json].headers[ERROR_HEADER])
+    assert "text" in str(dead[bad_shape].headers[ERROR_HEADER])
+    assert "asked to fail" in str(dead[poison].headers[ERROR_HEADER])  # at its last delivery, by the stage
+    assert jsonutil.loads(dead[poison].body) == {"text": "p", "fail": True}
+    declared = await channel.declare_queue(queue_def.name, passive=True)
+    assert declared.declaration_result.message_count == 0
+    with engine.connect() as connection:
+        processed = set(
+            connection.execute(
+                select(tables.inbox.c.message_id).where(tables.inbox.c.stage == queue_def.stage)
+            ).scalars()
+        )
+    assert processed == set(good)  # the good records once each, although the carrier came three times
+
+
+async def test_a_record_seen_in_a_carrier_and_then_alone_is_applied_once(setup: Any) -> None:
+    worker, channel, echoed, engine, queue_def = setup
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    body = jsonutil.dumps({"text": "once"}).encode()
+    await _publish_carrier(channel, f"{queue_def.stage}.echo", [(first, body), (second, b'{"text":"two"}')])
+    await _collect(echoed, 2)
+    await _publish(channel, f"{queue_def.stage}.echo", body, first)  # the relay publishing the same row alone
+    marker = str(uuid.uuid4())
+    await _publish(channel, f"{queue_def.stage}.echo", jsonutil.dumps({"text": "after"}).encode(), marker)
+    got = await _collect(echoed, 1)
+    assert [jsonutil.loads(m.body)["text"] for m in got] == ["after"]  # no second echo, and not a conflict
+    dlq = await channel.declare_queue(queue_def.dead_letter_name, passive=True)
+    assert dlq.declaration_result.message_count == 0
+
+
+async def test_a_carrier_that_is_not_one_is_dead_lettered_whole_with_the_reason(setup: Any) -> None:
+    worker, channel, echoed, engine, queue_def = setup
+    garbage = OutboxMessage(
+        "batch:" + str(uuid.uuid4()), OMS_EXCHANGE, f"{queue_def.stage}.echo", CARRIER_TYPE, None, b'[{"id": 1}]'
+    )
+    assert await Publisher(_CONNECTIONS[id(channel)]).publish([garbage]) == [garbage.message_id]
+    await _publish(channel, f"{queue_def.stage}.echo", jsonutil.dumps({"text": "fine"}).encode(), str(uuid.uuid4()))
+    got = await _collect(echoed, 1)
+    assert jsonutil.loads(got[0].body)["text"] == "fine"
+    dlq = await channel.declare_queue(queue_def.dead_letter_name, passive=True)
+    (dead,) = await _collect(dlq, 1)
+    assert dead.message_id == garbage.message_id and dead.body == garbage.body
+    assert "invalid batch" in str(dead.headers[ERROR_HEADER])
 
 
 # --------------------------------------------------------------------------- hooks: prepare and companions

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from common.store.db import make_engine
 from tools.seed import seed_demo
@@ -23,3 +24,18 @@ def open_engine(database_url: str, *, demo_data: bool = True) -> Iterator[Engine
         yield engine
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """The SQL statements sent on ``engine`` while the block runs (an executemany counts once: one round trip)."""
+    sent: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", count)

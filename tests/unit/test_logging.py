@@ -69,7 +69,7 @@ def test_lines_are_json_with_an_iso_utc_timestamp_and_the_context(
 def test_the_order_state_change_line_carries_the_ids(root_logging: None) -> None:
     stream = io.StringIO()
     logging.getLogger().handlers[:] = [json_handler("oms.test", stream)]
-    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger().setLevel(logging.DEBUG)
     order = SimpleNamespace(id="ORD-2", state=SimpleNamespace(value="FILLED"), status=SimpleNamespace(value="FILLED"))
     _log_state_change(order, "PARTIALLY_FILLED", "corr-2", "msg-2")  # type: ignore[arg-type]
     (line,) = _lines(stream)
