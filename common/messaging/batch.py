@@ -15,13 +15,13 @@ Public contracts never see carriers: only internal routing keys are packed, and 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from common.ids import new_id
 from common.messaging.topology import OMS_EXCHANGE
 from common.store.outbox import OutboxMessage
 
@@ -89,7 +89,7 @@ def pack(messages: Sequence[OutboxMessage]) -> list[Carrier]:
             for m in group
         ]
         carrier = OutboxMessage(
-            message_id=f"batch:{uuid.uuid4()}",
+            message_id=f"batch:{new_id()}",
             exchange=OMS_EXCHANGE,
             routing_key=routing_key,
             type=CARRIER_TYPE,

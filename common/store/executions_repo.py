@@ -7,7 +7,6 @@ bust), so a bust reverses exactly what was booked and a reused execution id can 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +15,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, text
 
 from common.domain import BookedExecution, ExecutionReportData, FillDelta
+from common.ids import new_id
 from common.store.bulk import bulk_insert, rows_parameter
 
 _ZERO = Decimal(0)
@@ -135,7 +135,7 @@ class ExecutionReportRepository:
         received_at: datetime,
     ) -> str:
         """Record a report not recorded before (see ``known``); returns its row id."""
-        row_id = str(uuid.uuid4())
+        row_id = new_id()
         self._known[report.execution_id] = StoredReport(
             report.order_id, report.exec_type.value, report.last_qty, report.last_px, report.cum_qty, report.exec_ref_id
         )

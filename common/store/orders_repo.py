@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -20,6 +19,7 @@ from common.domain import (
     Side,
     TimeInForce,
 )
+from common.ids import new_id
 from common.store import tables
 from common.store.bulk import bulk_insert, bulk_update, rows_parameter
 from common.store.outbox import Outbox
@@ -405,7 +405,7 @@ class OrderRepository:
                 self._creation_terms[order.id] = dict(event.payload)
             self._event_rows.append(
                 {
-                    "id": str(uuid.uuid4()),
+                    "id": new_id(),
                     "order_id": order.id,
                     "type": event.type.value,
                     "payload": dict(event.payload),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from common import jsonutil
+from common.ids import new_id
 from common.store.bulk import bulk_insert, rows_parameter
 
 
@@ -41,7 +41,7 @@ class OutboxMessage:
     ) -> OutboxMessage:
         """A message with a JSON body (Decimal-exact) and a new message id unless one is given."""
         return cls(
-            message_id=message_id or str(uuid.uuid4()),
+            message_id=message_id or new_id(),
             exchange=exchange,
             routing_key=routing_key,
             type=type,

@@ -8,7 +8,6 @@ cumulative quantity, leaves and average price from the order's fills so far plus
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -17,6 +16,7 @@ from marshmallow import ValidationError
 
 from common.contracts import ExecutionReportSchema
 from common.domain.enums import ExecType
+from common.ids import new_id
 from proto.gen import order_pb2 as pb
 from services.api import grpc_mapping as mapping
 from services.api.errors import Conflict, FieldError, InvalidRequest
@@ -97,7 +97,7 @@ def build_report(order: dict[str, Any], request: pb.UpdateOrderStatusRequest, no
 
     timestamp = mapping.datetime_of(report.timestamp) or now.astimezone(UTC)
     body: dict[str, Any] = {
-        "executionId": report.execution_id or str(uuid.uuid4()),
+        "executionId": report.execution_id or new_id(),
         "orderId": order["id"],
         "requestId": report.request_id or None,
         "brokerOrderId": report.broker_order_id or order.get("broker_order_id"),

@@ -12,7 +12,6 @@ answers.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ from common.domain.validation import (
     validate_order,
     validate_terms,
 )
+from common.ids import new_id
 from common.logging import log_context
 from common.messaging.topology import OMS_EXCHANGE
 from common.store.reference import Account, Instrument
@@ -383,7 +383,7 @@ def submit_order(
         raise InvalidOrderTerms(unbookable)
     now = datetime.now(UTC)
     common: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "account_id": request.account_id,
         "symbol": request.symbol,
         "side": Side(request.side),
@@ -434,7 +434,7 @@ def cancel_order(uow: UnitOfWork, order_id: str, *, reason: str | None, user_id:
             uow.orders.save(order, correlation_id=order.id, message_id=None, user_id=user_id)
             log.info("order canceled before routing")
             return order
-        request_id = str(uuid.uuid4())
+        request_id = new_id()
         order.request_cancel(request_id, reason, now, user_id)
         record_request(
             uow.connection,
@@ -513,7 +513,7 @@ def modify_order(
             return order
         if new_terms == base:
             raise InvalidCommand("the order is at the venue: notes alone cannot be changed there")
-        request_id = str(uuid.uuid4())
+        request_id = new_id()
         order.request_replace(request_id, new_quantity, new_price, new_stop_price, now, user_id)
         if notes_changed:
             order.notes = notes

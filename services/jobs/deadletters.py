@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,6 +48,7 @@ from aiormq.exceptions import AMQPError
 from sqlalchemy import Engine, delete, insert, select, update
 
 from common import jsonutil
+from common.ids import new_id
 from common.logging import log_context
 from common.messaging.deadletter import (
     DEAD_LETTERED_AT_HEADER,
@@ -662,7 +662,7 @@ class _Pass:
         self.dry_run = dry_run
         self.batch_size = max(batch_size, 1)
         self.progress = progress
-        self.report = PassReport(run_id=str(uuid.uuid4()), queue=queue, action=action, dry_run=dry_run)
+        self.report = PassReport(run_id=new_id(), queue=queue, action=action, dry_run=dry_run)
         self._exchanges: dict[str, AbstractExchange] = {}
         self.seen: Counter[str] = Counter()  # ids of every message the pass took, with how many copies
         self.acked: list[_Acked] = []

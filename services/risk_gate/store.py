@@ -272,6 +272,8 @@ _LOCK_ACCOUNTS_AND_LIMITS = _statement(
 #   C unsettled     account_id, n1 cash
 #   X / Y recent    (account / strategy window) account_id, symbol, s1 id, s2 strategy_id, s3 side,
 #                   n1 quantity, n2 price, n3 stop_price, ts created_at
+# The unsettled cash (C) is a subquery per CASH account of the batch: a margin account's pending instructions,
+# however many, are never read.
 # open_orders repeats the final states literally: so the planner can prove the partial index of working orders
 # (idx_orders_working_account) applies and read an account's open orders, not every order it ever had.
 _LOAD = _statement(
@@ -333,11 +335,12 @@ _LOAD = _statement(
     FROM reference_prices AS f
     WHERE f.symbol IN (SELECT symbol FROM wanted)
     UNION ALL
-    SELECT 'C', s.account_id, NULL, NULL, NULL, NULL, sum(s.cash_amount), NULL, NULL, NULL, NULL, NULL, NULL, NULL
-    FROM settlement_instructions AS s
-    JOIN accounts AS ca ON ca.id = s.account_id AND ca.account_type = 'CASH'
-    WHERE s.account_id = ANY(CAST(:account_ids AS varchar[])) AND s.status = 'PENDING'
-    GROUP BY s.account_id
+    SELECT 'C', ca.id, NULL, NULL, NULL, NULL,
+        (SELECT sum(s.cash_amount) FROM settlement_instructions AS s
+            WHERE s.account_id = ca.id AND s.status = 'PENDING'),
+        NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    FROM accounts AS ca
+    WHERE ca.id = ANY(CAST(:account_ids AS varchar[])) AND ca.account_type = 'CASH'
     UNION ALL
     SELECT 'X', o.account_id, o.symbol, o.id, o.strategy_id, o.side, o.quantity, o.price, o.stop_price, NULL, NULL,
         o.created_at, NULL, NULL

@@ -11,13 +11,13 @@ the stage's ``prepare`` (``lock_requests``), so a batch costs the same statement
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from common.domain import Order, OrderState, RequestKind
 from common.domain.validation import plain
+from common.ids import new_id
 from common.messaging.envelope import Envelope
 from common.messaging.topology import BROKER_EXCHANGE
 from common.runtime.stage import DeadLetter
@@ -79,7 +79,7 @@ def route_new(uow: UnitOfWork, env: Envelope) -> None:
         log.info("route skipped: order not approved", extra={"state": order.state.value})
         return
     now = datetime.now(UTC)
-    request_id = str(uuid.uuid4())
+    request_id = new_id()
     body = broker_body(order, request_id)
     uow.repository(RequestRepository).record(
         request_id=request_id,

@@ -27,7 +27,6 @@ before it.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -35,6 +34,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from common.domain import Side
+from common.ids import new_id
 from common.logging import log_context
 from common.messaging.envelope import Envelope
 from common.messaging.topology import PORTFOLIO_EXCHANGE
@@ -195,7 +195,7 @@ def _book(uow: UnitOfWork, body: dict[str, Any], order_id: str, calendar: Settle
     trade = _trade(body, repo, calendar, cycle)
     gross = trade.gross
     net = trade.net(gross)
-    confirmation_id = str(uuid.uuid4())
+    confirmation_id = new_id()
     confirmation = {
         "id": confirmation_id,
         "order_id": order_id,
@@ -217,7 +217,7 @@ def _book(uow: UnitOfWork, body: dict[str, Any], order_id: str, calendar: Settle
     }
     receives = (trade.side is Side.BUY) != trade.reversal
     instruction = {
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "confirmation_id": confirmation_id,
         "order_id": order_id,
         "account_id": account_id,

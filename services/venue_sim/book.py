@@ -20,7 +20,6 @@ back from such a journal.
 from __future__ import annotations
 
 import heapq
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from typing import Any
 
 from common.domain.enums import ExecType, OrderType, Side, TimeInForce
+from common.ids import new_id
 from services.venue_sim.prices import Market, floor_to_lot
 
 VENUE = "SIM"
@@ -167,7 +167,7 @@ class BookRules:
 
 
 def _new_execution_id() -> str:
-    return str(uuid.uuid4())
+    return new_id()
 
 
 # A heap entry: (sort key, arrival sequence, epoch, order). The sequence is unique, so orders never compare.
