@@ -86,23 +86,34 @@ def record_request(
     now: datetime,
 ) -> None:
     """Insert an ``order_requests`` row."""
-    connection.execute(
-        _INSERT_ONE,
-        {
-            "request_id": request_id,
-            "order_id": order_id,
-            "kind": kind,
-            "terms": dict(terms),
-            "status": status,
-            "reason": reason,
-            "created_by": created_by,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
+    connection.execute(_INSERT_ONE, _request_row(request_id, order_id, kind, terms, status, reason, created_by, now))
 
 
-def _venue_request(row: RowMapping) -> VenueRequest:
+def _request_row(
+    request_id: str,
+    order_id: str,
+    kind: str,
+    terms: Mapping[str, Any],
+    status: str,
+    reason: str | None,
+    created_by: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "order_id": order_id,
+        "kind": kind,
+        "terms": dict(terms),
+        "status": status,
+        "reason": reason,
+        "created_by": created_by,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def venue_request(row: RowMapping) -> VenueRequest:
+    """The request of an ``order_requests`` row."""
     return VenueRequest(
         request_id=row["request_id"],
         order_id=row["order_id"],
@@ -117,7 +128,7 @@ def _venue_request(row: RowMapping) -> VenueRequest:
 def load_request(connection: Connection, request_id: str) -> VenueRequest | None:
     """The request row, locked for this transaction (the router updates it)."""
     row = connection.execute(_LOAD_ONE, {"request_id": request_id}).mappings().first()
-    return None if row is None else _venue_request(row)
+    return None if row is None else venue_request(row)
 
 
 def set_request_status(
@@ -247,7 +258,7 @@ class RequestRepository:
                 else:
                     reason = move.reason if move.reason is not None else reason
                     move.guarded = False  # the row is locked: the move is certain now
-            self._locked[request_id] = replace(_venue_request(row), status=status, reason=reason)
+            self._locked[request_id] = replace(venue_request(row), status=status, reason=reason)
         for request_id in ids:
             self._locked.setdefault(request_id, None)
             self._status.setdefault(request_id, None)
@@ -272,17 +283,7 @@ class RequestRepository:
         now: datetime,
     ) -> None:
         """Add an ``order_requests`` row (written at flush)."""
-        self._inserts[request_id] = {
-            "request_id": request_id,
-            "order_id": order_id,
-            "kind": kind,
-            "terms": dict(terms),
-            "status": status,
-            "reason": reason,
-            "created_by": created_by,
-            "created_at": now,
-            "updated_at": now,
-        }
+        self._inserts[request_id] = _request_row(request_id, order_id, kind, terms, status, reason, created_by, now)
         self._locked[request_id] = VenueRequest(request_id, order_id, kind, dict(terms), status, reason, created_by)
         self._status[request_id] = (order_id, status)
 

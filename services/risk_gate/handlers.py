@@ -41,6 +41,7 @@ from common.store.requests_repo import (
     VenueRequest,
     set_request_status,
     terms_of,
+    venue_request,
 )
 from common.store.uow import UnitOfWork
 from services.intake.commands import ROUTE_NEW_KEY, ROUTE_REPLACE_KEY, USER_HEADER
@@ -82,15 +83,7 @@ class PreparedBatch:
         if not ids:
             return
         for row in self._connection.execute(_LOCK_REQUESTS, {"ids": ids}).mappings():
-            self._requests[row["request_id"]] = VenueRequest(
-                request_id=row["request_id"],
-                order_id=row["order_id"],
-                kind=row["kind"],
-                terms=row["terms"] or {},
-                status=row["status"],
-                reason=row["reason"],
-                created_by=row["created_by"],
-            )
+            self._requests[row["request_id"]] = venue_request(row)
         for request_id in ids:
             self._requests.setdefault(request_id, None)
 
