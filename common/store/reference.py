@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import time
 from decimal import Decimal
 
-from sqlalchemy import Connection, select
-
-from common.store import tables
+from sqlalchemy import Connection, text
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,33 @@ class Instrument:
     reference_price: Decimal | None
 
 
+# Accounts and instruments in one statement, whatever the number asked for (built once; arrays, not IN lists).
+_REFERENCE = text(
+    " ".join(
+        """
+        SELECT 'A' AS kind, CAST(a.id AS varchar) AS key, CAST(a.name AS varchar) AS name,
+            CAST(a.account_type AS varchar) AS s1, CAST(a.base_currency AS varchar) AS s2,
+            CAST(NULL AS varchar) AS s3, CAST(a.cash_balance AS numeric) AS n1, CAST(NULL AS numeric) AS n2,
+            CAST(NULL AS numeric) AS n3, a.active AS b1, CAST(NULL AS integer) AS i1, CAST(NULL AS time) AS t1,
+            CAST(NULL AS time) AS t2
+        FROM accounts AS a
+        WHERE a.id = ANY(CAST(:account_ids AS varchar[]))
+        UNION ALL
+        SELECT 'I', i.symbol, i.name, i.asset_class, i.currency, i.session_timezone, i.tick_size, i.lot_size,
+            i.reference_price, i.tradable, i.settlement_days, i.session_open, i.session_close
+        FROM instruments AS i
+        WHERE i.symbol = ANY(CAST(:symbols AS varchar[]))
+        """.split()
+    )
+)
+
+
 class ReferenceData:
-    """Looks up accounts and instruments."""
+    """Looks up accounts and instruments, each once per transaction; a batch's in one statement (``prefetch``).
+
+    Forgotten when the transaction commits or rolls back, so a change (an account closed, an instrument
+    suspended) applies to the next transaction.
+    """
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -53,36 +77,44 @@ class ReferenceData:
         self._accounts: dict[str, Account | None] = {}
         self._instruments: dict[str, Instrument | None] = {}
 
+    def prefetch(self, account_ids: Iterable[str], symbols: Iterable[str]) -> None:
+        """Read the accounts and instruments not read yet, in one statement."""
+        accounts = sorted({a for a in account_ids if a not in self._accounts})
+        instruments = sorted({s for s in symbols if s not in self._instruments})
+        if not accounts and not instruments:
+            return
+        rows = self._connection.execute(_REFERENCE, {"account_ids": accounts, "symbols": instruments}).all()
+        self._accounts.update(dict.fromkeys(accounts))  # None: looked up, no such account (until found below)
+        self._instruments.update(dict.fromkeys(instruments))
+        for kind, key, name, s1, s2, s3, n1, n2, n3, b1, i1, t1, t2 in rows:
+            if kind == "A":
+                self._accounts[key] = Account(
+                    id=key, name=name, account_type=s1, base_currency=s2, cash_balance=n1, active=b1
+                )
+            else:
+                self._instruments[key] = Instrument(
+                    symbol=key,
+                    name=name,
+                    asset_class=s1,
+                    currency=s2,
+                    tick_size=n1,
+                    lot_size=n2,
+                    tradable=b1,
+                    settlement_days=i1,
+                    session_open=t1,
+                    session_close=t2,
+                    session_timezone=s3,
+                    reference_price=n3,
+                )
+
     def account(self, account_id: str) -> Account | None:
         """The account, or None if unknown."""
         if account_id not in self._accounts:
-            self._accounts[account_id] = self._load_account(account_id)
+            self.prefetch([account_id], ())
         return self._accounts[account_id]
 
     def instrument(self, symbol: str) -> Instrument | None:
         """The instrument, or None if unknown."""
         if symbol not in self._instruments:
-            self._instruments[symbol] = self._load_instrument(symbol)
+            self.prefetch((), [symbol])
         return self._instruments[symbol]
-
-    def _load_account(self, account_id: str) -> Account | None:
-        row = (
-            self._connection.execute(
-                select(
-                    tables.accounts.c.id,
-                    tables.accounts.c.name,
-                    tables.accounts.c.account_type,
-                    tables.accounts.c.base_currency,
-                    tables.accounts.c.cash_balance,
-                    tables.accounts.c.active,
-                ).where(tables.accounts.c.id == account_id)
-            )
-            .mappings()
-            .first()
-        )
-        return None if row is None else Account(**row)
-
-    def _load_instrument(self, symbol: str) -> Instrument | None:
-        columns = [c for c in tables.instruments.c if c.name != "created_at"]
-        row = self._connection.execute(select(*columns).where(tables.instruments.c.symbol == symbol)).mappings().first()
-        return None if row is None else Instrument(**row)
