@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     OMS_DATA_DIR=/var/lib/oms
-# Every listener binds loopback by default (common/config.py); a container must listen on its own interface
+# Every listener binds loopback by default (common/settings.py); a container must listen on its own interface
 # to be reached at all. Publish its ports on the host's 127.0.0.1 (docker-compose.yml does).
 ENV OMS_BIND_HOST=0.0.0.0
 

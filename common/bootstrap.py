@@ -1,44 +1,55 @@
-"""The one place that wires dependencies: settings, logging, engine, workers."""
+"""The one place that wires dependencies: from the settings an entry point built, the engines and workers.
+
+Nothing here is cached or global: an entry point calls these once and passes what they build down as parameters.
+Only entry points (``services/*/__main__.py``, the jobs' process modules, ``services/api/wsgi.py``) and tools
+import this module.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from common.config import Settings, load_settings
-from common.health import dependency_checks, serve_process_endpoints
-from common.logging import configure_logging
-from common.runtime.stage import StageSpec, StageWorker, run_stage_forever
+from common.health import Check, dependency_checks
+from common.runtime.process import run_service, settings_or_exit
+from common.runtime.stage import StageSpec, StageWorker
+from common.settings import Settings
 from common.store.db import make_engine
+from common.store.field_crypto import DataKeys, with_data_keys
 
 
-@lru_cache(maxsize=1)
-def settings() -> Settings:
-    """The process's settings."""
-    return load_settings()
+def engine(settings: Settings, *, pre_ping: bool = True) -> Engine:
+    """A database engine on the configured database, as the workers' role (``OMS_WORKER_DATABASE_URL``; see
+    ``make_engine`` for ``pre_ping``)."""
+    # Carries the data keys: the store encrypts order notes at rest with them (common.store.field_crypto).
+    keys = DataKeys(settings.infra.data_keys_file)
+    return with_data_keys(make_engine(settings.infra.worker_database_url, pre_ping=pre_ping), keys)
 
 
-@lru_cache(maxsize=4)
-def engine(url: str | None = None, pre_ping: bool = True) -> Engine:
-    """The process's database engine (see ``make_engine`` for ``pre_ping``)."""
-    return make_engine(url or settings().database_url, pre_ping=pre_ping)
+def retention_engine(settings: Settings, workers: Engine) -> Engine:
+    """The engine retention deletes with (``OMS_RETENTION_DATABASE_URL``: a role the workers' is not), or
+    ``workers`` when that is the same URL; the caller disposes of one it did not pass in."""
+    if settings.infra.retention_database_url == settings.infra.worker_database_url:
+        return workers
+    return make_engine(settings.infra.retention_database_url, pool_size=1)
 
 
-def stage_worker(spec: StageSpec, config: Settings | None = None) -> StageWorker:
-    """A stage worker wired to the configured database and broker."""
-    config = config or settings()
-    return StageWorker(spec, config, engine(config.database_url, pre_ping=False))
+def worker_checks(settings: Settings, database: Engine | None, service: str) -> dict[str, Check]:
+    """A worker's readiness: its database (when it has one) and its broker answer."""
+    return dependency_checks(database, settings.infra.amqp_url, service)
 
 
-def run_stage(spec: StageSpec) -> None:
-    """Entry point of ``python -m services.<stage>``."""
-    config = settings()
-    configure_logging(f"oms.{spec.stage}", config.log_level)
-    # /metrics, /health/live and /health/ready (database and broker answer) on OMS_METRICS_PORT.
-    serve_process_endpoints(
-        config.metrics_port,
-        f"oms.{spec.stage}",
-        dependency_checks(engine(config.database_url), config.amqp_url, f"oms.{spec.stage}"),
-    )
-    run_stage_forever(spec, lambda s: stage_worker(s, config))
+def stage_worker(spec: StageSpec, settings: Settings) -> StageWorker:
+    """A stage worker on the configured database and broker; its pool skips the ping (it retries on errors)."""
+    return StageWorker(spec, settings, engine(settings, pre_ping=False))
+
+
+def run_stage(spec: StageSpec | Callable[[Settings], StageSpec], settings: Settings | None = None) -> int:
+    """Entry point of ``python -m services.<stage>``: ``spec``, or the spec built from the settings."""
+    settings = settings or settings_or_exit()
+    stage = spec if isinstance(spec, StageSpec) else spec(settings)
+    service = f"oms.{stage.stage}"
+    # Readiness asks on a pool of its own, so a busy worker's pool never makes the process look down.
+    checks = worker_checks(settings, engine(settings), service)
+    return run_service(service, settings, lambda: stage_worker(stage, settings), checks)

@@ -1,6 +1,11 @@
-"""The message contract, as marshmallow schemas: every body a stage consumes is loaded through one of these.
+"""The message contract, as marshmallow schemas: every body a stage consumes is loaded through one of these, and
+the bodies the OMS publishes for others are described (and, in the tests, checked) by the rest.
 
-Bodies are camelCase JSON (see docs/messages.md); loaded dicts use snake_case keys and Decimal numbers.
+Each schema belongs to a message kind of the catalogue (common/messages/catalogue.py), from which
+docs/messages.md is generated: a field's ``metadata`` holds what the page says of it (``description``, and
+``required`` where "yes"/"no" would not say it all).
+
+Bodies are camelCase JSON; loaded dicts use snake_case keys and Decimal numbers.
 Unknown fields are ignored, so producers can add fields without breaking consumers.
 
 A body that loads is one the database can store and the handlers can apply: strings hold no NUL (Postgres
@@ -18,7 +23,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from common.domain import ExecType, OrderType, Side, TimeInForce
+from common.domain import ExecType, OrderState, OrderStatus, OrderType, Side, TimeInForce
 
 __all__ = [
     "MAX_DECIMAL_PLACES",
@@ -26,12 +31,18 @@ __all__ = [
     "CancelRequestSchema",
     "ExecutionReportSchema",
     "FillBookedSchema",
+    "LatestExecutionSchema",
     "NewOrderRequestSchema",
+    "OrderUpdateSchema",
+    "PositionUpdateSchema",
+    "PriceSchema",
     "ReplaceRequestSchema",
     "RiskCheckSchema",
     "RouteCancelSchema",
     "RouteNewSchema",
     "RouteReplaceSchema",
+    "SettlementInstructionSchema",
+    "TradeConfirmationSchema",
     "TradeDecisionSchema",
     "ValidationError",
     "decimal_problem",
@@ -158,20 +169,55 @@ class _Timestamp(fields.AwareDateTime):
         return moment
 
 
-def _decimal(required: bool = False, allow_none: bool = True, **kwargs: Any) -> _Amount:
-    return _Amount(required=required, allow_none=allow_none and not required, **kwargs)
+def _doc(description: str, required: str | None) -> dict[str, str]:
+    """A field's metadata for docs/messages.md: what it is, and when it is required where that depends."""
+    metadata = {"description": description} if description else {}
+    if required is not None:
+        metadata["required"] = required
+    return metadata
 
 
-def _id(required: bool = True, max_length: int = 100) -> _Text:
-    return _Text(required=required, allow_none=not required, validate=validate.Length(min=1, max=max_length))
+def _decimal(
+    required: bool = False, allow_none: bool = True, doc: str = "", required_when: str | None = None, **kwargs: Any
+) -> _Amount:
+    return _Amount(
+        required=required, allow_none=allow_none and not required, metadata=_doc(doc, required_when), **kwargs
+    )
 
 
-def _free_text(max_length: int | None = None) -> _Text:
-    return _Text(free_text=True, allow_none=True, validate=validate.Length(max=max_length) if max_length else None)
+def _id(required: bool = True, max_length: int = 100, doc: str = "", required_when: str | None = None) -> _Text:
+    return _Text(
+        required=required,
+        allow_none=not required,
+        validate=validate.Length(min=1, max=max_length),
+        metadata=_doc(doc, required_when),
+    )
 
 
-def _enum(values: type[Any], required: bool = True) -> fields.String:
-    return fields.String(required=required, allow_none=not required, validate=validate.OneOf([v.value for v in values]))
+def _free_text(max_length: int | None = None, doc: str = "") -> _Text:
+    return _Text(
+        free_text=True,
+        allow_none=True,
+        validate=validate.Length(max=max_length) if max_length else None,
+        metadata=_doc(doc, None),
+    )
+
+
+def _enum(values: type[Any], required: bool = True, doc: str = "", required_when: str | None = None) -> fields.String:
+    return fields.String(
+        required=required,
+        allow_none=not required,
+        validate=validate.OneOf([v.value for v in values]),
+        metadata=_doc(doc, required_when),
+    )
+
+
+def _timestamp(required: bool = True, doc: str = "") -> _Timestamp:
+    return _Timestamp(required=required, allow_none=not required, metadata=_doc(doc, None))
+
+
+def _flag(doc: str = "") -> fields.Boolean:
+    return fields.Boolean(required=True, metadata=_doc(doc, None))
 
 
 def _plain(value: Decimal) -> str:
@@ -189,15 +235,27 @@ class TradeDecisionSchema(CamelSchema):
     8 decimal places is the wrong shape: the column would round it, and the order would not be what was sent.
     """
 
-    decision_id = _id()
-    account_id = _id(max_length=36)
-    symbol = _id(max_length=20)
+    decision_id = _id(doc="the idempotency key: the same decision twice makes one order")
+    account_id = _id(max_length=36, doc="must exist, else the message is dead-lettered (`unknown account`)")
+    symbol = _id(max_length=20, doc="an unknown or untradable instrument books a REJECTED order")
     side = _enum(Side)
     type = _enum(OrderType)
-    quantity = _decimal(required=True, max_integer_digits=DECISION_MAX_INTEGER_DIGITS)
-    price = _decimal(max_integer_digits=DECISION_MAX_INTEGER_DIGITS)
-    stop_price = _decimal(max_integer_digits=DECISION_MAX_INTEGER_DIGITS)
-    time_in_force = _enum(TimeInForce, required=False)
+    quantity = _decimal(
+        required=True,
+        max_integer_digits=DECISION_MAX_INTEGER_DIGITS,
+        doc="positive, a multiple of the instrument's lot size",
+    )
+    price = _decimal(
+        max_integer_digits=DECISION_MAX_INTEGER_DIGITS,
+        doc="absent for MARKET; a multiple of the tick size",
+        required_when="LIMIT, STOP_LIMIT",
+    )
+    stop_price = _decimal(
+        max_integer_digits=DECISION_MAX_INTEGER_DIGITS,
+        doc="a multiple of the tick size",
+        required_when="STOP, STOP_LIMIT",
+    )
+    time_in_force = _enum(TimeInForce, required=False, required_when="no (DAY)")
     strategy_id = _Text(allow_none=True, validate=validate.Length(max=36))
     notes = _free_text(max_length=2000)
 
@@ -217,24 +275,24 @@ class ExecutionReportSchema(CamelSchema):
       without a trade, 0 or absent.
     """
 
-    execution_id = _id()
-    order_id = _id(max_length=36)
-    request_id = _id(required=False, max_length=36)
+    execution_id = _id(doc="unique per report; a report seen before is ignored")
+    order_id = _id(max_length=36, doc="the OMS order id; an unknown one is dead-lettered (`unknown order`)")
+    request_id = _id(required=False, max_length=36, doc="the cancel or replace request it answers")
     broker_order_id = _id(required=False)
     exec_type = _enum(ExecType)
-    last_qty = _decimal()
-    last_px = _decimal()
-    cum_qty = _decimal(required=True)
-    leaves_qty = _decimal(required=True)
-    avg_px = _decimal()
-    order_qty = _decimal()
-    price = _decimal()
-    stop_price = _decimal()
-    fees = _decimal()
+    last_qty = _decimal(doc="this execution's quantity", required_when="fills")
+    last_px = _decimal(doc="this execution's price", required_when="fills")
+    cum_qty = _decimal(required=True, doc="the venue's cumulative quantity")
+    leaves_qty = _decimal(required=True, doc="the venue's remaining quantity")
+    avg_px = _decimal(doc="the venue's average price over `cumQty`")
+    order_qty = _decimal(doc="the quantity now in force (after a REPLACED)")
+    price = _decimal(doc="the limit price now in force")
+    stop_price = _decimal(doc="the stop price now in force")
+    fees = _decimal(doc="fees of this execution")
     venue = _Text(allow_none=True, validate=validate.Length(max=50))
-    timestamp = _Timestamp(required=True)
-    reason = _free_text()
-    exec_ref_id = _id(required=False)
+    timestamp = _timestamp()
+    reason = _free_text(doc="for rejects and cancels")
+    exec_ref_id = _id(required=False, doc="the execution a bust reverses", required_when="TRADE_CANCEL")
 
     @validates_schema
     def _figures_a_venue_can_send(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -287,8 +345,13 @@ class RiskCheckSchema(CamelSchema):
     new terms of that replace request of an order at the venue."""
 
     order_id = _id(max_length=36)
-    version = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**31 - 1))
-    request_id = _id(required=False, max_length=36)
+    version = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=0, max=2**31 - 1),
+        metadata=_doc("the order's version the check is for (a check of an older version is ignored)", None),
+    )
+    request_id = _id(required=False, max_length=36, doc="a replace of an order at the venue, checked on its new terms")
 
 
 class RouteNewSchema(CamelSchema):
@@ -301,15 +364,15 @@ class RouteCancelSchema(CamelSchema):
     """The front end asks the router to cancel a working order."""
 
     order_id = _id(max_length=36)
-    request_id = _id(max_length=36)
+    request_id = _id(max_length=36, doc="the cancel request recorded by the order commands")
     reason = _free_text()
 
 
 class RouteReplaceSchema(CamelSchema):
-    """The front end asks the router to replace a working order (new terms are in the order's request)."""
+    """The risk gate hands the router a replace whose new terms passed (they are in the order's request)."""
 
     order_id = _id(max_length=36)
-    request_id = _id(max_length=36)
+    request_id = _id(max_length=36, doc="the replace request recorded by the order commands")
 
 
 class FillBookedSchema(CamelSchema):
@@ -317,16 +380,16 @@ class FillBookedSchema(CamelSchema):
     price (a reversal carries the busted execution's own terms, see services/execution_handler)."""
 
     order_id = _id(max_length=36)
-    execution_id = _id()
+    execution_id = _id(doc="the execution booked; for a reversal, the busted execution (not the TRADE_CANCEL)")
     account_id = _id(max_length=36)
     symbol = _id(max_length=20)
     side = _enum(Side)
-    quantity = _decimal(required=True)
-    price = _decimal(required=True)
-    fees = _decimal(required=True)
+    quantity = _decimal(required=True, doc="positive, the execution's own")
+    price = _decimal(required=True, doc="positive, the execution's own")
+    fees = _decimal(required=True, doc="the execution's own")
     venue = _Text(allow_none=True, validate=validate.Length(max=50))
-    timestamp = _Timestamp(required=True)
-    reversal = fields.Boolean(required=True)
+    timestamp = _timestamp()
+    reversal = _flag(doc='true: "undo execution `executionId`"')
 
     @validates_schema
     def _a_real_execution(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -343,12 +406,12 @@ class NewOrderRequestSchema(CamelSchema):
     """OMS -> broker integration: a new order (``orders.new``)."""
 
     order_id = _id(max_length=36)
-    request_id = _id(max_length=36)
+    request_id = _id(max_length=36, doc="unique per request; a cancel or replace carries its own")
     account_id = _id(max_length=36)
     symbol = _id(max_length=20)
     side = _enum(Side)
     type = _enum(OrderType)
-    quantity = _decimal(required=True)
+    quantity = _decimal(required=True, doc="for a replace, the new terms")
     price = _decimal()
     stop_price = _decimal()
     time_in_force = _enum(TimeInForce)
@@ -360,3 +423,112 @@ class CancelRequestSchema(NewOrderRequestSchema):
 
 class ReplaceRequestSchema(NewOrderRequestSchema):
     """OMS -> broker integration: replace the order's terms with these (``orders.replace``)."""
+
+
+# --------------------------------------------------------------------------- published for others
+# Nobody in the OMS consumes these with a schema; they say what the OMS promises its subscribers, and the tests
+# check the bodies the catalogue's builders make against them.
+
+
+class LatestExecutionSchema(CamelSchema):
+    """The specification's ``ExecutionReport`` inside an ``OrderUpdate``: the execution that caused it."""
+
+    id = _id(max_length=36, doc="the OMS's id of the execution record")
+    execution_id = _id()
+    quantity = _decimal(required=True, doc="negative for a bust")
+    price = _decimal(required=True)
+    timestamp = _timestamp()
+    fees = _decimal(required=True)
+    venue = _Text(allow_none=True, validate=validate.Length(max=50))
+
+
+class OrderUpdateSchema(CamelSchema):
+    """The specification's ``OrderUpdate``, plus the account, symbol and finer state (``oms.order_updates``)."""
+
+    order_id = _id(max_length=36)
+    status = _enum(OrderStatus)
+    filled_quantity = _decimal(required=True)
+    average_execution_price = _decimal(doc="null before the first fill")
+    timestamp = _timestamp()
+    latest_execution = fields.Nested(
+        LatestExecutionSchema,
+        allow_none=True,
+        metadata=_doc("the execution that caused this update", "after an execution"),
+    )
+    account_id = _id(max_length=36)
+    symbol = _id(max_length=20)
+    state = _enum(OrderState, doc="the finer internal state: PENDING_CANCEL, PENDING_REPLACE, EXPIRED...")
+    quantity = _decimal(required=True, doc="the ordered quantity now in force")
+    leaves_quantity = _decimal(required=True)
+    version = fields.Integer(
+        required=True,
+        strict=True,
+        metadata=_doc("increases with every change of the order; use it to drop stale updates", None),
+    )
+
+
+class TradeConfirmationSchema(CamelSchema):
+    """A trade confirmation, as the retired ``trades.confirmation`` carried it."""
+
+    confirmation_id = _id(max_length=36)
+    order_id = _id(max_length=36)
+    execution_id = _id()
+    account_id = _id(max_length=36)
+    symbol = _id(max_length=20)
+    side = _enum(Side)
+    quantity = _decimal(required=True)
+    price = _decimal(required=True)
+    gross_amount = _decimal(required=True, doc="quantity × price")
+    fees = _decimal(required=True)
+    net_amount = _decimal(required=True, doc="gross + fees for a BUY, gross − fees for a SELL")
+    currency = _id(max_length=3)
+    venue = _Text(allow_none=True, validate=validate.Length(max=50))
+    trade_date = fields.Date(required=True)
+    settlement_date = fields.Date(required=True)
+    reversal = _flag()
+
+
+class SettlementInstructionSchema(CamelSchema):
+    """A settlement instruction, as the retired ``settlement.instruction`` carried it."""
+
+    instruction_id = _id(max_length=36)
+    confirmation_id = _id(max_length=36)
+    order_id = _id(max_length=36)
+    execution_id = _id()
+    account_id = _id(max_length=36)
+    symbol = _id(max_length=20)
+    securities_direction = fields.String(required=True, validate=validate.OneOf(["RECEIVE", "DELIVER"]))
+    quantity = _decimal(required=True)
+    cash_direction = fields.String(required=True, validate=validate.OneOf(["PAY", "RECEIVE"]))
+    cash_amount = _decimal(required=True, doc="signed from the account's side: negative, the account pays")
+    currency = _id(max_length=3)
+    settlement_date = fields.Date(required=True)
+    status = _id(max_length=20)
+    reversal = _flag()
+
+
+class PositionUpdateSchema(CamelSchema):
+    """One per execution booked (and per reversal of a busted one), to the portfolio service."""
+
+    order_id = _id(max_length=36)
+    execution_id = _id()
+    account_id = _id(max_length=36)
+    symbol = _id(max_length=20)
+    quantity = _decimal(required=True, doc="the new position (negative: short)")
+    delta = _decimal(required=True, doc="the change this execution made")
+    average_cost = _decimal(required=True)
+    realized_pnl = _decimal(required=True)
+    timestamp = _timestamp()
+    reversal = _flag()
+    confirmation = fields.Nested(TradeConfirmationSchema, required=True, metadata=_doc("the trade confirmation", None))
+    instruction = fields.Nested(
+        SettlementInstructionSchema, required=True, metadata=_doc("the settlement instruction", None)
+    )
+
+
+class PriceSchema(CamelSchema):
+    """A market data price (``marketdata``); the risk gate keeps the latest per symbol as its reference price."""
+
+    symbol = _id(max_length=20)
+    price = _decimal(required=True, doc="positive")
+    timestamp = _timestamp()

@@ -11,22 +11,24 @@ health checks use it, so the image needs no curl.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pika
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import Engine, text
 
-from common.config import listen_host
+from common.messaging.connection import answers
+from common.settings import DEFAULT_BIND_HOST
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +51,16 @@ def database_check(engine: Engine) -> Check:
 
 
 def broker_check(amqp_url: str, name: str = "oms.readiness") -> Check:
-    """A check that RabbitMQ accepts an AMQP connection and answers on it."""
+    """A check that RabbitMQ accepts an AMQP connection and opens a channel on it."""
 
     def check() -> None:
-        parameters = pika.URLParameters(amqp_url)
-        parameters.socket_timeout = CHECK_TIMEOUT_SECONDS
-        parameters.stack_timeout = CHECK_TIMEOUT_SECONDS
-        parameters.blocked_connection_timeout = CHECK_TIMEOUT_SECONDS
-        parameters.connection_attempts = 1
-        parameters.client_properties = {"connection_name": name}
-        connection = pika.BlockingConnection(parameters)
-        try:
-            connection.process_data_events(time_limit=0)
-        finally:
-            connection.close()
+        # The HTTP server's thread has no event loop of its own: one per check (they are cached, see CachedChecks).
+        asyncio.run(answers(amqp_url, name, CHECK_TIMEOUT_SECONDS))
 
     return check
 
 
-class Readiness:
+class CachedChecks:
     """Runs the checks, caching the answer briefly so a busy prober cannot flood the dependencies."""
 
     def __init__(self, checks: Mapping[str, Check], cache_seconds: float = 2.0) -> None:
@@ -94,7 +87,7 @@ class Readiness:
             return results
 
 
-def _handler(service: str, readiness: Readiness) -> type[BaseHTTPRequestHandler]:
+def _handler(service: str, readiness: CachedChecks) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
@@ -151,11 +144,14 @@ def serve_process_endpoints(
     checks: Mapping[str, Check] | None = None,
     host: str | None = None,
 ) -> ProcessEndpoints | None:
-    """Serve /metrics, /health/live and /health/ready on ``port`` in a daemon thread (0 means: do not serve)."""
+    """Serve /metrics, /health/live and /health/ready on ``port`` in a daemon thread (0 means: do not serve).
+
+    ``host``: the address to bind (``settings.infra.metrics_host``); loopback when not given.
+    """
     if not port:
         return None
-    address = host or listen_host("OMS_METRICS_HOST")
-    server = ThreadingHTTPServer((address, port), _handler(service, Readiness(checks or {})))
+    address = host or DEFAULT_BIND_HOST
+    server = ThreadingHTTPServer((address, port), _handler(service, CachedChecks(checks or {})))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name=f"{service}-endpoints", daemon=True)
     thread.start()
@@ -174,9 +170,12 @@ def dependency_checks(engine: Engine | None, amqp_url: str | None, name: str) ->
 
 
 def probe(url: str, timeout: float = 3.0) -> int:
-    """0 when ``url`` answers 200, else 1 (a container health check)."""
+    """0 when ``url`` answers 200, else 1 (a container health check); only http(s) URLs are probed."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        return 1
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        # The scheme is checked above, so file: and custom schemes never reach urlopen (B310).
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # nosec B310
             return 0 if response.status == 200 else 1
     except (urllib.error.URLError, OSError):
         return 1

@@ -65,9 +65,10 @@ def dumps_bytes(value: Any) -> bytes:
     except NotImplementedError as exc:
         raise TypeError(str(exc)) from None
     except UnicodeEncodeError:  # a lone surrogate (refused at every entry point): written escaped, as JSON allows
-        return simplejson.dumps(
+        text: str = simplejson.dumps(
             value, use_decimal=True, default=_default, separators=(",", ":"), allow_nan=False, for_json=False
-        ).encode("ascii")
+        )
+        return text.encode("ascii")
     if b"NaN" in encoded or b"Infinity" in encoded:
         # Maybe only inside a string; simplejson tells (it raises ValueError for a NaN or infinite number).
         simplejson.dumps(value, use_decimal=True, default=_default, allow_nan=False, for_json=False)

@@ -18,6 +18,25 @@ OUTBOX_PUBLISHED = Counter("oms_outbox_relayed_total", "Outbox rows published by
 OUTBOX_LAG_SECONDS = Gauge("oms_outbox_lag_seconds", "Age of the oldest unsent outbox row")
 ORDERS_BY_STATUS = Gauge("oms_orders", "Orders by public status", ["status"])
 RISK_REJECTIONS = Counter("oms_risk_rejections_total", "Orders rejected by the risk gate, by rule", ["rule"])
+# The risk gate's client of the Risk Analysis Service (services/risk_gate/risk_service.py, docs/risk-service.md).
+RISK_SERVICE_BREAKER_STATE = Gauge(
+    "oms_risk_service_breaker_state", "Circuit breaker of the Risk Analysis Service: 0 closed, 1 half-open, 2 open"
+)
+RISK_SERVICE_BREAKER_TRANSITIONS = Counter(
+    "oms_risk_service_breaker_transitions_total",
+    "State changes of the Risk Analysis Service's circuit breaker",
+    ["from_state", "to_state"],
+)
+RISK_SERVICE_CALLS = Counter(
+    "oms_risk_service_calls_total",
+    "Batches the risk gate asked the Risk Analysis Service about, by outcome (ok, failed, short_circuited)",
+    ["outcome"],
+)
+RISK_SERVICE_SECONDS = Histogram(
+    "oms_risk_service_call_seconds",
+    "Time of one batch's call to the Risk Analysis Service, retries included (not when short-circuited)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 DEAD_LETTER_DEPTH = Gauge("oms_dead_letter_depth", "Messages waiting in each dead-letter queue", ["queue"])
 EXECUTION_ANOMALIES = Counter(
     "oms_execution_anomalies_total",

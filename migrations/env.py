@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from common.config import load_settings
+from common.settings import load_settings
 
-url = context.config.get_main_option("sqlalchemy.url") or load_settings().database_url
+url = context.config.get_main_option("sqlalchemy.url") or load_settings().infra.database_url
 engine = create_engine(url)
 with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)

@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from common import jsonutil
-from common.config import load_settings
+from common.settings import load_settings
 from common.store.anomalies import recent_anomalies
 from common.store.db import make_engine
 
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
     parser.add_argument("--url", default=None, help="database URL (default: OMS_DATABASE_URL)")
     args = parser.parse_args(argv)
-    engine = make_engine(args.url or load_settings().database_url, pool_size=1)
+    engine = make_engine(args.url or load_settings().infra.database_url, pool_size=1)
     since = datetime.now(UTC) - timedelta(hours=args.hours)
     try:
         with engine.connect() as connection:

@@ -39,9 +39,10 @@ import requests
 from sqlalchemy import text
 
 from common import jsonutil
+from common.messages.catalogue import TRADE_DECISION
 from common.messaging.connection import connect
 from common.messaging.publisher import Publisher
-from common.messaging.topology import OMS_EXCHANGE, declare_topology
+from common.messaging.topology import declare_topology
 from common.store.outbox import OutboxMessage
 from tools import bench_history, bench_profile, infra
 from tools.bench_cpu import CpuSampler, cpu_deltas, pid_from_file, summarize
@@ -54,7 +55,9 @@ SHARED_NOTE = (
 )
 # The management API refreshes message_stats every collect_statistics_interval (5 s by default).
 STATS_SETTLE_S = 5.5
-BENCH_SECRET = "oms-bench-secret-0123456789abcdef0123456789"
+# Signs the tokens of the bench's own sandbox, whose API listens on loopback for the length of a run: a fixed
+# test key, never a deployment's (B105).
+BENCH_SECRET = "oms-bench-secret-0123456789abcdef0123456789"  # nosec B105
 
 # Polled during the window, so its cost is charged to Postgres: the run's orders by their strategy index, then
 # their confirmations by order id (a join the other way round read every confirmation of the history).
@@ -85,7 +88,12 @@ def _decision(run: str, i: int) -> OutboxMessage:
         "strategyId": run,
     }
     return OutboxMessage(
-        str(uuid.uuid4()), OMS_EXCHANGE, "intake.decision", "TradeDecision", decision_id, jsonutil.dumps(body)
+        str(uuid.uuid4()),
+        TRADE_DECISION.exchange,
+        TRADE_DECISION.routing_key,
+        TRADE_DECISION.type,
+        decision_id,
+        jsonutil.dumps(body),
     )
 
 
@@ -123,7 +131,7 @@ class Window:
 
     def __init__(self, box: Sandbox) -> None:
         self.box = box
-        settings = infra.Settings.from_env()
+        settings = infra.ServerSettings.from_env()
         groups: dict[str, list[int]] = {name: [pid] for name, pid in box.pids().items()}
         postmaster = pid_from_file(settings.pg_data / "postmaster.pid")
         beam = pid_from_file(settings.rabbit_pid_file)
@@ -212,6 +220,33 @@ async def _wait_settled(box: Sandbox, run: str, orders: int, deadline: float) ->
         if time.perf_counter() > deadline:
             raise RuntimeError(f"run {run}: {filled}/{orders} filled, {settled} settled by the deadline")
         await asyncio.sleep(0.05)  # polling the database for the end of the run
+
+
+# The steps an order's events mark on its way to FILLED, in order: each hop's latency is the time between two.
+_HOPS = ("ORDER_CREATED", "RISK_APPROVED", "ORDER_ROUTED", "ORDER_ACKNOWLEDGED", "ORDER_FILLED")
+_STEPS_AT = text(
+    "SELECT o.client_order_id, e.type, extract(epoch FROM e.timestamp)::float8 FROM orders o "
+    "JOIN order_events e ON e.order_id = o.id AND e.type = ANY(:types) WHERE o.strategy_id = :run"
+)
+
+
+def _hop_latencies_ms(box: Sandbox, run: str, sent_at: Mapping[str, float]) -> dict[str, list[float]]:
+    """Latency of each hop (decision -> ORDER_CREATED -> ... -> ORDER_FILLED) from the orders' event times."""
+    steps: dict[str, dict[str, float]] = {}
+    with box.engine.connect() as db:
+        for key, kind, at in db.execute(_STEPS_AT, {"run": run, "types": list(_HOPS)}):
+            steps.setdefault(key, {})[kind] = at
+    hops: dict[str, list[float]] = {}
+    for key, at in steps.items():
+        if key not in sent_at or any(kind not in at for kind in _HOPS):
+            continue
+        previous, before = "decision", sent_at[key]
+        for kind in _HOPS:
+            hops.setdefault(f"hop {previous[:9].lower()}>{kind.removeprefix('ORDER_').lower()}", []).append(
+                1000 * (at[kind] - before)
+            )
+            previous, before = kind.removeprefix("ORDER_").removeprefix("RISK_"), at[kind]
+    return hops
 
 
 def _filled_latencies_ms(box: Sandbox, run: str, sent_at: Mapping[str, float]) -> list[float]:
@@ -381,6 +416,8 @@ def run_rate(args: argparse.Namespace) -> dict[str, Any]:
         _finish_profile(profiler, result)
         result["publisher_behind_seconds"] = behind
         result["latency_ms"] = {"decision_to_filled": summarize(_filled_latencies_ms(box, run, confirmed_at))}
+        for hop, values in _hop_latencies_ms(box, run, confirmed_at).items():
+            result["latency_ms"][hop] = summarize(values)
         result["history"] = history
         return result
 
@@ -550,7 +587,7 @@ def table(result: Mapping[str, Any]) -> str:
     for label, stats in result.get("latency_ms", {}).items():
         if stats.get("count"):
             lines.append(
-                f"latency {label:<20} n={stats['count']:<6} p50 {stats['p50']:8.1f}  p90 {stats['p90']:8.1f}  "
+                f"latency {label:<24} n={stats['count']:<6} p50 {stats['p50']:8.1f}  p90 {stats['p90']:8.1f}  "
                 f"p99 {stats['p99']:8.1f}  max {stats['max']:8.1f} ms"
             )
     lines.append(f"note: {SHARED_NOTE}")

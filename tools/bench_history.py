@@ -26,16 +26,20 @@ SELECT md5('o' || i)::uuid::text, CASE WHEN i % 2 = 0 THEN 'ACC-001' ELSE 'ACC-0
     1 + i % 5, 1 + i % 5, 100, 'DAY', 'history', 'HIST-' || i, ts, ts + interval '40 milliseconds', 'FILLED',
     'hist-' || i, 0, 6
 FROM (SELECT i, now() - (:n - i) * interval '2 seconds' - interval '1 hour' AS ts
-      FROM generate_series(:lo, :hi) AS i) AS s
+      FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS i) AS s
 """
 
+# The history's events stand in for volume, not for an audit trail: their hash chain is zeros (the real one is
+# computed by the writer, in Python), so `./oms audit verify` on a bench database reports them.
 _EVENTS = """
-INSERT INTO order_events (id, order_id, type, payload, user_id, timestamp, correlation_id, sequence, message_id)
+INSERT INTO order_events (id, order_id, type, payload, user_id, timestamp, correlation_id, sequence, message_id,
+    prev_hash, hash)
 SELECT md5('e' || i || '-' || k)::uuid::text, md5('o' || i)::uuid::text, t,
     jsonb_build_object('status', CASE WHEN t = 'ORDER_FILLED' THEN 'FILLED' ELSE 'OPEN' END, 'history', true),
-    'history', ts + k * interval '8 milliseconds', 'hist-' || i, k, md5('m' || i || '-' || k)::uuid::text
+    'history', ts + k * interval '8 milliseconds', 'hist-' || i, k, md5('m' || i || '-' || k)::uuid::text,
+    decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex')
 FROM (SELECT i, now() - (:n - i) * interval '2 seconds' - interval '1 hour' AS ts
-      FROM generate_series(:lo, :hi) AS i) AS s
+      FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS i) AS s
 CROSS JOIN unnest(ARRAY['ORDER_CREATED', 'RISK_APPROVED', 'ORDER_ROUTED', 'ORDER_ACKNOWLEDGED', 'ORDER_FILLED'])
     WITH ORDINALITY AS e(t, k)
 """
@@ -50,7 +54,7 @@ SELECT md5('x' || i || '-' || k)::uuid::text, md5('o' || i)::uuid::text, 'HIST-E
     CASE WHEN k = 1 THEN NULL ELSE 100 END, ts + k * interval '20 milliseconds',
     CASE WHEN k = 1 THEN NULL ELSE 1 + i % 5 END, CASE WHEN k = 1 THEN NULL ELSE 100 END
 FROM (SELECT i, now() - (:n - i) * interval '2 seconds' - interval '1 hour' AS ts
-      FROM generate_series(:lo, :hi) AS i) AS s
+      FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS i) AS s
 CROSS JOIN generate_series(1, 2) AS k
 """
 
@@ -59,7 +63,7 @@ INSERT INTO order_requests (request_id, order_id, kind, terms, status, created_b
 SELECT md5('r' || i)::uuid::text, md5('o' || i)::uuid::text, 'NEW', '{}'::jsonb, 'ACCEPTED', 'history', ts,
     ts + interval '20 milliseconds'
 FROM (SELECT i, now() - (:n - i) * interval '2 seconds' - interval '1 hour' AS ts
-      FROM generate_series(:lo, :hi) AS i) AS s
+      FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS i) AS s
 """
 
 _CONFIRMATIONS = """
@@ -70,7 +74,7 @@ SELECT md5('c' || i)::uuid::text, md5('o' || i)::uuid::text, 'HIST-EX-' || i || 
     CASE WHEN i % 3 = 0 THEN 'SELL' ELSE 'BUY' END, 1 + i % 5, 100, (1 + i % 5) * 100, 0, (1 + i % 5) * 100,
     'USD', 'SIM', ts::date, ts::date + 2, ts + interval '50 milliseconds'
 FROM (SELECT i, now() - (:n - i) * interval '2 seconds' - interval '1 hour' AS ts
-      FROM generate_series(:lo, :hi) AS i) AS s
+      FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS i) AS s
 """
 
 _INSTRUCTIONS = """
@@ -82,7 +86,7 @@ SELECT md5('s' || i)::uuid::text, md5('c' || i)::uuid::text, md5('o' || i)::uuid
     CASE WHEN i % 3 = 0 THEN (1 + i % 5) * 100 ELSE -(1 + i % 5) * 100 END, 'USD', ts::date + 2, 'PENDING',
     ts + interval '50 milliseconds'
 FROM (SELECT i, now() - (:n - i) * interval '2 seconds' - interval '1 hour' AS ts
-      FROM generate_series(:lo, :hi) AS i) AS s
+      FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS i) AS s
 """
 
 # What each stage's inbox keeps of the messages it handled (within the 30 days retention keeps).
@@ -90,7 +94,7 @@ _INBOX = """
 INSERT INTO inbox (stage, message_id, processed_at, digest)
 SELECT st, md5('i' || i || st)::uuid::text, ts + interval '30 milliseconds', md5('d' || i || st)
 FROM (SELECT i, now() - (:n - i) * interval '2 seconds' - interval '1 hour' AS ts
-      FROM generate_series(:lo, :hi) AS i) AS s
+      FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS i) AS s
 CROSS JOIN unnest(ARRAY['intake', 'risk_gate', 'router', 'execution_handler', 'settlement']) AS st
 """
 

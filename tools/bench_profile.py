@@ -163,7 +163,8 @@ class Profiler:
             command += ["-d", str(max(1, int(self.seconds))), "-p", str(pid), "--format", "raw"]
             command += ["-o", str(self.out_dir / f"{name}.txt")]
             log = (self.out_dir / f"{name}.py-spy.log").open("wb")
-            self.running[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            # B603: an argv list (no shell): the installed py-spy, our own flags and the pids we started.
+            self.running[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # nosec B603
 
     def finish(self, timeout: float = 60) -> dict[str, HotSpots]:
         """Wait for every recording to end; the hot spots of each."""

@@ -31,13 +31,14 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, inspect
 
-from common.config import load_settings
+from common.messages.catalogue import RISK_CHECK
 from common.messaging.envelope import Envelope
+from common.risk import admin
+from common.settings import load_settings
 from common.store import tables
 from common.store.db import make_engine
 from common.store.tables import reference_prices, risk_limit_changes, risk_limits
 from common.store.uow import UnitOfWork
-from services.risk_gate import admin
 from services.risk_gate.handlers import handle_risk_check, prepare, prepare_checks
 from services.risk_gate.rules import RULE_NAMES, OrderTerms, evaluate
 
@@ -218,7 +219,7 @@ def handler(engine: Engine, batch: list[str]) -> int:
     with _rolled_back(engine) as uow:
         uow.orders.lock(batch)
         envelopes = [
-            Envelope(str(uuid.uuid4()), "risk.check", {"order_id": order_id, "version": 1}, order_id)
+            Envelope(str(uuid.uuid4()), RISK_CHECK.routing_key, {"order_id": order_id, "version": 1}, order_id)
             for order_id in batch
         ]
         prepare_checks(uow, envelopes)  # as the stage runtime does, once per batch
@@ -244,7 +245,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.orders < 1 or args.batch < 1 or args.runs < 1:
         parser.error("--orders, --batch and --runs must be positive")
-    engine = make_engine(args.url or load_settings().database_url)
+    engine = make_engine(args.url or load_settings().infra.database_url)
     try:
         if not inspect(engine).has_table("risk_limits"):
             print("oms bench-risk: the database lacks the risk tables; run ./oms migrate first", file=sys.stderr)

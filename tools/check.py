@@ -10,7 +10,7 @@ import argparse
 from datetime import timedelta
 
 from common import jsonutil
-from common.config import load_settings
+from common.settings import load_settings
 from common.store.db import make_engine
 from common.store.invariants import Limits, check_invariants
 
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         stuck=timedelta(seconds=args.stuck),
         **({"window": timedelta(hours=args.hours)} if args.hours is not None else {}),
     )
-    engine = make_engine(args.url or load_settings().database_url, pool_size=1)
+    engine = make_engine(args.url or load_settings().infra.database_url, pool_size=1)
     try:
         report = check_invariants(engine, limits)
     finally:

@@ -20,7 +20,7 @@ import sys
 import tomllib
 from importlib import metadata
 
-from common.config import REPO_ROOT
+from common.settings import REPO_ROOT, ConfigurationError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -32,8 +32,8 @@ DISTRIBUTION = "oms"
 
 # subcommand -> (module, function, summary); each function is `(argv: list[str]) -> int`.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "infra": ("tools.infra", "main", "start | stop | status the local Postgres and RabbitMQ"),
-    "test": ("tools.infra", "run_tests", "start the servers, then run pytest (extra args go to pytest)"),
+    "infra": ("tools.infra.command", "main", "start | stop | status the local Postgres and RabbitMQ"),
+    "test": ("tools.infra.runner", "run_tests", "start the servers, then run pytest (extra args go to pytest)"),
     "up": (
         "tools.up",
         "main",
@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "decision": ("tools.decision", "main", "send a trade decision as the strategy service does"),
     "migrate": ("tools.migrate", "main", "apply database migrations (Alembic)"),
     "seed": ("tools.seed", "main", "load sample data"),
-    "token": ("tools.token", "main", "issue an API token"),
+    "token": ("tools.token", "main", "issue an API token; `token keys rotate|list|remove` manage the signing keys"),
     "dlq": ("tools.dlq", "main", "inspect and replay dead-lettered messages"),
     "bench": ("tools.bench", "main", "measure CPU per order by process, throughput and latency (see README, Speed)"),
     "risk": ("tools.risk", "main", "risk limits, restricted symbols and the kill switch (show | set | halt ...)"),
@@ -53,6 +53,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "anomalies": ("tools.anomalies", "main", "list execution reports that contradicted themselves or the order"),
     "order": ("tools.order", "main", "an order's story: show ID [--json] (events, reports, confirmations, position)"),
     "logs": ("tools.logs", "main", "the end of a process's log: logs PROCESS [-n N] [-f]"),
+    "messages": ("tools.messagedoc", "main", "messages docs [--check]: write docs/messages.md from the catalogue"),
+    "config": ("tools.configdoc", "main", "the settings: show (this environment's), docs (docs/configuration.md)"),
+    "secrets": ("tools.secrets", "main", "secrets init: make the secret files docker-compose.yml reads (./secrets)"),
+    "audit": ("tools.audit", "main", "security checks: code (bandit), deps (pip-audit), verify (the event chains)"),
+    "data-keys": ("tools.data_keys", "main", "keys of notes encrypted at rest: status | rotate | reencrypt | remove"),
     "version": ("tools.cli", "version", "print the version (also --version)"),
 }
 
@@ -136,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("oms: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ConfigurationError as exc:  # the line names the variable: a traceback would only hide it
+        print(f"oms {args[0] if args else ''}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as exc:
         if os.environ.get("OMS_DEBUG"):
             raise

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from common.config import REPO_ROOT
+from common.settings import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "ops" / "grafana" / "dashboards" / "oms-overview.json"
 ROW_HEIGHT_INCHES = 0.42  # one gridPos unit of height
@@ -33,11 +33,14 @@ WIDTH_INCHES = 22.0
 
 
 def _get_json(url: str, auth: tuple[str, str] | None = None, timeout: float = 10.0) -> Any:
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"not an http(s) URL: {url}")
     request = urllib.request.Request(url)
     if auth is not None:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    # Only http(s) gets here (checked above): file: and custom schemes are refused (B310).
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # nosec B310
         return json.loads(response.read())
 
 

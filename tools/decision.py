@@ -19,11 +19,12 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from common.config import load_settings
 from common.domain.enums import TERMINAL_STATES
+from common.messages.catalogue import TRADE_DECISION
 from common.messaging.connection import connect
 from common.messaging.publisher import Publisher
-from common.messaging.topology import OMS_EXCHANGE, declare_topology
+from common.messaging.topology import declare_topology
+from common.settings import load_settings
 from common.store import tables
 from common.store.db import make_engine
 
@@ -59,9 +60,13 @@ async def publish_decision(amqp_url: str, body: dict[str, Any]) -> str:
     connection = await connect(amqp_url, "oms.decision-cli", attempts=3)
     try:
         channel = await connection.channel()
-        await declare_topology(channel, load_settings().delivery_limit)
+        await declare_topology(channel, load_settings().stage.delivery_limit)
         return await Publisher(connection).publish_json(
-            OMS_EXCHANGE, "intake.decision", "TradeDecision", body, correlation_id=body["decisionId"]
+            TRADE_DECISION.exchange,
+            TRADE_DECISION.routing_key,
+            TRADE_DECISION.type,
+            body,
+            correlation_id=body["decisionId"],
         )
     finally:
         await connection.close()
@@ -137,11 +142,11 @@ def main(argv: list[str]) -> int:
         if value is not None:
             body[key] = value
     settings = load_settings()
-    message_id = asyncio.run(publish_decision(settings.amqp_url, body))
+    message_id = asyncio.run(publish_decision(settings.infra.amqp_url, body))
     print(f"decision {body['decisionId']} published (message id {message_id})", flush=True)
     if not args.wait:
         return 0
-    engine = make_engine(args.url or settings.database_url, pool_size=1)
+    engine = make_engine(args.url or settings.infra.database_url, pool_size=1)
     try:
         order = wait_for_final(engine, args.account, body["decisionId"], args.timeout)
     finally:

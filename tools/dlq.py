@@ -25,12 +25,15 @@ import getpass
 import json
 import sys
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, select
 from tqdm import tqdm
 
 from common import bootstrap
+from common.messaging.connection import connect_once
+from common.settings import load_settings
 from common.store.tables import dlq_replays
 from services.jobs import deadletters
 from services.jobs.deadletters import DeadLetterMessage, PassReport, Selection
@@ -115,11 +118,23 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, default=str, indent=2))
 
 
+@lru_cache(maxsize=1)
+def _amqp_url() -> str:
+    """The broker of this command's settings (read once per command)."""
+    return load_settings().infra.amqp_url
+
+
+@lru_cache(maxsize=1)
+def _engine() -> Engine:
+    """This command's database engine (made once per command)."""
+    return bootstrap.engine(load_settings())
+
+
 # ------------------------------------------------------------------------------------------------ commands
 
 
 async def _depths(queues: list[str]) -> dict[str, int | None]:
-    connection = await deadletters.connect(bootstrap.settings().amqp_url)
+    connection = await connect_once(_amqp_url(), deadletters.CONNECTION_NAME)
     try:
         return await deadletters.queue_depths(connection, queues)
     finally:
@@ -169,10 +184,10 @@ def _print_message(message: DeadLetterMessage, body_chars: int) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     """Print the matching messages of each queue (nothing is removed)."""
     selection = _selection(args)
-    engine = bootstrap.engine()
+    engine = _engine()
     shown = 0
     for queue in _queues(args):
-        depth, messages = asyncio.run(deadletters.show(bootstrap.settings().amqp_url, queue, selection, engine))
+        depth, messages = asyncio.run(deadletters.show(_amqp_url(), queue, selection, engine))
         shown += len(messages)
         if args.json:
             for message in messages:
@@ -202,9 +217,7 @@ def _matching(args: argparse.Namespace, queues: list[str]) -> dict[str, int]:
     """How many messages of each queue the filters select now (queues that do not exist left out)."""
     counts: dict[str, int] = {}
     for queue in queues:
-        depth, messages = asyncio.run(
-            deadletters.show(bootstrap.settings().amqp_url, queue, _selection(args), bootstrap.engine())
-        )
+        depth, messages = asyncio.run(deadletters.show(_amqp_url(), queue, _selection(args), _engine()))
         if depth is not None:
             counts[queue] = len(messages)
     return counts
@@ -236,7 +249,7 @@ def _run_pass(
     try:
         report: PassReport = asyncio.run(
             run(
-                bootstrap.settings().amqp_url,
+                _amqp_url(),
                 engine,
                 queue,
                 _selection(args),
@@ -319,7 +332,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def _passes(args: argparse.Namespace, queues: list[str], run: Callable[..., Any], verb: str) -> int:
-    engine = bootstrap.engine()
+    engine = _engine()
     failed = 0
     reports = []
     for queue in queues:
@@ -344,7 +357,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     query = select(dlq_replays).order_by(dlq_replays.c.id.desc()).limit(args.limit)
     if args.run_id:
         query = query.where(dlq_replays.c.run_id == args.run_id)
-    with bootstrap.engine().connect() as connection:
+    with _engine().connect() as connection:
         rows = [dict(row) for row in connection.execute(query).mappings()]
     if args.json:
         _print_json(rows)

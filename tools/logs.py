@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from common.config import load_settings
+from common.settings import load_settings
 
 POLL_SECONDS = 0.25
 _BLOCK = 64 * 1024
@@ -34,7 +34,7 @@ def non_negative_int(text: str) -> int:
 
 def log_dir() -> Path:
     """Where the supervisor writes the logs."""
-    return load_settings().data_dir / "logs"
+    return load_settings().infra.data_dir / "logs"
 
 
 def available(directory: Path) -> list[str]:

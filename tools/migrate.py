@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy import create_engine, make_url
 
-from common.config import REPO_ROOT, load_settings
+from common.settings import REPO_ROOT, load_settings
 
 
 def _config(url: str) -> Config:
@@ -148,7 +148,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("revision", nargs="?", help="target revision (up and down only)")
     parser.add_argument("--url", default=None, help="database URL (default: OMS_DATABASE_URL)")
     args = parser.parse_args(argv)
-    url = args.url or load_settings().database_url
+    url = args.url or load_settings().infra.database_url
     if args.action in ("status", "history"):
         if args.revision:
             parser.error(f"{args.action} takes no revision")

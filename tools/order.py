@@ -16,9 +16,10 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from common import jsonutil
-from common.config import load_settings
+from common.settings import load_settings
 from common.store import tables
 from common.store.db import make_engine
+from common.store.field_crypto import DataKeys, with_data_keys
 from services.api import queries
 from services.api.order_events import order_events
 
@@ -173,7 +174,11 @@ def main(argv: list[str]) -> int:
     show.add_argument("--json", action="store_true", help="print it as one JSON object")
     show.add_argument("--url", default=None, help="database URL (default: OMS_DATABASE_URL)")
     args = parser.parse_args(argv)
-    engine = make_engine(args.url or load_settings().database_url, pool_size=1)
+    settings = load_settings()
+    # With the data keys, as the services read it: the notes are stored encrypted.
+    engine = with_data_keys(
+        make_engine(args.url or settings.infra.database_url, pool_size=1), DataKeys(settings.infra.data_keys_file)
+    )
     try:
         with engine.connect() as connection:
             story = order_story(connection, args.order_id)

@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from common.settings import load_settings
+
 # Log rotation by size: each process writes to <log dir>/<name>.log (stdout and stderr, appending); past
 # LOG_MAX_BYTES it is moved to <name>.log.1 (older copies shift up to .LOG_BACKUPS, the oldest is dropped).
-LOG_MAX_BYTES = int(os.environ.get("OMS_LOG_MAX_BYTES", str(20 * 1024 * 1024)))
-LOG_BACKUPS = int(os.environ.get("OMS_LOG_BACKUPS", "5"))
+# Both are settings (OMS_LOG_MAX_BYTES, OMS_LOG_BACKUPS), read when this module is loaded.
+_LOGGING = load_settings().logging
+LOG_MAX_BYTES = _LOGGING.max_bytes
+LOG_BACKUPS = _LOGGING.backups
 
 
 def _shift_backups(path: Path, backups: int) -> None:
@@ -156,7 +160,8 @@ class Supervisor:
         with contextlib.suppress(OSError):  # a log that cannot be rotated is still appended to
             rotate_log(log_path, self.log_max_bytes, self.log_backups, in_use=in_use)
         log_file = log_path.open("ab")
-        popen = subprocess.Popen(
+        # B603: this interpreter running one of our modules (a ProcessSpec from code), no shell.
+        popen = subprocess.Popen(  # nosec B603
             [sys.executable, "-m", spec.module, *spec.args],
             cwd=self.cwd,
             env={**self.env, **spec.env},

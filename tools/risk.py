@@ -21,11 +21,11 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection
 
-from common.config import load_settings
 from common.domain.validation import plain
+from common.risk import admin
+from common.risk.limits import LIMIT_SPECS, InvalidLimit, LimitValue
+from common.settings import load_settings
 from common.store.db import make_engine
-from services.risk_gate import admin
-from services.risk_gate.limits import LIMIT_SPECS, InvalidLimit, LimitValue
 
 
 def _show_value(value: LimitValue | None) -> str:
@@ -149,7 +149,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "is_global", False):
         args.account = None
-    engine = make_engine(args.url or load_settings().database_url, pool_size=1)
+    engine = make_engine(args.url or load_settings().infra.database_url, pool_size=1)
     try:
         with engine.begin() as connection:
             if args.command == "show":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import requests
 from sqlalchemy import Engine
 
-from common.config import REPO_ROOT
+from common.settings import REPO_ROOT
 from common.store.db import make_engine
 from tools import infra, migrate
 from tools.infra import InfraUrls
@@ -45,6 +45,14 @@ class Sandbox:
         return {name: r.popen.pid for name, r in self.supervisor.running.items() if r.popen.poll() is None}
 
 
+def _management_login(management_url: str) -> tuple[str, str]:
+    """The login a management URL carries (docker compose's operator), else the local node's guest."""
+    parts = urllib.parse.urlsplit(management_url)
+    if parts.username:
+        return urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+    return "guest", "guest"
+
+
 def consumers_ready(management_url: str, vhost: str, queues: list[str], timeout: float) -> list[str]:
     """Poll the management API until every queue has a consumer; returns those that never got one."""
     missing = list(queues)
@@ -54,7 +62,7 @@ def consumers_ready(management_url: str, vhost: str, queues: list[str], timeout:
         for queue in missing:
             url = f"{management_url.rstrip('/')}/api/queues/{urllib.parse.quote(vhost, safe='')}/{queue}"
             try:
-                answer = requests.get(url, auth=("guest", "guest"), timeout=2)
+                answer = requests.get(url, auth=_management_login(management_url), timeout=2)
                 ok = answer.status_code == 200 and answer.json().get("consumers", 0) > 0
             except requests.RequestException:
                 ok = False
@@ -83,10 +91,24 @@ def sandbox(
     name = f"{label}_{uuid.uuid4().hex[:10]}"
     database_url = infra.create_database(name, infra_urls.database_url)
     infra.create_vhost(name, infra_urls.management_url)
+    # As `oms up` runs them: the topology is the broker's definitions, and each process logs in as its kind's
+    # broker user, which may not declare it (guest stays the tests' own).
+    infra.load_topology(infra_urls.management_url, name)
+    infra.ensure_process_users(infra_urls.management_url, [name])
     amqp_url = infra.amqp_url_for_vhost(infra_urls.amqp_url, name)
     engine = make_engine(database_url)
+    # The processes connect as the workers' role, as under `oms up` (the owner's engine above sets up and checks).
+    roles = {
+        variable: url
+        for variable, url in (
+            ("OMS_WORKER_DATABASE_URL", infra.role_url("worker", database_url)),
+            ("OMS_READ_DATABASE_URL", infra.role_url("reader", database_url)),
+            ("OMS_RETENTION_DATABASE_URL", infra.role_url("retention", database_url)),
+        )
+        if url is not None
+    }
     supervisor = Supervisor(
-        {"OMS_DATABASE_URL": database_url, "OMS_AMQP_URL": amqp_url, **(env or {})},
+        {"OMS_DATABASE_URL": database_url, "OMS_AMQP_URL": amqp_url, **roles, **(env or {})},
         REPO_ROOT / ".data" / "logs" / name,
         REPO_ROOT,
         die_with_parent=True,
@@ -95,7 +117,12 @@ def sandbox(
         migrate.upgrade(database_url)
         with engine.begin() as connection:
             seed_demo(connection)
-        specs = system(with_venue=with_venue, with_api=False, extra=extra)
+        if with_venue:
+            infra.prepare_venue_tables(database_url)
+        specs = [
+            ProcessSpec(s.name, s.module, s.args, {**s.env, **infra.process_env(s.name)})
+            for s in system(with_venue=with_venue, with_api=False, extra=extra)
+        ]
         supervisor.start_all(specs)
         missing = consumers_ready(infra_urls.management_url, name, [f"oms.{s}" for s in STAGES], timeout=90)
         if missing or supervisor.dead():

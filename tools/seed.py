@@ -9,7 +9,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.dialects.postgresql import insert
 
-from common.config import load_settings
+from common.settings import load_settings
 from common.store import tables
 
 DEMO_ACCOUNTS = [
@@ -136,7 +136,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="oms seed", description="load demo accounts and instruments")
     parser.add_argument("--url", default=None, help="database URL (default: OMS_DATABASE_URL)")
     args = parser.parse_args(argv)
-    engine = create_engine(args.url or load_settings().database_url)
+    engine = create_engine(args.url or load_settings().infra.database_url)
     with engine.begin() as connection:
         seed_demo(connection)
     engine.dispose()

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from transitions.extensions.diagrams import GraphMachine
 
-from common.config import REPO_ROOT
 from common.domain import lifecycle
+from common.settings import REPO_ROOT
+from tools.generated import write_or_check
 
 DOCUMENT = REPO_ROOT / "docs" / "order-states.md"
 TITLE = "Order states"
@@ -107,16 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when the file is out of date; write nothing")
     parser.add_argument("--output", type=Path, default=DOCUMENT, help=f"default: {DOCUMENT.relative_to(REPO_ROOT)}")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    text = document()
-    if args.check:
-        current = args.output.read_text() if args.output.exists() else ""
-        if current != text:
-            print(f"{args.output} is out of date: run python -m tools.statediagram", file=sys.stderr)
-            return 1
-        return 0
-    args.output.write_text(text)
-    print(f"wrote {args.output}")
-    return 0
+    return write_or_check(args.output, document(), check=args.check, regenerate="python -m tools.statediagram")
 
 
 if __name__ == "__main__":

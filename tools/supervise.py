@@ -288,7 +288,7 @@ def specs_from_json(text: str) -> list[ProcessSpec]:
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """The detached supervisor: run the loop until SIGTERM."""
-    from common.config import REPO_ROOT
+    from common.settings import REPO_ROOT
 
     parser = argparse.ArgumentParser(prog="python -m tools.supervise")
     parser.add_argument("--data-dir", type=Path, required=True)

@@ -14,8 +14,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from common.config import REPO_ROOT, Settings, load_settings
+from sqlalchemy.engine import make_url
+
+from common.settings import REPO_ROOT, Settings, load_settings
 from tools import infra, migrate, seed, supervise
+from tools.infra import brokerusers
 from tools.processes import STAGES, ProcessSpec, Supervisor, system
 from tools.sandbox import consumers_ready
 
@@ -26,7 +29,7 @@ DOWN_TIMEOUT_SECONDS = 45.0
 
 
 def _legacy_pid_file() -> Path:
-    return load_settings().data_dir / "run" / "pids.json"
+    return load_settings().infra.data_dir / "run" / "pids.json"
 
 
 def metrics_port_base() -> int:
@@ -44,8 +47,15 @@ def _specs(args: argparse.Namespace) -> list[ProcessSpec]:
     # Each process keeps its slot in the full list, so leaving one out (--no-venue) moves no other port.
     slots = {spec.name: i for i, spec in enumerate(system(with_venue=True, with_api=True, with_jobs=True))}
     base = metrics_port_base()
+    # Each process logs in to RabbitMQ as its kind's user (tools/infra/brokerusers.py), not as guest: the
+    # user's name and password file, which `infra.ensure_started` wrote under the data folder.
     return [
-        ProcessSpec(s.name, s.module, s.args, {**s.env, "OMS_METRICS_PORT": str(base + slots.get(s.name, i))})
+        ProcessSpec(
+            s.name,
+            s.module,
+            s.args,
+            {**s.env, "OMS_METRICS_PORT": str(base + slots.get(s.name, i)), **infra.process_env(s.name)},
+        )
         for i, s in enumerate(specs)
     ]
 
@@ -55,13 +65,14 @@ def _metrics_ports(specs: list[ProcessSpec]) -> str:
 
 
 def _banner(settings: Settings, urls: infra.InfraUrls, specs: list[ProcessSpec]) -> str:
-    log_dir = settings.data_dir / "logs"
+    log_dir = settings.infra.data_dir / "logs"
     return f"""
 OMS is up.
-  REST API          http://127.0.0.1:{settings.rest_port}/orders   (OpenAPI: /openapi.json, browse: /docs)
-  gRPC              127.0.0.1:{settings.grpc_port}   (package trading.order.v1, reflection on)
-  RabbitMQ UI       {urls.management_url}   (guest / guest, from this machine only)
-  Postgres          {urls.database_url}
+  REST API          http://127.0.0.1:{settings.api.rest_port}/orders   (OpenAPI: /openapi.json, browse: /docs)
+  gRPC              127.0.0.1:{settings.api.grpc_port}   (package trading.order.v1, reflection on)
+  RabbitMQ UI       {urls.management_url}   (guest / guest, this machine only; oms-admin: {_admin_password()})
+  Postgres          {urls.database_url}   (the owner: migrations, tools)
+  Database roles    {_roles(urls.database_url)}   (passwords: {_password_files()})
   AMQP              {urls.amqp_url}
   Logs (JSON)       {log_dir}/<process>.log
   Metrics           http://127.0.0.1:<port>/metrics: {_metrics_ports(specs)}, api on its REST port
@@ -69,6 +80,48 @@ OMS is up.
 Send a trade decision:  ./oms decision --account ACC-001 --symbol AAPL --side BUY --type MARKET --quantity 100
 Mint a token:           ./oms token --sub me --accounts ACC-001 --scopes orders:read,orders:write
 """
+
+
+def database_env(owner_url: str) -> dict[str, str]:
+    """The processes' database URLs: each connects as the role of its kind (tools/infra/postgres.py), never as
+    the owner, which migrated and seeded above. OMS_DATABASE_URL is the workers' too, so no process holds the
+    owner's password. Without the local roles (made elsewhere), everything runs as the owner, as before.
+
+    One environment for all: the stages, relay, jobs and venue use OMS_WORKER_DATABASE_URL (bootstrap.engine),
+    the jobs worker's retention OMS_RETENTION_DATABASE_URL. On this machine every process runs as one OS user
+    that can read every role's password file anyway, so the roles guard against a wrong or injected statement,
+    not a compromised process; a deployment gives each service only its own URL.
+    """
+    worker = infra.role_url("worker", owner_url) or owner_url
+    return {
+        "OMS_DATABASE_URL": worker,
+        "OMS_WORKER_DATABASE_URL": worker,
+        "OMS_READ_DATABASE_URL": infra.role_url("reader", owner_url) or worker,
+        "OMS_RETENTION_DATABASE_URL": infra.role_url("retention", owner_url) or owner_url,
+    }
+
+
+def _roles(owner_url: str) -> str:
+    env = database_env(owner_url)
+    users = {
+        kind: make_url(env[variable]).username
+        for kind, variable in (
+            ("workers", "OMS_WORKER_DATABASE_URL"),
+            ("reads", "OMS_READ_DATABASE_URL"),
+            ("retention", "OMS_RETENTION_DATABASE_URL"),
+        )
+    }
+    return ", ".join(f"{kind} as {user}" for kind, user in users.items())
+
+
+def _password_files() -> str:
+    return f"{infra.ServerSettings.from_env().data_dir}/pg-*.password"
+
+
+def _admin_password() -> Path:
+    """The file of the operator's broker password (the processes each have their own user)."""
+    admin = brokerusers.BY_KIND["admin"]
+    return infra.secrets_dir() / brokerusers.password_file_name(admin)
 
 
 def _vhost(amqp_url: str) -> str:
@@ -85,31 +138,36 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     settings = load_settings()
-    already = supervise.running_supervisor(settings.data_dir)
+    already = supervise.running_supervisor(settings.infra.data_dir)
     if already is not None:
         print(
-            f"oms up: a supervisor from {settings.data_dir} is already running (pid {already}); "
+            f"oms up: a supervisor from {settings.infra.data_dir} is already running (pid {already}); "
             "./oms ps shows it, ./oms down stops it",
             file=sys.stderr,
         )
         return 1
     urls = infra.ensure_started()
+    # The processes' broker users may not declare the topology: the node loaded it at boot, and importing it
+    # again (idempotent) brings back whatever it lost since.
+    infra.load_topology(urls.management_url, _vhost(urls.amqp_url))
     migrate.upgrade(urls.database_url)
     seed.main(["--url", urls.database_url])
 
-    env = {"OMS_DATABASE_URL": urls.database_url, "OMS_AMQP_URL": urls.amqp_url}
     specs = _specs(args)
+    if not args.no_venue:
+        infra.prepare_venue_tables(urls.database_url)
+    env = {**database_env(urls.database_url), "OMS_AMQP_URL": urls.amqp_url}
     if args.detach:
         return _detach(settings, urls, env, specs)
     return _foreground(settings, urls, env, specs)
 
 
 def _foreground(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], specs: list[ProcessSpec]) -> int:
-    supervisor = Supervisor(env, settings.data_dir / "logs", REPO_ROOT)
-    loop = supervise.SupervisionLoop(supervisor, specs, supervise.state_file(settings.data_dir))
+    supervisor = Supervisor(env, settings.infra.data_dir / "logs", REPO_ROOT)
+    loop = supervise.SupervisionLoop(supervisor, specs, supervise.state_file(settings.infra.data_dir))
     stop = threading.Event()
     supervise.install_stop_signals(stop)
-    supervise.write_pid_file(settings.data_dir, os.getpid())
+    supervise.write_pid_file(settings.infra.data_dir, os.getpid())
     failed: list[str] = []
 
     def announce() -> None:
@@ -135,16 +193,17 @@ def _foreground(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], 
         threading.Thread(target=announce, name="announce", daemon=True).start()
         loop.run(stop)
     finally:
-        supervise.remove_pid_file(settings.data_dir, os.getpid())
+        supervise.remove_pid_file(settings.infra.data_dir, os.getpid())
     return 1 if failed else 0
 
 
 def _detach(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], specs: list[ProcessSpec]) -> int:
-    log_path = supervise.log_file(settings.data_dir)
+    log_path = supervise.log_file(settings.infra.data_dir)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
-        daemon = subprocess.Popen(
-            supervise.daemon_command(supervise.specs_to_json(specs), settings.data_dir),
+        # B603: this interpreter running tools.supervise (daemon_command), no shell.
+        daemon = subprocess.Popen(  # nosec B603
+            supervise.daemon_command(supervise.specs_to_json(specs), settings.infra.data_dir),
             cwd=REPO_ROOT,
             env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
@@ -153,14 +212,14 @@ def _detach(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], spec
             start_new_session=True,  # a daemon: no terminal, and Ctrl-C in this shell does not reach it
         )
     # Written here too (the daemon writes it as it starts): a second `oms up` right now must see it.
-    supervise.write_pid_file(settings.data_dir, daemon.pid)
+    supervise.write_pid_file(settings.infra.data_dir, daemon.pid)
     missing = consumers_ready(
         urls.management_url, _vhost(urls.amqp_url), [f"oms.{s}" for s in STAGES], timeout=READY_SECONDS
     )
     if missing or daemon.poll() is not None:
         print(f"!! stage queues without a consumer: {', '.join(missing) or 'none'}")
         print(f"!! the supervisor's log ({log_path}):\n{_tail(log_path)}")
-        _stop_supervisor(settings.data_dir, daemon.pid)
+        _stop_supervisor(settings.infra.data_dir, daemon.pid)
         return 1
     print(_banner(settings, urls, specs))
     print(
@@ -210,7 +269,7 @@ def down(argv: list[str]) -> int:
     parser.add_argument("--keep-infra", action="store_true", help="leave Postgres and RabbitMQ running")
     parser.add_argument("--timeout", type=float, default=DOWN_TIMEOUT_SECONDS, help="seconds to wait for it")
     args = parser.parse_args(argv)
-    data_dir = load_settings().data_dir
+    data_dir = load_settings().infra.data_dir
     pid = supervise.running_supervisor(data_dir)
     if pid is not None:
         print(f"stopping the supervisor (pid {pid}) and its processes ...")
@@ -239,7 +298,7 @@ def ps(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="oms ps", description="the processes `oms up` supervises")
     parser.add_argument("--json", action="store_true", help="the supervisor's state as JSON")
     args = parser.parse_args(argv)
-    data_dir = load_settings().data_dir
+    data_dir = load_settings().infra.data_dir
     pid = supervise.running_supervisor(data_dir)
     try:
         state = json.loads(supervise.state_file(data_dir).read_text())

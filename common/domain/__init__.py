@@ -1,4 +1,4 @@
-"""Pure order domain: enums, the ``Order`` aggregate, FIX execution-report semantics, events, errors.
+"""Pure order domain: enums, order terms, the ``Order`` aggregate, FIX execution-report semantics, events, errors.
 
 Imports nothing but the standard library and ``transitions``.
 """
@@ -18,7 +18,9 @@ from common.domain.enums import (
 from common.domain.errors import DomainError, InvalidCommand, InvalidTransition, ReportMismatch
 from common.domain.events import DomainEvent
 from common.domain.execution import BookedExecution, ExecutionReportData, FillDelta, ReportOutcome
-from common.domain.order import Order, PendingRequest, order_terms_problems
+from common.domain.order import Order
+from common.domain.pending_request import PendingRequest
+from common.domain.terms import OrderTerms, order_terms_problems
 
 __all__ = [
     "TERMINAL_STATES",
@@ -34,6 +36,7 @@ __all__ = [
     "OrderEventType",
     "OrderState",
     "OrderStatus",
+    "OrderTerms",
     "OrderType",
     "PendingRequest",
     "ReportMismatch",

@@ -111,8 +111,8 @@ class AccountStatus(Protocol):
     def active(self) -> bool: ...
 
 
-class OrderTerms(Protocol):
-    """What the rules need of a request (``services.intake.commands.OrderRequest`` fits)."""
+class RequestTerms(Protocol):
+    """What the rules need of a request, enums still as text (``common.orders.order_request.OrderRequest`` fits)."""
 
     @property
     def account_id(self) -> str: ...
@@ -275,7 +275,7 @@ def validate_terms(
     return violations
 
 
-def _check_enums(request: OrderTerms, violations: list[RuleViolation]) -> None:
+def _check_enums(request: RequestTerms, violations: list[RuleViolation]) -> None:
     checks: Sequence[tuple[type[Side] | type[OrderType] | type[TimeInForce], str, str, str]] = (
         (Side, str(request.side), FIELD_SIDE, Code.INVALID_SIDE),
         (OrderType, str(request.type), FIELD_TYPE, Code.INVALID_ORDER_TYPE),
@@ -287,7 +287,7 @@ def _check_enums(request: OrderTerms, violations: list[RuleViolation]) -> None:
             violations.append(RuleViolation(code, field, f"{field} {value!r} is not one of {allowed}"))
 
 
-def _check_time_in_force(request: OrderTerms, violations: list[RuleViolation]) -> None:
+def _check_time_in_force(request: RequestTerms, violations: list[RuleViolation]) -> None:
     order_type = _enum_value(OrderType, str(request.type))
     time_in_force = _enum_value(TimeInForce, str(request.time_in_force))
     if order_type is None or time_in_force is None:
@@ -306,7 +306,7 @@ def _check_time_in_force(request: OrderTerms, violations: list[RuleViolation]) -
 
 
 def validate_order(
-    request: OrderTerms, instrument: InstrumentRules | None, account: AccountStatus | None
+    request: RequestTerms, instrument: InstrumentRules | None, account: AccountStatus | None
 ) -> list[RuleViolation]:
     """Every rule a new order breaks (empty when it may be booked NEW); account and instrument first."""
     violations: list[RuleViolation] = []

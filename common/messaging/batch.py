@@ -22,14 +22,12 @@ from typing import Any
 import msgspec
 
 from common.ids import new_id
-from common.messaging.topology import OMS_EXCHANGE
+from common.messages.catalogue import INTERNAL_KEYS
+from common.messages.exchanges import OMS_EXCHANGE
+from common.messages.headers import CARRIER_HEADER
 from common.store.outbox import OutboxMessage
 
 CARRIER_TYPE = "oms.Batch"
-CARRIER_HEADER = "x-oms-batch"  # the number of records, for batch sizing before the body is parsed
-# The hand-overs between stages; the ``oms`` exchange's other keys (decisions, execution reports) are
-# published by other services, one message each, as their contracts say.
-INTERNAL_KEYS = frozenset({"risk.check", "router.new", "router.cancel", "router.replace", "settlement.fill"})
 
 
 class _Record(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,7 +64,9 @@ class Carrier:
 
 
 def packable(message: OutboxMessage) -> bool:
-    """Whether this outbox row may ride in a carrier (an internal hop with a JSON text body)."""
+    """Whether this outbox row may ride in a carrier (an internal hop with a JSON text body): the ``oms``
+    exchange's other keys (decisions, execution reports) are published by other services, one message each, as
+    their contracts say."""
     return message.exchange == OMS_EXCHANGE and message.routing_key in INTERNAL_KEYS and isinstance(message.body, str)
 
 

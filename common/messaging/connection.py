@@ -1,7 +1,8 @@
-"""Connecting to RabbitMQ: robust connections that reconnect and restore their consumers.
+"""Connecting to RabbitMQ: robust connections that reconnect and restore their consumers, and plain ones.
 
 aio-pika's robust connection reconnects by itself once it has connected, but its first connect fails at once
 when the broker is down; a process started during a broker outage would exit. ``connect`` waits instead.
+``connect_once`` is for work that must stop rather than resume on another connection (a dead-letter pass).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import logging
 
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractRobustConnection
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,17 @@ async def connect(
         return connection
 
 
+async def answers(url: str, name: str, timeout: float) -> None:
+    """Open a plain connection and a channel on it, then close both; raises unless the broker answers within
+    ``timeout`` seconds (a readiness check: no retry, no reconnect)."""
+    async with asyncio.timeout(timeout):
+        connection = await aio_pika.connect(url, client_properties={"connection_name": name})
+        try:
+            await connection.channel()
+        finally:
+            await connection.close()
+
+
 async def connect_unless_stopped(url: str, name: str, stopping: asyncio.Event) -> AbstractRobustConnection | None:
     """``connect``, waiting for the broker, unless ``stopping`` is set first (then None): a process told to stop
     during a broker outage stops instead of waiting for a broker that may never come."""
@@ -65,3 +77,9 @@ async def connect_unless_stopped(url: str, name: str, stopping: asyncio.Event) -
     with contextlib.suppress(asyncio.CancelledError):
         await connecting
     return None
+
+
+async def connect_once(url: str, name: str) -> AbstractConnection:
+    """A plain (not robust) connection, one attempt: what it held goes back to the broker if it is lost, and the
+    caller stops instead of carrying on over a new connection."""
+    return await aio_pika.connect(url, client_properties={"connection_name": name})

@@ -8,16 +8,18 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from common.messages.exchanges import DEAD_LETTER_EXCHANGE
+from common.messages.headers import (
+    DEAD_LETTERED_AT_HEADER,
+    ERROR_HEADER,
+    ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+    STAGE_HEADER,
+)
 from common.messaging.batch import Record
 from common.messaging.publisher import Publisher
-from common.messaging.topology import DEAD_LETTER_EXCHANGE, StageQueue
+from common.messaging.topology import StageQueue
 from common.store.outbox import OutboxMessage
-
-ERROR_HEADER = "x-oms-error"
-STAGE_HEADER = "x-oms-stage"
-ORIGINAL_EXCHANGE_HEADER = "x-oms-original-exchange"
-ORIGINAL_ROUTING_KEY_HEADER = "x-oms-original-routing-key"
-DEAD_LETTERED_AT_HEADER = "x-oms-dead-lettered-at"
 
 
 def republishable(value: Any) -> Any:

@@ -9,6 +9,8 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from common.messages.headers import USER_HEADER
+
 
 @dataclass(frozen=True)
 class Envelope:
@@ -28,7 +30,7 @@ class Envelope:
     @property
     def user_id(self) -> str | None:
         """The user a front-end request was made by (header ``x-oms-user``), if any."""
-        value = self.headers.get("x-oms-user")
+        value = self.headers.get(USER_HEADER)
         return str(value) if value is not None else None
 
 

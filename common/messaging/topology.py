@@ -1,20 +1,28 @@
-"""The broker topology: exchanges, quorum stage queues with their dead-letter queues, and bindings."""
+"""The broker topology: exchanges, quorum stage queues with their dead-letter queues, and bindings.
+
+What binds where comes from the message catalogue: a stage's queue takes the kinds whose ``stage`` it is, the
+simulated venue's queue the requests to the venue, a subscriber's queue the kind it follows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aiormq.abc import FieldTable
 from pamqp.common import Arguments
 
-OMS_EXCHANGE = "oms"
-BROKER_EXCHANGE = "broker"
-ORDER_UPDATES_EXCHANGE = "oms.order_updates"
-PORTFOLIO_EXCHANGE = "portfolio"
-DEAD_LETTER_EXCHANGE = "oms.dlx"
-
-TOPIC_EXCHANGES = (OMS_EXCHANGE, BROKER_EXCHANGE, ORDER_UPDATES_EXCHANGE, PORTFOLIO_EXCHANGE)
+from common.messages.catalogue import BROKER_REQUESTS, STAGES, consumed_by
+from common.messages.exchanges import (
+    BROKER_EXCHANGE,
+    DEAD_LETTER_EXCHANGE,
+    DIRECT_EXCHANGES,
+    OMS_EXCHANGE,
+    TOPIC_EXCHANGES,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,7 @@ class StageQueue:
 
     stage: str
     routing_keys: tuple[str, ...]
+    exchange: str = OMS_EXCHANGE
 
     @property
     def name(self) -> str:
@@ -33,16 +42,24 @@ class StageQueue:
         return f"oms.{self.stage}.dlq"
 
 
+@dataclass(frozen=True)
+class VenueQueue(StageQueue):
+    """The simulated venue's queue on the ``broker`` exchange (``venue_sim.orders``, dead-lettering to ``.dlq``);
+    a real broker integration service binds a queue of its own to the same keys instead."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}.orders"
+
+    @property
+    def dead_letter_name(self) -> str:
+        return f"{self.name}.dlq"
+
+
 STAGE_QUEUES: dict[str, StageQueue] = {
-    q.stage: q
-    for q in (
-        StageQueue("intake", ("intake.decision",)),
-        StageQueue("risk_gate", ("risk.check",)),
-        StageQueue("router", ("router.new", "router.cancel", "router.replace")),
-        StageQueue("execution_handler", ("execution.report",)),
-        StageQueue("settlement", ("settlement.fill",)),
-    )
+    stage: StageQueue(stage, tuple(kind.routing_key for kind in consumed_by(stage))) for stage in STAGES
 }
+VENUE_QUEUE = VenueQueue("venue_sim", tuple(kind.routing_key for kind in BROKER_REQUESTS), BROKER_EXCHANGE)
 
 
 def stage_queue_arguments(queue: StageQueue, delivery_limit: int) -> Arguments:
@@ -63,22 +80,27 @@ async def declare_exchanges(channel: AbstractChannel) -> dict[str, AbstractExcha
         name: await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
         for name in TOPIC_EXCHANGES
     }
-    exchanges[DEAD_LETTER_EXCHANGE] = await channel.declare_exchange(
-        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
-    )
+    for name in DIRECT_EXCHANGES:
+        exchanges[name] = await channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
     return exchanges
 
 
-async def declare_stage_queue(channel: AbstractChannel, queue: StageQueue, delivery_limit: int) -> AbstractQueue:
-    """Declare one stage queue, its dead-letter queue and their bindings."""
+async def declare_stage_queue(
+    channel: AbstractChannel, queue: StageQueue, delivery_limit: int, *, declare: bool = True
+) -> AbstractQueue:
+    """Declare one stage queue (or the venue's), its dead-letter queue and their bindings. With ``declare``
+    False the broker's definitions own the topology (``OMS_AMQP_DECLARE_TOPOLOGY``): the queue is only looked up
+    (a passive declaration, which needs no permission; a missing queue closes the channel with NOT_FOUND)."""
+    if not declare:
+        return await channel.declare_queue(queue.name, passive=True)
     exchanges = await declare_exchanges(channel)
     dlq = await channel.declare_queue(queue.dead_letter_name, durable=True, arguments={"x-queue-type": "quorum"})
     await dlq.bind(exchanges[DEAD_LETTER_EXCHANGE], routing_key=queue.dead_letter_name)
     declared = await channel.declare_queue(
-        queue.name, durable=True, arguments=stage_queue_arguments(queue, delivery_limit)
+        queue.name, durable=True, arguments=cast("FieldTable", stage_queue_arguments(queue, delivery_limit))
     )
     for key in queue.routing_keys:
-        await declared.bind(exchanges[OMS_EXCHANGE], routing_key=key)
+        await declared.bind(exchanges[queue.exchange], routing_key=key)
     return declared
 
 
@@ -86,3 +108,14 @@ async def declare_topology(channel: AbstractChannel, delivery_limit: int) -> Non
     """Declare the whole topology, so nothing published before a worker starts is lost."""
     for queue in STAGE_QUEUES.values():
         await declare_stage_queue(channel, queue, delivery_limit)
+
+
+async def declare_subscription(channel: AbstractChannel, exchange: str, binding_keys: Iterable[str]) -> AbstractQueue:
+    """An exclusive, auto-deleted queue bound to the topic ``exchange`` (declared too, idempotent) with each key: a
+    live feed for this connection alone (prices, order updates), gone when it closes. On a robust channel it is
+    declared and bound again after a reconnect."""
+    target = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    for key in binding_keys:
+        await queue.bind(target, routing_key=key)
+    return queue

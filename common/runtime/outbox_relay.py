@@ -17,10 +17,10 @@ from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
-from common.config import Settings
 from common.messaging.connection import connect_unless_stopped
 from common.messaging.publisher import Publisher
 from common.metrics import OUTBOX_LAG_SECONDS, OUTBOX_PUBLISHED
+from common.settings import Settings
 from common.store.outbox import OutboxMessage, mark_sent
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
 
     def _take(self, connection: Connection) -> list[OutboxMessage]:
-        rows = connection.execute(_DUE, {"grace": self.settings.outbox_grace_seconds, "limit": self.batch})
+        rows = connection.execute(_DUE, {"grace": self.settings.stage.outbox_grace_seconds, "limit": self.batch})
         return [
             OutboxMessage(
                 message_id=r.message_id,
@@ -89,7 +89,9 @@ class OutboxRelay:
         return len(confirmed)
 
     async def _listen(self) -> psycopg.AsyncConnection[Any]:
-        listener = await psycopg.AsyncConnection.connect(libpq_url(self.settings.database_url), autocommit=True)
+        listener = await psycopg.AsyncConnection.connect(
+            libpq_url(self.settings.infra.worker_database_url), autocommit=True
+        )
         try:
             await listener.execute("LISTEN oms_outbox")
         except BaseException:
@@ -102,7 +104,7 @@ class OutboxRelay:
             await asyncio.wait_for(self._stopping.wait(), seconds)  # back-off, ended early by stop()
 
     async def _connect_amqp(self) -> AbstractRobustConnection | None:
-        return await connect_unless_stopped(self.settings.amqp_url, "oms.outbox_relay", self._stopping)
+        return await connect_unless_stopped(self.settings.infra.amqp_url, "oms.outbox_relay", self._stopping)
 
     async def run(self) -> None:
         """Relay until stopped; broker and database outages are waited out with back-off, never fatal."""
@@ -125,7 +127,7 @@ class OutboxRelay:
                     delay = _FIRST_DELAY
                     # Wake on the first notification, or after the poll interval for crash leftovers.
                     with contextlib.suppress(TimeoutError):
-                        async for _ in listener.notifies(timeout=self.settings.outbox_poll_seconds, stop_after=1):
+                        async for _ in listener.notifies(timeout=self.settings.stage.outbox_poll_seconds, stop_after=1):
                             break
                 except Exception as exc:
                     # The database or the broker went away. Rows taken in the failed round were not marked

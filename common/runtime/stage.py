@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -26,9 +26,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from common import jsonutil
-from common.config import Settings
 from common.contracts import text_problem
 from common.logging import log_context
+from common.messages.catalogue import MessageKind
+from common.messages.headers import USER_HEADER
 from common.messaging.batch import Record, is_carrier, pack, record_count, unpack
 from common.messaging.connection import connect_unless_stopped
 from common.messaging.deadletter import dead_letter
@@ -36,8 +37,10 @@ from common.messaging.envelope import Envelope, body_digest, message_id_of
 from common.messaging.publisher import Publisher
 from common.messaging.topology import STAGE_QUEUES, StageQueue, declare_stage_queue, declare_topology
 from common.metrics import STAGE_BATCH_SIZE, STAGE_HANDLING_SECONDS, STAGE_MESSAGES
-from common.runtime.loop import run as run_loop
-from common.store.outbox import OutboxMessage, claim_inbox, mark_sent, record_failure
+from common.orders.ports import AbstractUnitOfWork
+from common.settings import Settings
+from common.store.inbox import claim_inbox, record_failure
+from common.store.outbox import OutboxMessage, mark_sent
 from common.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,7 @@ log = logging.getLogger(__name__)
 # os._exit(137) right after committing a batch that wrote outbox rows, before publishing or marking them sent:
 # the crash the outbox relay and the consumers' inboxes must absorb. With ``router:/some/file`` it crashes only
 # while that file exists (and removes it first), so a supervised stage crashes once when a test asks, not at
-# every restart. Never set outside tests.
+# every restart. Never set outside tests; a test hook, hence read here from the environment and not a setting.
 CRASH_AFTER_COMMIT_ENV = "OMS_TEST_CRASH_AFTER_COMMIT"
 # How long marking published rows sent is retried while the database is away before giving up on it: the
 # relay publishes unsent rows again after the grace period, and the consumers' inboxes make that harmless.
@@ -54,9 +57,15 @@ MARK_SENT_GIVE_UP_SECONDS = 60.0
 # How often published rows are marked sent, all those of the interval in one statement.
 MARK_SENT_INTERVAL_SECONDS = 0.2
 
-Handler = Callable[[UnitOfWork, Envelope], None]
+# Typed with the port: a handler runs on Postgres here, and on the in-memory fakes in the unit tests.
+Handler = Callable[[AbstractUnitOfWork, Envelope], None]
 # Work done once per batch, in its transaction, after the orders are locked and before the handler runs.
-Prepare = Callable[[UnitOfWork, list[Envelope]], None]
+Prepare = Callable[[AbstractUnitOfWork, list[Envelope]], None]
+# Work done once per batch before its transaction opens, holding no lock: a call to a service outside the process
+# whose answer the handlers then use (the risk gate's Risk Analysis Service), so its latency never stretches a
+# transaction. It runs in the thread (and context) that runs the transaction right after it. It must not raise,
+# but for the database being away (the batch is then retried, the hook with it).
+BeforeTransaction = Callable[[Engine, list[Envelope]], None]
 
 
 class Companion(Protocol):
@@ -78,25 +87,53 @@ class DeadLetter(Exception):
 
 @dataclass(frozen=True)
 class StageSpec:
-    """What makes a stage: its queue, the schema of each routing key, and its handler.
+    """What makes a stage: the kinds of message it consumes, each with its handler (``handle_<kind>``).
 
-    ``prepare`` (optional) is called once per batch transaction with the envelopes about to be handled, after
-    their orders are locked: batch-wide locks and queries. ``companions`` are built when the worker starts and
-    run beside its consumer, best effort: one that fails is restarted with back-off while the stage goes on.
+    The queue is the stage's own (``STAGE_QUEUES``, bound to the keys of exactly these kinds: checked here), each
+    delivery is validated with its kind's schema and handed to its kind's handler. ``prepare`` (optional) is
+    called once per batch transaction with the envelopes about to be handled, after their orders are locked:
+    batch-wide locks and queries. ``companions`` are built when the worker starts and run beside its consumer,
+    best effort: one that fails is restarted with back-off while the stage goes on. ``before_transaction``
+    (optional) is called once per batch before its transaction opens (see ``BeforeTransaction``).
     """
 
     stage: str
-    schemas: Mapping[str, Schema]
-    handler: Handler
+    handlers: Mapping[MessageKind, Handler]
     order_id_of: Callable[[Envelope], str | None] = field(default=lambda env: env.body.get("order_id"))
     queue_override: StageQueue | None = None  # tests and tools; stages use their entry in STAGE_QUEUES
     prepare: Prepare | None = None
     companions: tuple[CompanionFactory, ...] = ()
+    before_transaction: BeforeTransaction | None = None
+
+    def __post_init__(self) -> None:
+        keys = sorted(kind.routing_key for kind in self.handlers)
+        own = STAGE_QUEUES.get(self.stage) if self.queue_override is None else None
+        if own is not None and keys != sorted(own.routing_keys):
+            raise ValueError(f"stage {self.stage} handles {keys}, its queue takes {own.routing_keys}")
+        if any(kind.schema is None for kind in self.handlers):
+            raise ValueError(f"stage {self.stage} consumes a kind without a schema")
 
     @property
     def queue(self) -> StageQueue:
         """The queue this stage consumes."""
         return self.queue_override or STAGE_QUEUES[self.stage]
+
+    @cached_property
+    def kinds(self) -> dict[str, MessageKind]:
+        """The kinds this stage consumes, by routing key."""
+        return {kind.routing_key: kind for kind in self.handlers}
+
+    def schema_for(self, routing_key: str) -> Schema | None:
+        """The schema that validates a delivery with ``routing_key``; None when the stage takes no such key."""
+        kind = self.kinds.get(routing_key)
+        return None if kind is None else kind.schema
+
+    def handle(self, uow: AbstractUnitOfWork, env: Envelope) -> None:
+        """Run the handler of the envelope's kind (``DeadLetter`` for a key the stage does not take)."""
+        kind = self.kinds.get(env.routing_key)
+        if kind is None:
+            raise DeadLetter(f"stage {self.stage} does not handle routing key {env.routing_key!r}")
+        self.handlers[kind](uow, env)
 
 
 @dataclass
@@ -158,13 +195,13 @@ def _decode(spec: StageSpec, message: _Source, delivery: _Delivery) -> None:
     for name, value in (
         ("message_id", message.message_id),
         ("correlation_id", message.correlation_id),
-        ("header x-oms-user", (message.headers or {}).get("x-oms-user")),
+        (f"header {USER_HEADER}", (message.headers or {}).get(USER_HEADER)),
     ):
         problem = _property_problem(name, value)
         if problem is not None:
             delivery.error = f"invalid properties: {problem}"
             return
-    schema = spec.schemas.get(message.routing_key or "") or spec.schemas.get("*")
+    schema = spec.schema_for(message.routing_key or "")
     if schema is None:
         delivery.error = f"no schema for routing key {message.routing_key!r}"
         return
@@ -319,12 +356,14 @@ class StageWorker:
                 correlation_id=env.correlation_id,
                 order_id=self.spec.order_id_of(env),
             ):
-                self.spec.handler(uow, env)
+                self.spec.handle(uow, env)
         return conflicts
 
     def process(self, envelopes: list[Envelope]) -> _Outcome:
         """Handle a batch in one transaction; on failure, each message alone. Blocking: call in a thread."""
         outcome = _Outcome()
+        if self.spec.before_transaction is not None:
+            self.spec.before_transaction(self.engine, envelopes)
         with UnitOfWork(self.engine, claim_outbox=True) as uow:
             try:
                 conflicts = self._handle_in_transaction(uow, envelopes)
@@ -424,8 +463,8 @@ class StageWorker:
         first = await self._inbox.get()
         batch = [first]
         size = record_count(first.headers)  # records, not deliveries: a carrier holds many
-        deadline = time.monotonic() + self.settings.batch_linger_ms / 1000
-        while size < self.settings.batch_size:
+        deadline = time.monotonic() + self.settings.stage.batch_linger_ms / 1000
+        while size < self.settings.stage.batch_size:
             try:
                 message = self._inbox.get_nowait()
             except asyncio.QueueEmpty:
@@ -540,7 +579,7 @@ class StageWorker:
         if not is_carrier(message.type):
             return False  # a plain message is dead-lettered by the broker at the limit, as it is
         count = (message.headers or {}).get("x-delivery-count")
-        return isinstance(count, int) and count >= self.settings.delivery_limit
+        return isinstance(count, int) and count >= self.settings.stage.delivery_limit
 
     async def _settle_messages(
         self, live: list[AbstractIncomingMessage], deliveries: list[_Delivery], outcome: _Outcome
@@ -680,7 +719,7 @@ class StageWorker:
 
     async def _connect(self) -> AbstractRobustConnection | None:
         """Connect (waiting for the broker with back-off), unless stopped first."""
-        return await connect_unless_stopped(self.settings.amqp_url, f"oms.{self.spec.stage}", self._stopping)
+        return await connect_unless_stopped(self.settings.infra.amqp_url, f"oms.{self.spec.stage}", self._stopping)
 
     async def _consume(self) -> None:
         delay = 0.5
@@ -690,12 +729,15 @@ class StageWorker:
                 return
             try:
                 channel = await connection.channel()
-                if self.spec.queue_override is None:
+                declare = self.settings.infra.amqp_declare_topology
+                if self.spec.queue_override is None and declare:
                     # Every stage queue, so a hand-over to a stage that has not started yet is queued.
-                    await declare_topology(channel, self.settings.delivery_limit)
+                    await declare_topology(channel, self.settings.stage.delivery_limit)
                 # Two batches' worth in flight: one being handled while the next arrives.
-                await channel.set_qos(prefetch_count=self.settings.batch_size * 2)
-                queue = await declare_stage_queue(channel, self.spec.queue, self.settings.delivery_limit)
+                await channel.set_qos(prefetch_count=self.settings.stage.batch_size * 2)
+                queue = await declare_stage_queue(
+                    channel, self.spec.queue, self.settings.stage.delivery_limit, declare=declare
+                )
                 # The robust channel consumes again by itself after a reconnect; deliveries keep arriving here.
                 tag = await queue.consume(self._on_message)
                 break
@@ -734,20 +776,8 @@ class StageWorker:
             companion.stop()
 
 
-def run_stage_forever(spec: StageSpec, worker_factory: Callable[[StageSpec], StageWorker]) -> None:
-    """Process entry point: run the stage until SIGTERM or SIGINT."""
-
-    async def main() -> None:
-        worker = worker_factory(spec)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
-        await worker.run()
-
-    run_loop(main())
-
-
 __all__ = [
+    "BeforeTransaction",
     "Companion",
     "CompanionFactory",
     "DeadLetter",
@@ -757,5 +787,4 @@ __all__ = [
     "StageSpec",
     "StageWorker",
     "decode",
-    "run_stage_forever",
 ]

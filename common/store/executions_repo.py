@@ -8,7 +8,6 @@ bust), so a bust reverses exactly what was booked and a reused execution id can 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -16,6 +15,7 @@ from sqlalchemy import Connection, text
 
 from common.domain import BookedExecution, ExecutionReportData, FillDelta
 from common.ids import new_id
+from common.orders.records import StoredReport
 from common.store.bulk import bulk_insert, rows_parameter
 
 _ZERO = Decimal(0)
@@ -58,39 +58,6 @@ _BOOKED_SQL = text(
 _MARK_BUSTED_SQL = text(
     "UPDATE execution_reports SET busted = true WHERE order_id = :order_id AND execution_id = :execution_id"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class StoredReport:
-    """The terms of a recorded report that identify it: a resend carries the same ones."""
-
-    order_id: str
-    exec_type: str
-    last_qty: Decimal | None
-    last_px: Decimal | None
-    cum_qty: Decimal | None
-    exec_ref_id: str | None
-
-    def differences(self, report: ExecutionReportData) -> list[str]:
-        """The fields in which ``report`` differs from this one (empty: the same report sent again)."""
-        theirs = {
-            "orderId": report.order_id,
-            "execType": report.exec_type.value,
-            "lastQty": report.last_qty,
-            "lastPx": report.last_px,
-            "cumQty": report.cum_qty,
-            "execRefId": report.exec_ref_id,
-        }
-        ours = {
-            "orderId": self.order_id,
-            "execType": self.exec_type,
-            # Rows from before revision 0005 have no last_qty; a missing lastQty is reported as 0.
-            "lastQty": self.last_qty if self.last_qty is not None else report.last_qty,
-            "lastPx": self.last_px if self.last_qty is not None else report.last_px,
-            "cumQty": self.cum_qty,
-            "execRefId": self.exec_ref_id,
-        }
-        return [name for name, value in theirs.items() if value != ours[name]]
 
 
 class ExecutionReportRepository:
@@ -136,9 +103,7 @@ class ExecutionReportRepository:
     ) -> str:
         """Record a report not recorded before (see ``known``); returns its row id."""
         row_id = new_id()
-        self._known[report.execution_id] = StoredReport(
-            report.order_id, report.exec_type.value, report.last_qty, report.last_px, report.cum_qty, report.exec_ref_id
-        )
+        self._known[report.execution_id] = StoredReport.of(report)
         self._checked.add(report.execution_id)
         self._pending.append(
             (

@@ -20,11 +20,13 @@ from common.domain import (
     TimeInForce,
 )
 from common.ids import new_id
+from common.messages.bodies import order_update_body, order_update_routing_key
+from common.messages.catalogue import ORDER_UPDATE
 from common.store import tables
 from common.store.bulk import bulk_insert, bulk_update, rows_parameter
+from common.store.event_chain import GENESIS, row_hash, to_bytea
+from common.store.field_crypto import open_for, open_payload, seal_for
 from common.store.outbox import Outbox
-
-ORDER_UPDATES_EXCHANGE = "oms.order_updates"
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ _ORDER_COLUMNS = (
     ("unreported_quantity", "numeric"),
     ("pending_request", "jsonb"),
     ("version", "integer"),
+    ("last_event_hash", "bytea"),
 )
 _INSERT_ORDERS = bulk_insert("orders", _ORDER_COLUMNS)
 _UPDATE_ORDERS = bulk_update("orders", "id", _ORDER_COLUMNS)
@@ -132,6 +135,8 @@ _EVENT_COLUMNS = (
     ("correlation_id", "varchar"),
     ("sequence", "integer"),
     ("message_id", "varchar"),
+    ("prev_hash", "bytea"),
+    ("hash", "bytea"),
 )
 _INSERT_EVENTS = bulk_insert("order_events", _EVENT_COLUMNS)
 
@@ -173,26 +178,6 @@ def _order_row(order: Order) -> dict[str, Any]:
     return row
 
 
-def order_update_body(order: Order, latest_execution: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The specification's ``OrderUpdate`` (camelCase), plus the account, symbol and finer state."""
-    body: dict[str, Any] = {
-        "orderId": order.id,
-        "status": order.status.value,
-        "filledQuantity": order.filled_quantity,
-        "averageExecutionPrice": order.average_execution_price,
-        "timestamp": order.updated_at,
-        "accountId": order.account_id,
-        "symbol": order.symbol,
-        "state": order.state.value,
-        "quantity": order.quantity,
-        "leavesQuantity": order.leaves_quantity,
-        "version": order.version,
-    }
-    if latest_execution is not None:
-        body["latestExecution"] = dict(latest_execution)
-    return body
-
-
 def _log_state_change(order: Order, from_state: str | None, correlation_id: str | None, message_id: str | None) -> None:
     """One DEBUG line per change of an order's state (logged when recorded, before the commit: a batch retried
     message by message logs its changes again). Not INFO: a line per message per stage is a measurable share of
@@ -214,11 +199,6 @@ def _log_state_change(order: Order, from_state: str | None, correlation_id: str 
 def _public_view(order: Order) -> tuple[str, Decimal, Decimal, str]:
     """What subscribers see change (status, filled and ordered quantity), then the internal state."""
     return (order.status.value, order.filled_quantity, order.quantity, order.state.value)
-
-
-def order_update_routing_key(order: Order) -> str:
-    """``<accountId>.<symbol>.<STATUS>``; a dot inside an id would split a topic word, so it becomes '_'."""
-    return ".".join(part.replace(".", "_") for part in (order.account_id, order.symbol, order.status.value))
 
 
 class OrderRepository:
@@ -243,20 +223,24 @@ class OrderRepository:
         self._dirty: dict[str, Order] = {}
         self._event_rows: list[dict[str, Any]] = []
         self._sequence: dict[str, int] = {}
+        # order id -> the hash of its last event (the chain head): read with the order, advanced at flush.
+        self._head: dict[str, bytes] = {}
         self._seen: dict[str, tuple[str, Decimal, Decimal, str]] = {}
         self._creation_terms: dict[str, dict[str, Any]] = {}
 
-    def _remember(self, order: Order, last_sequence: int) -> Order:
+    def _remember(self, order: Order, last_sequence: int, head: bytes | None = None) -> Order:
         self._orders[order.id] = order
         if order.client_order_id is not None:
             self._by_client_key[(order.account_id, order.client_order_id)] = order.id
         self._sequence[order.id] = last_sequence
+        if head is not None:
+            self._head[order.id] = head
         self._seen[order.id] = _public_view(order)
         return order
 
     def _load(self, query: Any, parameters: Mapping[str, Any] | None = None) -> list[Order]:
         return [
-            self._remember(order_from_row(row), row["last_sequence"] or 0)
+            self._remember(self._opened(order_from_row(row)), row["last_sequence"] or 0, row["last_event_hash"])
             for row in self._connection.execute(query, parameters or {}).mappings()
         ]
 
@@ -286,14 +270,6 @@ class OrderRepository:
         loaded = self._load(_LOAD_BY_IDS, {"ids": [order_id]})
         return loaded[0] if loaded else None
 
-    def get_many(self, order_ids: Iterable[str]) -> dict[str, Order]:
-        """Several orders in one round trip (lock them first with ``lock`` when they will change)."""
-        ids = set(order_ids)
-        missing = [i for i in ids if i not in self._orders]
-        if missing:
-            self._load(_LOAD_BY_IDS, {"ids": missing})
-        return {i: self._orders[i] for i in ids if i in self._orders}
-
     def prefetch_client_orders(self, keys: Iterable[tuple[str, str]]) -> None:
         """Look up many idempotency keys (account id, client order id) in one round trip."""
         wanted = {k for k in keys if k not in self._by_client_key}
@@ -301,11 +277,7 @@ class OrderRepository:
             return
         o = tables.orders.c
         pairs = sorted(wanted)
-        self._load(
-            select(tables.orders, _EVENT_SEQ).where(
-                tuple_(o.account_id, o.client_order_id).in_(pairs)  # type: ignore[arg-type]
-            )
-        )
+        self._load(select(tables.orders, _EVENT_SEQ).where(tuple_(o.account_id, o.client_order_id).in_(pairs)))
         for key in wanted:
             self._by_client_key.setdefault(key, None)  # looked up: no such order
 
@@ -333,7 +305,7 @@ class OrderRepository:
         ).scalar()
         if payload is None:
             return None
-        self._creation_terms[order_id] = dict(payload)
+        self._creation_terms[order_id] = open_payload(self._connection, payload, order_id)  # notes decrypted
         return self._creation_terms[order_id]
 
     def add(
@@ -380,17 +352,55 @@ class OrderRepository:
 
     def flush(self) -> None:
         """Write the buffered inserts, updates and events: a statement each, whatever the batch size."""
+        self._chain_events()
         if self._new:
-            rows = [_order_row(o) for o in self._new.values()]
+            rows = [self._order_row(o) for o in self._new.values()]
             self._connection.execute(_INSERT_ORDERS, rows_parameter(rows, _ORDER_COLUMNS))
         if self._dirty:
-            rows = [_order_row(o) for o in self._dirty.values()]
+            rows = [self._order_row(o) for o in self._dirty.values()]
             self._connection.execute(_UPDATE_ORDERS, rows_parameter(rows, _ORDER_COLUMNS))
         if self._event_rows:
             self._connection.execute(_INSERT_EVENTS, rows_parameter(self._event_rows, _EVENT_COLUMNS))
         self._new.clear()
         self._dirty.clear()
         self._event_rows.clear()
+
+    def _opened(self, order: Order) -> Order:
+        """The order read, its notes decrypted (``common.store.field_crypto``; legacy plaintext reads as is)."""
+        if order.notes:
+            order.notes = open_for(self._connection, order.notes, order.id)
+        return order
+
+    def _order_row(self, order: Order) -> dict[str, Any]:
+        row = _order_row(order)
+        # Encrypted at rest; the value read or last written is reused while the notes and the key stay the same.
+        row["notes"] = seal_for(self._connection, order.notes, order.id)
+        head = self._head.get(order.id)
+        row["last_event_hash"] = None if head is None else to_bytea(head)
+        return row
+
+    def _chain_events(self) -> None:
+        """Hash the buffered events onto their orders' chains (``common.store.event_chain``), in the order they
+        were recorded, and move each order's head along; the order rows written next carry the new heads.
+
+        The rows are hashed as they will be inserted: whatever changes a row's fields must do it before this.
+        Measured: 4.5 µs of this process's CPU per event (a payload serialisation, a parse, a sha256), 13 µs an
+        order of three; no read (the head came with the order); the server stores 66 bytes more per event.
+        """
+        head = self._head
+        for row in self._event_rows:
+            previous = head.get(row["order_id"], GENESIS)
+            digest = row_hash(previous, row)
+            row["prev_hash"], row["hash"] = to_bytea(previous), to_bytea(digest)
+            head[row["order_id"]] = digest
+
+    def _stored_payload(self, order_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """An event's payload as stored: its notes (ORDER_CREATED's terms) encrypted at rest. Before the chain
+        hashes the row, so the hash covers what is stored."""
+        stored = dict(payload)
+        if stored.get("notes"):
+            stored["notes"] = seal_for(self._connection, stored["notes"], order_id)
+        return stored
 
     def _write_events(
         self, order: Order, correlation_id: str | None, message_id: str | None, user_id: str | None
@@ -408,7 +418,7 @@ class OrderRepository:
                     "id": new_id(),
                     "order_id": order.id,
                     "type": event.type.value,
-                    "payload": dict(event.payload),
+                    "payload": self._stored_payload(order.id, event.payload),
                     "user_id": event.user_id or user_id,
                     "timestamp": event.timestamp,
                     "correlation_id": correlation_id or order.id,
@@ -419,10 +429,5 @@ class OrderRepository:
         self._sequence[order.id] = sequence
 
     def _announce(self, order: Order, latest_execution: Mapping[str, Any] | None) -> None:
-        self._outbox.add(
-            exchange=ORDER_UPDATES_EXCHANGE,
-            routing_key=order_update_routing_key(order),
-            type="OrderUpdate",
-            body=order_update_body(order, latest_execution),
-            correlation_id=order.id,
-        )
+        body = order_update_body(order, latest_execution)
+        ORDER_UPDATE.send(self._outbox, body, order.id, routing_key=order_update_routing_key(order))

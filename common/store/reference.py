@@ -3,42 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import time
-from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
-
-@dataclass(frozen=True)
-class Account:
-    """A trading account."""
-
-    id: str
-    name: str
-    account_type: str
-    base_currency: str
-    cash_balance: Decimal
-    active: bool
-
-
-@dataclass(frozen=True)
-class Instrument:
-    """A tradable instrument with its tick, lot and session."""
-
-    symbol: str
-    name: str
-    asset_class: str
-    currency: str
-    tick_size: Decimal
-    lot_size: Decimal
-    tradable: bool
-    settlement_days: int | None
-    session_open: time | None
-    session_close: time | None
-    session_timezone: str | None
-    reference_price: Decimal | None
-
+from common.orders.records import Account, Instrument
 
 # Accounts and instruments in one statement, whatever the number asked for (built once; arrays, not IN lists).
 _REFERENCE = text(

@@ -1,13 +1,9 @@
 """Venue requests (``order_requests``): one row per new, cancel or replace request the OMS sends the venue.
 
-Two ways in: ``RequestRepository`` (``uow.repository(RequestRepository)``), which buffers new rows and status moves
-and writes each kind in one statement per batch, for the stages' hot paths; and the functions below, which run
-at once on a connection, for the rarer callers.
-
-Statuses: PENDING (written, not yet handed to the broker; a replace waits for the risk gate, then the router),
-SENT (in the router's outbox), SKIPPED (not sent: the order ended or another request superseded it; the reason
-says which), ACCEPTED (the venue acknowledged it), DONE (the venue carried it out), REJECTED (the venue refused
-it, or the risk gate refused a replace's new terms: the reason says which rule). DONE and REJECTED are final.
+Two ways in: ``RequestRepository`` (``uow.requests``), which buffers new rows and status moves and writes each
+kind in one statement per batch, for the stages, the order commands and the jobs; and the functions below, which
+run at once on a connection, for tools and tests that set rows up. The statuses are
+``common.orders.records``'s.
 """
 
 from __future__ import annotations
@@ -15,48 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, bindparam, insert, select, text
+from sqlalchemy import ARRAY, Connection, RowMapping, String, any_, bindparam, insert, select, text
 
+from common.orders.records import FINAL_REQUEST_STATUSES, VenueRequest
 from common.store import tables
 from common.store.bulk import bulk_insert, rows_parameter
-
-# order_requests.kind: the domain's RequestKind plus the router's NEW.
-REQUEST_NEW = "NEW"
-REQUEST_PENDING = "PENDING"
-REQUEST_SENT = "SENT"
-REQUEST_SKIPPED = "SKIPPED"
-REQUEST_ACCEPTED = "ACCEPTED"
-REQUEST_DONE = "DONE"
-REQUEST_REJECTED = "REJECTED"
-FINAL_REQUEST_STATUSES = (REQUEST_DONE, REQUEST_REJECTED)
-
-
-@dataclass(frozen=True)
-class VenueRequest:
-    """An ``order_requests`` row: one new/cancel/replace request for the venue."""
-
-    request_id: str
-    order_id: str
-    kind: str
-    terms: Mapping[str, Any]
-    status: str
-    reason: str | None
-    created_by: str | None
-
-
-def _decimal(value: object) -> Decimal | None:
-    # JSONB may come back as float through an engine without the Decimal-exact deserialiser.
-    return None if value is None else Decimal(str(value))
-
-
-def terms_of(request: VenueRequest) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
-    """The (quantity, price, stop price) a replace request asks for."""
-    terms = request.terms
-    return _decimal(terms.get("quantity")), _decimal(terms.get("price")), _decimal(terms.get("stopPrice"))
-
 
 _INSERT_ONE = insert(tables.order_requests)
 _LOAD_ONE = (
@@ -150,9 +111,18 @@ def answer_request(
 
 # --------------------------------------------------------------------------- the buffered repository
 
-_LOCK_SQL = text(
-    "SELECT request_id, order_id, kind, terms, status, reason, created_by FROM order_requests "
-    "WHERE request_id = ANY(CAST(:ids AS varchar[])) ORDER BY request_id FOR UPDATE"
+# Typed (not text): the JSON terms come back through the engine's Decimal-exact deserialiser.
+_LOCK_SQL = (
+    select(tables.order_requests)
+    .where(tables.order_requests.c.request_id == any_(bindparam("ids", type_=ARRAY(String))))
+    .order_by(tables.order_requests.c.request_id)
+    .with_for_update()
+)
+_LATEST_SQL = (
+    select(tables.order_requests)
+    .where(tables.order_requests.c.order_id == bindparam("order_id"), tables.order_requests.c.kind == bindparam("kind"))
+    .order_by(tables.order_requests.c.created_at.desc())
+    .limit(1)
 )
 _STATUS_SQL = text(
     "SELECT request_id, order_id, status FROM order_requests WHERE request_id = ANY(CAST(:ids AS varchar[]))"
@@ -198,7 +168,7 @@ class _Move:
 
 
 class RequestRepository:
-    """``order_requests`` of one transaction, used through ``uow.repository(RequestRepository)``.
+    """``order_requests`` of one transaction (``uow.requests``).
 
     New rows and status moves are buffered and written at ``flush`` in one statement each, whatever the batch
     size; reads see what is buffered. ``prefetch`` looks up many requests' status in one round trip (no lock),
@@ -267,6 +237,12 @@ class RequestRepository:
         """The request, locked for this transaction, as this transaction sees it (None if there is none)."""
         self.lock([request_id])
         return self._locked.get(request_id)
+
+    def latest(self, order_id: str, kind: str) -> VenueRequest | None:
+        """The order's request of this kind written last (not locked), None if it has none."""
+        self.flush()  # it may be this transaction's
+        row = self._connection.execute(_LATEST_SQL, {"order_id": order_id, "kind": kind}).mappings().first()
+        return None if row is None else venue_request(row)
 
     # --- writes (buffered)
 

@@ -1,6 +1,6 @@
 """Settlement's tables: trade confirmations, settlement instructions and positions (caller's transaction).
 
-``SettlementRepository`` is a buffered repository of the unit of work (``uow.repository(SettlementRepository)``):
+``SettlementRepository`` is a buffered repository of the unit of work (``uow.settlement``):
 a batch ``prepare``s it once (locks its positions, loads its instruments and the confirmations of its execution
 ids, four statements), its handler then works in memory, and ``flush`` writes the batch's confirmations,
 instructions and positions in one statement per table. Anything not prepared is read on first use, one
@@ -12,63 +12,15 @@ Plain SQL built once at import: building statements per call showed up in settle
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, text
 
+from common.orders.records import BookedTrade, Confirmation, Position, PositionKey, SettlementInstrument
 from common.store.bulk import bulk_insert, bulk_update, rows_parameter
 
-_ZERO = Decimal(0)
 _TICK = timedelta(microseconds=1)
-
-Key = tuple[str, str]  # (account_id, symbol)
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """An account's holding of a symbol: signed quantity (negative = short), average cost, realized P&L."""
-
-    quantity: Decimal = _ZERO
-    average_cost: Decimal = _ZERO
-    realized_pnl: Decimal = _ZERO
-
-
-@dataclass(frozen=True, slots=True)
-class BookedTrade:
-    """What a confirmation says about the position: who bought or sold how much at what price."""
-
-    execution_id: str
-    side: str
-    quantity: Decimal
-    price: Decimal
-
-
-@dataclass(frozen=True, slots=True)
-class Confirmation:
-    """A stored trade confirmation (the fields settlement needs to reverse it)."""
-
-    id: str
-    execution_id: str
-    side: str
-    quantity: Decimal
-    price: Decimal
-    fees: Decimal
-    trade_date: date
-    settlement_date: date
-
-
-@dataclass(frozen=True, slots=True)
-class SettlementInstrument:
-    """What settlement needs of an instrument: its currency and settlement cycle."""
-
-    symbol: str
-    asset_class: str
-    currency: str
-    settlement_days: int | None
-
 
 # Missing positions are created flat, in the caller's (sorted) order, so overlapping batches queue.
 _CREATE_POSITIONS = text(
@@ -157,8 +109,8 @@ class SettlementRepository:
 
     def reset(self) -> None:
         """Forget what this transaction locked, read and buffered (after a commit or a rollback)."""
-        self._positions: dict[Key, Position] = {}  # locked, as this transaction leaves them
-        self._dirty: dict[Key, datetime] = {}  # positions to write, with their updated_at
+        self._positions: dict[PositionKey, Position] = {}  # locked, as this transaction leaves them
+        self._dirty: dict[PositionKey, datetime] = {}  # positions to write, with their updated_at
         self._instruments: dict[str, SettlementInstrument | None] = {}
         self._confirmations: dict[tuple[str, bool], Confirmation] = {}  # booked, before or in this transaction
         self._checked: set[str] = set()  # execution ids whose confirmations are in _confirmations
@@ -180,7 +132,7 @@ class SettlementRepository:
                 row.symbol, row.asset_class, row.currency, row.settlement_days
             )
 
-    def lock_positions(self, keys: Iterable[Key], now: datetime) -> None:
+    def lock_positions(self, keys: Iterable[PositionKey], now: datetime) -> None:
         """Lock these (account_id, symbol) positions, creating flat ones first, in sorted order so the writers of
         overlapping batches queue behind each other instead of deadlocking; two statements for the lot.
 
@@ -253,16 +205,7 @@ class SettlementRepository:
     def add(self, confirmation: Mapping[str, Any], instruction: Mapping[str, Any]) -> None:
         """Buffer a confirmation (not booked before: see ``confirmation``) and its instruction."""
         execution_id: str = confirmation["execution_id"]
-        self._confirmations[(execution_id, confirmation["reversal"])] = Confirmation(
-            confirmation["id"],
-            execution_id,
-            confirmation["side"],
-            confirmation["quantity"],
-            confirmation["price"],
-            confirmation["fees"],
-            confirmation["trade_date"],
-            confirmation["settlement_date"],
-        )
+        self._confirmations[(execution_id, confirmation["reversal"])] = Confirmation.of(confirmation)
         self._new_confirmations.append(confirmation)
         self._new_instructions.append(instruction)
 

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -95,6 +96,8 @@ orders = Table(
     Column("pending_request", JSONB),
     Column("created_by", String(100)),
     Column("version", Integer, nullable=False),
+    # The hash of the order's last event (common/store/event_chain.py); NULL while it has none.
+    Column("last_event_hash", LargeBinary),
 )
 
 execution_reports = Table(
@@ -135,6 +138,22 @@ order_events = Table(
     Column("correlation_id", String(100)),
     Column("sequence", Integer, nullable=False),
     Column("message_id", String(100)),
+    # The hash chain (migration 0007): the previous event's hash, and this row's over it and its fields.
+    Column("prev_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+# What retention dropped of an order's chain (migration 0007): one row per order whose events it deleted.
+purged_order_chains = Table(
+    "purged_order_chains",
+    metadata,
+    Column("order_id", String(36), primary_key=True),
+    Column("last_sequence", Integer, nullable=False),
+    Column("last_event_hash", LargeBinary, nullable=False),
+    Column("retention_days", Integer, nullable=False),
+    _ts("cutoff"),
+    _ts("purged_at"),
+    Column("purged_by", String(100), nullable=False),
 )
 
 order_requests = Table(

@@ -1,32 +1,25 @@
-"""The unit of work: one transaction, the repositories that share it, and the outbox it fills."""
+"""The unit of work on Postgres: one transaction, the repositories that share it, and the outbox it fills.
+
+It keeps the contract of ``common.orders.ports.AbstractUnitOfWork``, which the handlers and the order commands are
+typed with; ``connection`` is for the stage runtime's inbox and for the read model, never for domain writes.
+"""
 
 from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine
 
+from common.orders.ports import BufferedRepository, RepositorySlot, RepositoryT
 from common.store.executions_repo import ExecutionReportRepository
 from common.store.orders_repo import OrderRepository
 from common.store.outbox import Outbox, OutboxMessage
 from common.store.reference import ReferenceData
-
-
-class BufferedRepository(Protocol):
-    """A repository of one transaction that buffers its writes: built on the transaction's connection, written
-    at ``flush`` (before the commit and before any SQL run through ``uow.connection``), forgotten at ``reset``."""
-
-    def flush(self) -> None:
-        """Write what is buffered."""
-
-    def reset(self) -> None:
-        """Forget what was read and buffered (after a commit or a rollback)."""
-
-
-RepositoryT = TypeVar("RepositoryT", bound=BufferedRepository)
+from common.store.requests_repo import RequestRepository
+from common.store.settlement_repo import SettlementRepository
 
 
 class UnitOfWork:
@@ -38,7 +31,7 @@ class UnitOfWork:
         self._connection: Connection | None = None
         self.committed: list[OutboxMessage] = []
         self._after_commit: list[tuple[contextvars.Context, Callable[[], None]]] = []
-        self._repositories: dict[Callable[[Connection], BufferedRepository], BufferedRepository] = {}
+        self._repositories: dict[RepositorySlot[Any], BufferedRepository] = {}
 
     def __enter__(self) -> UnitOfWork:
         self._connection = self._engine.connect()
@@ -47,31 +40,36 @@ class UnitOfWork:
         self.orders = OrderRepository(self._connection, self.outbox)
         self.executions = ExecutionReportRepository(self._connection)
         self.reference = ReferenceData(self._connection)
+        self.requests = RequestRepository(self._connection)
+        self.settlement = SettlementRepository(self._connection)
         return self
 
     @property
     def connection(self) -> Connection:
-        """The transaction's connection, for stage-specific repositories.
+        """The transaction's connection, for the stage runtime's inbox and the API's read model.
 
-        The orders' buffered writes go out first (an autoflush), so SQL run here sees them and may refer to
-        them; a handler that never needs the connection keeps its whole batch buffered until commit.
+        The buffered writes go out first (an autoflush), so SQL run here sees them and may refer to them; a
+        handler never needs it (it is not part of the port), so its whole batch stays buffered until commit.
         """
         assert self._connection is not None, "unit of work used outside its with-block"
         self._flush()
         return self._connection
 
-    def repository(self, factory: Callable[[Connection], RepositoryT]) -> RepositoryT:
-        """The transaction's one instance of a stage's buffered repository (built on first use).
+    def repository(self, slot: RepositorySlot[RepositoryT]) -> RepositoryT:
+        """The transaction's one instance of a stage's own repository (built by the slot, given this unit of work,
+        on first use: a Postgres repository of a stage reads through ``connection``, which writes what the shared
+        repositories buffered first, so it sees the transaction's own writes).
 
-        Its buffered writes go out with the orders' (after them: rows may refer to orders) at every flush, so a
-        batch writes each table once whatever its size.
+        Its buffered writes go out after the shared repositories' (rows may refer to orders) at every flush, so
+        a batch writes each table once whatever its size.
         """
-        found = self._repositories.get(factory)
-        if found is None:
-            assert self._connection is not None, "unit of work used outside its with-block"
-            found = factory(self._connection)
-            self._repositories[factory] = found
-        return found  # type: ignore[return-value]
+        found = self._repositories.get(slot)
+        if found is not None:
+            return cast(RepositoryT, found)  # built by this slot: its port's type
+        assert self._connection is not None, "unit of work used outside its with-block"
+        built = slot.build(self)
+        self._repositories[slot] = built
+        return built
 
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run ``action`` once this transaction commits (never if it rolls back): metrics and log lines about
@@ -80,9 +78,11 @@ class UnitOfWork:
         self._after_commit.append((contextvars.copy_context(), action))
 
     def _flush(self) -> None:
-        # Orders first: execution reports and events refer to them.
+        # Orders first: execution reports, requests and events refer to them.
         self.orders.flush()
         self.executions.flush()
+        self.requests.flush()
+        self.settlement.flush()
         for repository in self._repositories.values():
             repository.flush()
 
@@ -104,6 +104,8 @@ class UnitOfWork:
         self.orders.reset()
         self.executions.reset()
         self.reference.reset()
+        self.requests.reset()
+        self.settlement.reset()
         for repository in self._repositories.values():
             repository.reset()
 

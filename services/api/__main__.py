@@ -4,7 +4,9 @@
     python -m services.api --rest-only     # or --grpc-only; --rest-port/--grpc-port/--workers override
 
 gunicorn's arbiter runs in this process and serves REST from its workers (gthread); the gRPC server runs in
-a child process. When either ends, the other is stopped too, so a supervisor sees one service go down.
+a child process. When either ends, the other is stopped too, so a supervisor sees one service go down. The
+settings are built once, here (``common.runtime.process``), and handed to the workers and the gRPC child; gunicorn
+handles SIGTERM itself (its workers finish the requests at hand), and the gRPC child drains on the same signal.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from common.config import Settings, load_settings
-from common.logging import configure_logging
+from common.runtime.process import configure_process, settings_or_exit
+from common.settings import Settings
 
 log = logging.getLogger("services.api")
 
@@ -34,7 +36,7 @@ def _prepare_metrics_dir(settings: Settings) -> Path | None:
     """
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         return None
-    folder = settings.data_dir / "prometheus" / f"api-{os.getpid()}"
+    folder = settings.infra.data_dir / "prometheus" / f"api-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
@@ -44,11 +46,11 @@ def _prepare_metrics_dir(settings: Settings) -> Path | None:
 # ---- REST ---------------------------------------------------------------------------------------------------
 
 
-def _gunicorn_app(options: dict[str, Any], on_exit: Any) -> Any:
+def _gunicorn_app(settings: Settings, options: dict[str, Any], on_exit: Any) -> Any:
     from gunicorn.app.base import BaseApplication
 
     class RestApplication(BaseApplication):  # type: ignore[misc]
-        """gunicorn serving ``services.api.rest.create_app`` (built in each worker, after the fork)."""
+        """gunicorn serving ``services.api.app.create_app`` (built in each worker, after the fork)."""
 
         def load_config(self) -> None:
             for key, value in options.items():
@@ -57,14 +59,12 @@ def _gunicorn_app(options: dict[str, Any], on_exit: Any) -> Any:
             self.cfg.set("on_exit", on_exit)
 
         def load(self) -> Any:
-            from common import bootstrap
-            from services.api.health import answer_503_while_the_database_is_away
-            from services.api.rest import create_app
+            # In each worker, after the fork: its own engine (a pool must not cross a fork), the parent's settings.
+            from services.api.app import create_app
+            from services.api.database import front_end_engine
 
-            configure_logging("oms.api.rest", bootstrap.settings().log_level)
-            app = create_app(bootstrap.settings(), bootstrap.engine())
-            answer_503_while_the_database_is_away(app)
-            return app
+            configure_process("oms.api.rest", settings)
+            return create_app(settings, front_end_engine(settings))
 
     return RestApplication()
 
@@ -127,23 +127,24 @@ def _watch(child: BaseProcess, stopping: threading.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     # Not common.bootstrap here: it imports prometheus_client, which must wait for _prepare_metrics_dir.
-    settings = load_settings()
+    settings = settings_or_exit()
     parser = argparse.ArgumentParser(prog="python -m services.api", description=__doc__.splitlines()[0])
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--rest-only", action="store_true", help="serve REST only")
     only.add_argument("--grpc-only", action="store_true", help="serve gRPC only")
-    parser.add_argument("--host", default=settings.api_host, help="address to listen on (OMS_API_HOST)")
-    parser.add_argument("--rest-port", type=int, default=settings.rest_port)
-    parser.add_argument("--grpc-port", type=int, default=settings.grpc_port)
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("OMS_API_WORKERS", "2")))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMS_API_THREADS", "8")))
+    api = settings.api
+    parser.add_argument("--host", default=api.host, help="address to listen on (OMS_API_HOST)")
+    parser.add_argument("--rest-port", type=int, default=api.rest_port, help="(OMS_REST_PORT)")
+    parser.add_argument("--grpc-port", type=int, default=api.grpc_port, help="(OMS_GRPC_PORT)")
+    parser.add_argument("--workers", type=int, default=api.workers, help="gunicorn workers (OMS_API_WORKERS)")
+    parser.add_argument("--threads", type=int, default=api.threads, help="threads per worker (OMS_API_THREADS)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    configure_logging("oms.api", settings.log_level)
+    configure_process("oms.api", settings)
 
     if args.grpc_only:
         from services.api.grpc_server import run_in_child
 
-        run_in_child(args.host, args.grpc_port)
+        run_in_child(settings, args.host, args.grpc_port)
         return 0
 
     metrics_dir = _prepare_metrics_dir(settings)
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         from services.api.grpc_server import run_in_child
 
         child = multiprocessing.get_context("spawn").Process(
-            target=run_in_child, args=(args.host, args.grpc_port), name="oms-api-grpc"
+            target=run_in_child, args=(settings, args.host, args.grpc_port), name="oms-api-grpc"
         )
         child.start()
         threading.Thread(target=_watch, args=(child, stopping), daemon=True, name="grpc-watch").start()
@@ -173,14 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "graceful_timeout": 10,
         "proc_name": "oms-api-rest",
-        "loglevel": settings.log_level.lower(),
+        "loglevel": settings.logging.level.lower(),
         # JSON lines like every other process (_json_logger_class): gunicorn's own on stderr, one per request
         # (the access log) on stdout; the supervisor sends both to api.log.
         "logger_class": _json_logger_class(),
         "accesslog": "-",
     }
     log.info("starting REST on %s:%s", args.host, args.rest_port)
-    _gunicorn_app(options, on_exit).run()
+    _gunicorn_app(settings, options, on_exit).run()
     return 0
 
 

@@ -85,6 +85,17 @@ class Unavailable(ApiError):
     code = "SERVICE_UNAVAILABLE"
 
 
+class RateLimited(ApiError):
+    """The caller (its token subject, or the account it writes to) is over its rate limit (REST 429 with
+    ``Retry-After``, gRPC RESOURCE_EXHAUSTED with ``retry-after`` in the trailing metadata)."""
+
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class IdempotencyConflict(Conflict):
     """An Idempotency-Key / clientOrderId used before for an order with other terms (REST 422 with ``code`` and
     ``errors`` naming the terms that differ; gRPC FAILED_PRECONDITION, as a Conflict)."""

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, g
 from flask.views import MethodView
 from flask_smorest import Api
 from marshmallow import fields, post_dump, validate
 from sqlalchemy import Engine
 
-from services.api.auth import AuthenticationError, Principal, TokenService
-from services.api.errors import Unauthenticated
+from services.api.auth import Principal
+from services.api.blueprints import ApiBlueprint, bearer_principal, extension
 from services.api.order_events import MAX_EVENTS, visible_order_events
 from services.api.order_service import OrderService
-from services.api.rest import EXTENSION, ApiBlueprint
 from services.api.schemas import ApiSchema, MessageSchema
 
 ENGINE_KEY = "oms.events.engine"
@@ -74,11 +73,7 @@ class OrderEventsSchema(ApiSchema):
 @blp.before_request
 def _authenticate() -> None:
     """A valid bearer token, checked before anything else (scope and account are checked per order)."""
-    tokens: TokenService = current_app.extensions[EXTENSION]["tokens"]
-    try:
-        g.principal = tokens.verify_header(request.headers.get("Authorization"))
-    except AuthenticationError as exc:
-        raise Unauthenticated(str(exc)) from exc
+    g.principal = bearer_principal()
 
 
 @blp.route("/<orderId>/events")
@@ -94,7 +89,7 @@ class OrderEventsResource(MethodView):
     @blp.alt_response(404, schema=MessageSchema, description="Order not found")
     def get(self, args: dict[str, Any], orderId: str) -> dict[str, Any]:
         """An order's events in sequence (404 also for another account's order)."""
-        service: OrderService = current_app.extensions[EXTENSION]["service"]
+        service: OrderService = extension()["service"]
         engine: Engine = current_app.extensions[ENGINE_KEY]
         principal: Principal = g.principal
         events = visible_order_events(

@@ -62,7 +62,8 @@ def datetime_of(stamp: Timestamp) -> datetime | None:
     """An aware datetime of a Timestamp; None when unset (zero)."""
     if stamp.seconds == 0 and stamp.nanos == 0:
         return None
-    return stamp.ToDatetime(tzinfo=UTC)
+    moment: datetime = stamp.ToDatetime(tzinfo=UTC)
+    return moment
 
 
 def _enum_name(enum: Any, value: int, prefix: str, field: str, required: bool) -> str | None:
@@ -98,7 +99,8 @@ def status_of(value: int, field: str = "status") -> str | None:
 
 
 def _status_pb(status: str) -> pb.OrderStatus:
-    return pb.OrderStatus.Value(_STATUS_PREFIX + status)
+    value: pb.OrderStatus = pb.OrderStatus.Value(_STATUS_PREFIX + status)
+    return value
 
 
 def create_request_body(request: pb.CreateOrderRequest) -> dict[str, Any]:

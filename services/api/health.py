@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from common.health import UP, dependency_checks
-from common.health import Readiness as CachedChecks
+from common.health import UP, CachedChecks, dependency_checks
 from services.api.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -62,3 +62,5 @@ def answer_503_while_the_database_is_away(app: Flask) -> None:
     """
     app.register_error_handler(OperationalError, _database_unavailable)
     app.register_error_handler(psycopg.OperationalError, _database_unavailable)
+    # Every pooled connection taken for longer than the pool's timeout: the database is too slow to serve.
+    app.register_error_handler(PoolTimeout, _database_unavailable)

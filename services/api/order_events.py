@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from common.store import tables
+from common.store.field_crypto import open_payload
 from services.api.auth import SCOPE_READ, Principal
 from services.api.order_service import OrderService
 
@@ -32,7 +33,8 @@ _COLUMNS = [
 def order_events(
     connection: Connection, order_id: str, after_sequence: int = 0, limit: int = MAX_EVENTS
 ) -> list[dict[str, Any]]:
-    """The order's events with a sequence above ``after_sequence``, in sequence order (snake_case dicts)."""
+    """The order's events with a sequence above ``after_sequence``, in sequence order (snake_case dicts), their
+    encrypted fields (the notes of ORDER_CREATED) opened with the connection's data keys."""
     events = tables.order_events
     rows = connection.execute(
         select(*_COLUMNS)
@@ -40,7 +42,7 @@ def order_events(
         .order_by(events.c.sequence)
         .limit(limit)
     ).mappings()
-    return [dict(row) for row in rows]
+    return [{**row, "payload": open_payload(connection, row["payload"], order_id)} for row in rows]
 
 
 def visible_order_events(

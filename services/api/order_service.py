@@ -1,6 +1,6 @@
 """What the REST and gRPC front ends do with orders: authorise, validate, run the shared order commands, read.
 
-Writes go through ``services.intake.commands`` in one unit of work each (the outbox rows they write are
+Writes go through ``common.orders.commands`` in one unit of work each (the outbox rows they write are
 published by the outbox relay); reads come from the read model (``services.api.queries``). Every answer is
 the order as the read model shows it after the change. Errors are ``services.api.errors`` exceptions.
 """
@@ -20,21 +20,15 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from common.domain import InvalidCommand, InvalidTransition, Order
 from common.domain.validation import Code, validate_order
 from common.logging import log_context
+from common.orders.commands import cancel_order, modify_order, submit_order
+from common.orders.duplicates import check_duplicate
+from common.orders.errors import ConflictingDuplicate, InvalidOrderTerms, OrderNotFound, UnknownAccount
+from common.orders.order_request import OrderRequest
 from common.store.uow import UnitOfWork
 from services.api import queries
 from services.api.auth import SCOPE_READ, SCOPE_WRITE, Principal
 from services.api.errors import Conflict, FieldError, Forbidden, IdempotencyConflict, InvalidRequest, NotFound
-from services.intake.commands import (
-    ConflictingDuplicate,
-    InvalidOrderTerms,
-    OrderNotFound,
-    OrderRequest,
-    UnknownAccount,
-    cancel_order,
-    check_duplicate,
-    modify_order,
-    submit_order,
-)
+from services.api.rate_limit import FrontEndLimits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,8 +102,11 @@ def _key_reused(exc: ConflictingDuplicate) -> IdempotencyConflict:
 class OrderService:
     """Order operations on behalf of an authenticated caller."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, limits: FrontEndLimits | None = None) -> None:
         self._engine = engine
+        # Order writes count against the order's account (RateLimited when it is over); reads are counted by
+        # the transports, against the token's subject.
+        self._limits = limits or FrontEndLimits.unlimited()
 
     # ---- authorisation --------------------------------------------------------------------------------
 
@@ -161,6 +158,7 @@ class OrderService:
         """Book an order; returns (order, created). The same client order id returns the same order."""
         self.require_scope(principal, SCOPE_WRITE)
         self.require_account(principal, request.account_id)
+        self._limits.write(request.account_id)
         try:
             return self._create_once(principal, request)
         except IntegrityError as exc:
@@ -218,7 +216,7 @@ class OrderService:
     def cancel(self, principal: Principal, order_id: str, reason: str | None) -> dict[str, Any]:
         """Cancel the order (at once if unrouted, else by a request to the venue)."""
         self.require_scope(principal, SCOPE_WRITE)
-        self._visible(principal, order_id)
+        self._limits.write(self._visible(principal, order_id)["account_id"])
         return _retrying("cancel", lambda: self._cancel_once(principal, order_id, reason))
 
     def _cancel_once(self, principal: Principal, order_id: str, reason: str | None) -> dict[str, Any]:
@@ -244,7 +242,7 @@ class OrderService:
     ) -> dict[str, Any]:
         """Change the order's terms (values left None keep the current ones)."""
         self.require_scope(principal, SCOPE_WRITE)
-        self._visible(principal, order_id)
+        self._limits.write(self._visible(principal, order_id)["account_id"])
         return _retrying(
             "modify",
             lambda: self._modify_once(
@@ -286,6 +284,8 @@ class OrderService:
 
     @staticmethod
     def _read(uow: UnitOfWork, order_id: str) -> dict[str, Any]:
+        # The read model, not a repository: the answer is the order as the queries show it (with its executions),
+        # read in the transaction that changed it. Reads are the API's own; the commands never use the connection.
         order = queries.get_order(uow.connection, order_id)
         if order is None:  # pragma: no cover - just written in this unit of work
             raise NotFound(f"order {order_id} not found")

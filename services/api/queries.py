@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Select, func, select
 
 from common.domain.enums import TERMINAL_STATES, OrderState
 from common.store import tables
+from common.store.field_crypto import open_for
 
 _ZERO = Decimal(0)
 _TERMINAL = {state.value for state in TERMINAL_STATES}
@@ -70,11 +71,14 @@ class OrderPage:
 def _leaves(row: dict[str, Any]) -> Decimal:
     if row["state"] in _TERMINAL:
         return _ZERO
-    return max(row["quantity"] - row["filled_quantity"], _ZERO)
+    leaves: Decimal = max(row["quantity"] - row["filled_quantity"], _ZERO)
+    return leaves
 
 
-def _order_dict(row: Any, reports: list[dict[str, Any]]) -> dict[str, Any]:
+def _order_dict(row: Any, reports: list[dict[str, Any]], connection: Connection) -> dict[str, Any]:
     order = dict(row)
+    if order.get("notes"):  # encrypted at rest (common.store.field_crypto); no filter reads notes
+        order["notes"] = open_for(connection, order["notes"], order["id"])
     order["leaves_quantity"] = _leaves(order)
     order["execution_reports"] = reports
     return order
@@ -100,7 +104,7 @@ def get_order(connection: Connection, order_id: str) -> dict[str, Any] | None:
     row = connection.execute(select(*_SUMMARY_COLUMNS).where(tables.order_summary.c.id == order_id)).mappings().first()
     if row is None:
         return None
-    return _order_dict(row, _reports_for(connection, [order_id])[order_id])
+    return _order_dict(row, _reports_for(connection, [order_id])[order_id], connection)
 
 
 def _filtered(query: Select[Any], where: OrderFilter) -> Select[Any]:
@@ -137,7 +141,7 @@ def list_orders(connection: Connection, where: OrderFilter, page: int, size: int
             ).mappings()
         )
     reports = _reports_for(connection, [row["id"] for row in rows])
-    return OrderPage([_order_dict(row, reports[row["id"]]) for row in rows], page, size, total)
+    return OrderPage([_order_dict(row, reports[row["id"]], connection) for row in rows], page, size, total)
 
 
 def is_terminal(order: dict[str, Any]) -> bool:

@@ -20,19 +20,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, g
 from flask.views import MethodView
 from flask_smorest import Api
 from marshmallow import fields
 from sqlalchemy import Engine
 
-from services.api.auth import SCOPE_OPERATIONS, AuthenticationError, Principal, TokenService
-from services.api.errors import FieldError, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from services.api.rest import EXTENSION, ApiBlueprint
+from common.risk import admin
+from common.risk.controls import Halt, Restriction
+from common.risk.limits import LIMIT_SPECS, InvalidLimit
+from services.api.auth import SCOPE_OPERATIONS, Principal
+from services.api.blueprints import ApiBlueprint, bearer_principal
+from services.api.errors import FieldError, Forbidden, InvalidRequest, NotFound
 from services.api.schemas import ApiSchema, Identifier, MessageSchema, Number, Text, UtcDateTime
-from services.risk_gate import admin
-from services.risk_gate.limits import LIMIT_SPECS, InvalidLimit
-from services.risk_gate.rules import Halt, Restriction
 
 ENGINE_KEY = "oms.risk_admin.engine"
 
@@ -120,11 +120,7 @@ class RestrictionListSchema(ApiSchema):
 @blp.before_request
 def _authorise() -> None:
     """A valid bearer token with the ``operations`` scope, checked before the body is read."""
-    tokens: TokenService = current_app.extensions[EXTENSION]["tokens"]
-    try:
-        principal = tokens.verify_header(request.headers.get("Authorization"))
-    except AuthenticationError as exc:
-        raise Unauthenticated(str(exc)) from exc
+    principal = bearer_principal()
     if not principal.has_scope(SCOPE_OPERATIONS):
         raise Forbidden(f"this token lacks the scope {SCOPE_OPERATIONS}")
     g.principal = principal

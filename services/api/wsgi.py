@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from common import bootstrap
-from services.api.rest import create_app
+from common.runtime.process import configure_process, settings_or_exit
+from services.api.app import create_app
+from services.api.database import front_end_engine
 
-app = create_app(bootstrap.settings(), bootstrap.engine())
+settings = settings_or_exit()
+configure_process("oms.api.rest", settings)
+app = create_app(settings, front_end_engine(settings))

@@ -7,7 +7,7 @@ to the order (FIX semantics and the booking rule live in ``Order.apply_report``)
 ``execution_reports`` with what it booked, and the order saved, which announces an ``OrderUpdate``; what it
 booked goes to settlement as a ``FillBooked``; the OMS request the report answers is marked.
 
-Round trips: the stage's ``prepare`` (worker.py) looks up the batch's execution ids and the requests its reports
+Round trips: the stage's ``prepare`` (spec.py) looks up the batch's execution ids and the requests its reports
 answer, each in one statement; everything a report changes is buffered and written at commit, one statement per
 table for the whole batch. Only a bust reads and writes on its own (it needs the busted execution's row).
 
@@ -29,17 +29,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from common.domain import ExecType, ExecutionReportData, FillDelta, Order
+from common.domain import ExecType, ExecutionReportData, Order
+from common.messages.bodies import fill_booked_body, latest_execution_body
+from common.messages.catalogue import FILL_BOOKED
 from common.messaging.envelope import Envelope
-from common.messaging.topology import OMS_EXCHANGE
 from common.metrics import EXECUTION_ANOMALIES
+from common.orders.ports import AbstractUnitOfWork
+from common.orders.records import REQUEST_ACCEPTED, REQUEST_DONE, REQUEST_REJECTED
 from common.runtime.stage import DeadLetter
-from common.store.requests_repo import REQUEST_ACCEPTED, REQUEST_DONE, REQUEST_REJECTED, RequestRepository
-from common.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
-SETTLEMENT_FILL_KEY = "settlement.fill"
 _ZERO = Decimal(0)
 
 # What a report does to the OMS request it names (requestId).
@@ -79,7 +79,7 @@ def report_from_body(body: dict[str, Any]) -> ExecutionReportData:
     )
 
 
-def handle(uow: UnitOfWork, env: Envelope) -> None:
+def handle_execution_report(uow: AbstractUnitOfWork, env: Envelope) -> None:
     """Apply one execution report (the runtime has claimed the inbox row and locked the order)."""
     report = report_from_body(env.body)
     now = datetime.now(UTC)
@@ -112,7 +112,7 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
     row_id = executions.record(report, booked=outcome.fill, unreported_delta=outcome.unreported_delta, received_at=now)
     if outcome.fill is not None and outcome.fill.reversal and busted is not None:
         executions.mark_busted(order.id, busted.execution_id)
-    latest = _latest_execution(row_id, outcome.fill, report) if outcome.fill is not None else None
+    latest = latest_execution_body(row_id, outcome.fill, report) if outcome.fill is not None else None
     uow.orders.save(
         order,
         correlation_id=env.correlation_id or order.id,
@@ -133,7 +133,7 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
             },
         )
     if outcome.fill is not None:
-        _hand_to_settlement(uow, order, report, outcome.fill)
+        FILL_BOOKED.send(uow.outbox, fill_booked_body(order, report, outcome.fill), order.id)
     if report.request_id is not None and report.exec_type in _REQUEST_STATUS:
         _answer_request(uow, report, now)
     if outcome.anomalies:
@@ -142,7 +142,7 @@ def handle(uow: UnitOfWork, env: Envelope) -> None:
 
 
 def _report_anomalies(
-    uow: UnitOfWork, order: Order, report: ExecutionReportData, anomalies: list[str], details: dict[str, Any]
+    uow: AbstractUnitOfWork, order: Order, report: ExecutionReportData, anomalies: list[str], details: dict[str, Any]
 ) -> None:
     """Make a contradiction visible once it is committed: a metric per anomaly and a WARNING line (the event is
     on the order). After the commit, so a batch retried message by message does not count it twice."""
@@ -163,46 +163,6 @@ def _report_anomalies(
     uow.after_commit(announce)
 
 
-def _latest_execution(row_id: str, fill: FillDelta, report: ExecutionReportData) -> dict[str, Any]:
-    """The spec's ``ExecutionReport`` for the OrderUpdate (a bust carries its negative quantity)."""
-    return {
-        "id": row_id,
-        "executionId": report.execution_id,
-        "quantity": fill.quantity,
-        "price": fill.price,
-        "timestamp": report.timestamp,
-        "fees": fill.fees,
-        "venue": report.venue,
-    }
-
-
-def fill_booked_body(order: Order, report: ExecutionReportData, fill: FillDelta) -> dict[str, Any]:
-    """The FillBooked for settlement: the execution's own terms, ``reversal`` to undo a busted one."""
-    if fill.reversal:
-        # The bust's delta is negative (quantity and fee refund); settlement wants the busted terms.
-        execution_id = fill.reverses_execution_id or fill.execution_id
-        quantity, fees = _ZERO - fill.quantity, _ZERO - fill.fees
-    else:
-        execution_id, quantity, fees = fill.execution_id, fill.quantity, fill.fees
-    return {
-        "orderId": order.id,
-        "executionId": execution_id,
-        "accountId": order.account_id,
-        "symbol": order.symbol,
-        "side": order.side.value,
-        "quantity": quantity,
-        "price": fill.price,
-        "fees": fees,
-        "venue": report.venue,
-        "timestamp": report.timestamp,
-        "reversal": fill.reversal,
-    }
-
-
-def _hand_to_settlement(uow: UnitOfWork, order: Order, report: ExecutionReportData, fill: FillDelta) -> None:
-    uow.outbox.add(OMS_EXCHANGE, SETTLEMENT_FILL_KEY, "FillBooked", fill_booked_body(order, report, fill), order.id)
-
-
 def answered_request_ids(bodies: Iterable[Mapping[str, Any]]) -> list[str]:
     """The ids of the OMS requests these (loaded) report bodies answer, for one look-up per batch."""
     return [
@@ -212,12 +172,11 @@ def answered_request_ids(bodies: Iterable[Mapping[str, Any]]) -> list[str]:
     ]
 
 
-def _answer_request(uow: UnitOfWork, report: ExecutionReportData, now: datetime) -> None:
+def _answer_request(uow: AbstractUnitOfWork, report: ExecutionReportData, now: datetime) -> None:
     assert report.request_id is not None
     status = _REQUEST_STATUS[report.exec_type]
     reason = report.reason if status == REQUEST_REJECTED else None
-    requests = uow.repository(RequestRepository)
-    if not requests.answer(report.order_id, report.request_id, status, reason, now):
+    if not uow.requests.answer(report.order_id, report.request_id, status, reason, now):
         log.debug(
             "no open order request to answer",
             extra={"request_id": report.request_id, "exec_type": report.exec_type.value},

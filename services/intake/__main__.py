@@ -1,7 +1,7 @@
 """``python -m services.intake``: run the intake stage."""
 
 from common.bootstrap import run_stage
-from services.intake.worker import SPEC
+from services.intake.spec import SPEC
 
 if __name__ == "__main__":
-    run_stage(SPEC)
+    raise SystemExit(run_stage(SPEC))

@@ -7,15 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from common.messaging.envelope import Envelope
+from common.orders.commands import submit_order
+from common.orders.errors import ConflictingDuplicate, InvalidOrderTerms, UnknownAccount
+from common.orders.order_request import OrderRequest
+from common.orders.ports import AbstractUnitOfWork
 from common.runtime.stage import DeadLetter
-from common.store.uow import UnitOfWork
-from services.intake.commands import (
-    ConflictingDuplicate,
-    InvalidOrderTerms,
-    OrderRequest,
-    UnknownAccount,
-    submit_order,
-)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +21,7 @@ def request_from_decision(body: Mapping[str, Any]) -> OrderRequest:
     return OrderRequest.from_body(body, client_order_id=body["decision_id"])
 
 
-def handle_decision(uow: UnitOfWork, env: Envelope) -> None:
+def handle_trade_decision(uow: AbstractUnitOfWork, env: Envelope) -> None:
     """Book the decision's order; the same decision twice makes one order.
 
     A decision id seen before with other terms is dead-lettered, naming the terms that differ: the strategy

@@ -15,6 +15,8 @@ import sys
 
 from sqlalchemy import select
 
+from common import bootstrap
+from common.runtime.process import configure_process, settings_or_exit
 from common.store.tables import job_runs
 
 JOBS = ("expire_day_orders", "refresh_statistics", "purge_retention", "reconcile_stuck_orders")
@@ -27,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job", nargs="?", choices=JOBS)
     parser.add_argument("--limit", type=int, default=20, help="runs: how many")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    settings = settings_or_exit()
+    configure_process("oms.jobs", settings)
     from services.jobs import actors  # binds the broker: only once the arguments are known good
+
+    actors.wire(settings, bootstrap.engine(settings))
 
     if args.action == "runs":
         _, engine = actors.wiring()

@@ -7,13 +7,16 @@ database, not from what the message says. The logic lives in plain functions bes
 settings and engine, and records the run (``job_runs``, metrics, a log line).
 
 ``OMS_JOBS_BROKER=stub`` binds the actors to dramatiq's in-memory ``StubBroker`` (tests).
+
+dramatiq needs its broker when an actor is declared, that is when this module is imported, and its worker
+imports this module in each process it starts, where no entry point of ours runs first: so the process's
+settings are built here, at import (a bad value stops the import with the variable's name).
 """
 
 from __future__ import annotations
 
 import asyncio
 import getpass
-import os
 from datetime import datetime
 from typing import Any
 
@@ -23,40 +26,43 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine
 
 from common import bootstrap
+from common.runtime.process import settings_or_exit
+from common.settings import Settings
 from services.jobs import deadletters, expiry, invariants, reconcile, retention, statistics
-from services.jobs.config import JOBS_QUEUE, JobsConfig
+from services.jobs.config import JOBS_QUEUE, session_calendar
 from services.jobs.middleware import JobsProcess
 from services.jobs.runs import run_job
 
-_wiring: tuple[JobsConfig, Engine] | None = None
+SETTINGS = settings_or_exit()
+_wiring: tuple[Settings, Engine] | None = None
 
 
-def wire(config: JobsConfig, engine: Engine) -> None:
-    """Point the actors at these settings and this engine (tests; the worker wires itself from the env)."""
+def wire(settings: Settings, engine: Engine) -> None:
+    """Point the actors at these settings and this engine (tests; the worker wires itself on first use)."""
     global _wiring
-    _wiring = (config, engine)
+    _wiring = (settings, engine)
 
 
-def wiring() -> tuple[JobsConfig, Engine]:
-    """The settings and engine the actors use."""
+def wiring() -> tuple[Settings, Engine]:
+    """The settings and engine the actors use: those wired, else the process's (its engine made on first use,
+    after dramatiq has forked)."""
     global _wiring
     if _wiring is None:
-        config = JobsConfig.from_env(bootstrap.settings())
-        _wiring = (config, bootstrap.engine(config.database_url))
+        _wiring = (SETTINGS, bootstrap.engine(SETTINGS))
     return _wiring
 
 
-def _make_broker() -> dramatiq.Broker:
-    if os.environ.get("OMS_JOBS_BROKER", "rabbitmq") == "stub":
+def _make_broker(settings: Settings) -> dramatiq.Broker:
+    if settings.jobs.broker == "stub":
         broker: dramatiq.Broker = StubBroker()
     else:
         # confirm_delivery: an enqueue returns only once RabbitMQ has the job.
-        broker = RabbitmqBroker(url=bootstrap.settings().amqp_url, confirm_delivery=True)
+        broker = RabbitmqBroker(url=settings.infra.amqp_url, confirm_delivery=True)
     broker.add_middleware(JobsProcess(wiring))
     return broker
 
 
-broker = _make_broker()
+broker = _make_broker(SETTINGS)
 dramatiq.set_broker(broker)
 
 _MINUTE = 60_000
@@ -67,9 +73,10 @@ _MINUTE = 60_000
 )
 def expire_day_orders(now: str | None = None) -> None:
     """End the DAY orders whose session has closed (``now``: an ISO timestamp to judge by, default the clock)."""
-    config, engine = wiring()
+    settings, engine = wiring()
     at = datetime.fromisoformat(now) if now else None
-    run_job(engine, "expire_day_orders", lambda: expiry.expire_day_orders(engine, config.calendar, at))
+    calendar = session_calendar(settings.session)
+    run_job(engine, "expire_day_orders", lambda: expiry.expire_day_orders(engine, calendar, at))
 
 
 @dramatiq.actor(queue_name=JOBS_QUEUE, max_retries=3, min_backoff=5_000, max_backoff=_MINUTE, time_limit=30 * _MINUTE)
@@ -83,27 +90,40 @@ def refresh_statistics() -> None:
     queue_name=JOBS_QUEUE, max_retries=3, min_backoff=10_000, max_backoff=10 * _MINUTE, time_limit=60 * _MINUTE
 )
 def purge_retention() -> None:
-    """Delete operational records older than ``OMS_RETENTION_DAYS`` (audit records are kept)."""
-    config, engine = wiring()
-    run_job(engine, "purge_retention", lambda: retention.purge_retention(engine, config.retention_days))
+    """Delete operational records older than ``OMS_RETENTION_DAYS`` (audit records are kept; closed orders' event
+    chains only past ``OMS_ORDER_EVENTS_RETENTION_DAYS``, recorded), as the retention role."""
+    settings, engine = wiring()
+    deleter = bootstrap.retention_engine(settings, engine)
+    try:
+        run_job(
+            engine,
+            "purge_retention",
+            lambda: retention.purge_retention(
+                deleter, settings.jobs.retention_days, order_events_days=settings.jobs.order_events_retention_days
+            ),
+        )
+    finally:
+        if deleter is not engine:
+            deleter.dispose()
 
 
 @dramatiq.actor(queue_name=JOBS_QUEUE, max_retries=3, min_backoff=5_000, max_backoff=_MINUTE, time_limit=10 * _MINUTE)
 def reconcile_stuck_orders() -> None:
     """Re-drive, or ask the venue about, orders that made no progress for ``OMS_RECONCILE_AFTER_SECONDS``."""
-    config, engine = wiring()
+    settings, engine = wiring()
     run_job(
         engine,
         "reconcile_stuck_orders",
-        lambda: reconcile.reconcile_stuck_orders(engine, config.reconcile_after_seconds),
+        lambda: reconcile.reconcile_stuck_orders(engine, settings.jobs.reconcile_after_seconds),
     )
 
 
 @dramatiq.actor(queue_name=JOBS_QUEUE, max_retries=3, min_backoff=5_000, max_backoff=_MINUTE, time_limit=10 * _MINUTE)
 def check_invariants() -> None:
     """Check the invariants (``oms check``) over what changed in the last ``OMS_CHECK_WINDOW_HOURS``."""
-    config, engine = wiring()
-    run_job(engine, "check_invariants", lambda: invariants.run_invariant_check(engine, config.check_window_hours))
+    settings, engine = wiring()
+    window = settings.jobs.check_window_hours
+    run_job(engine, "check_invariants", lambda: invariants.run_invariant_check(engine, window))
 
 
 @dramatiq.actor(queue_name=JOBS_QUEUE, max_retries=2, min_backoff=10_000, max_backoff=_MINUTE, time_limit=120 * _MINUTE)
@@ -117,7 +137,7 @@ def replay_dead_letters(
     actor: str | None = None,
 ) -> None:
     """Replay dead letters as ``oms dlq replay`` does (an operator asked for it with ``--background``)."""
-    config, engine = wiring()
+    settings, engine = wiring()
     selection = deadletters.Selection(
         reason=reason, type=type, order_id=order_id, message_ids=frozenset(message_ids or ()), limit=limit
     )
@@ -125,7 +145,7 @@ def replay_dead_letters(
 
     def work() -> dict[str, Any]:
         reports = [
-            asyncio.run(deadletters.replay(config.amqp_url, engine, queue, selection, actor=who)).as_dict()
+            asyncio.run(deadletters.replay(settings.infra.amqp_url, engine, queue, selection, actor=who)).as_dict()
             for queue in queues
         ]
         return {"actor": who, "replayed": sum(r["done"] for r in reports), "queues": reports}

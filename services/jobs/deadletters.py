@@ -43,32 +43,34 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 from sqlalchemy import Engine, delete, insert, select, update
 
 from common import jsonutil
 from common.ids import new_id
 from common.logging import log_context
-from common.messaging.deadletter import (
+from common.messages.headers import (
     DEAD_LETTERED_AT_HEADER,
     ERROR_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
+    REPLAY_RUN_HEADER,
+    REPLAYED_AT_HEADER,
     STAGE_HEADER,
-    republishable,
 )
+from common.messaging.connection import connect_once
+from common.messaging.deadletter import republishable
 from common.messaging.envelope import body_digest, message_id_of
-from common.messaging.topology import STAGE_QUEUES
+from common.messaging.publisher import Outgoing, Publisher
+from common.messaging.topology import STAGE_QUEUES, VENUE_QUEUE
 from common.store import tables as core_tables
 from common.store.tables import dlq_replays
 
 log = logging.getLogger(__name__)
 
-# The simulated venue's own queue dead-letters here (services/venue_sim: ``venue_sim.orders`` + ``.dlq``).
-VENUE_DEAD_LETTER_QUEUE = "venue_sim.orders.dlq"
-REPLAYED_AT_HEADER = "x-oms-replayed-at"
-REPLAY_RUN_HEADER = "x-oms-replay-run"
+# The name of the connection every pass opens (the management UI's connection list).
+CONNECTION_NAME = "oms.dlq"
 # Headers that describe the dead-lettering; a replayed message starts clean (the audit table keeps the story).
 _DEATH_HEADERS = frozenset(
     {
@@ -103,15 +105,15 @@ _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)
 
 def dead_letter_queues() -> list[str]:
     """Every dead-letter queue of the system: one per stage, and the simulated venue's."""
-    return [queue.dead_letter_name for queue in STAGE_QUEUES.values()] + [VENUE_DEAD_LETTER_QUEUE]
+    return [queue.dead_letter_name for queue in STAGE_QUEUES.values()] + [VENUE_QUEUE.dead_letter_name]
 
 
 def queue_for_stage(stage: str) -> str:
     """The dead-letter queue of ``stage`` (``intake`` -> ``oms.intake.dlq``; ``venue_sim`` -> the venue's)."""
-    if stage == "venue_sim":
-        return VENUE_DEAD_LETTER_QUEUE
+    if stage == VENUE_QUEUE.stage:
+        return VENUE_QUEUE.dead_letter_name
     if stage not in STAGE_QUEUES:
-        raise ValueError(f"unknown stage {stage!r} (one of {', '.join([*STAGE_QUEUES, 'venue_sim'])})")
+        raise ValueError(f"unknown stage {stage!r} (one of {', '.join([*STAGE_QUEUES, VENUE_QUEUE.stage])})")
     return STAGE_QUEUES[stage].dead_letter_name
 
 
@@ -381,11 +383,6 @@ class Selection:
 # ------------------------------------------------------------------------------------------------ broker side
 
 
-async def connect(amqp_url: str) -> AbstractConnection:
-    """A plain (not robust) connection: a pass that loses its connection stops; its messages go back."""
-    return await aio_pika.connect(amqp_url, client_properties={"connection_name": "oms.dlq"})
-
-
 async def queue_depth(connection: AbstractConnection, queue: str) -> int | None:
     """Messages ready in ``queue``; None when it does not exist (a passive declare, on a channel of its own)."""
     channel = await connection.channel()
@@ -470,7 +467,7 @@ async def show(
     amqp_url: str, queue: str, selection: Selection, engine: Engine | None = None
 ) -> tuple[int | None, list[DeadLetterMessage]]:
     """The queue's depth and its messages that match ``selection`` (nothing is removed)."""
-    connection = await connect(amqp_url)
+    connection = await connect_once(amqp_url, CONNECTION_NAME)
     try:
         depth = await queue_depth(connection, queue)
         if not depth:
@@ -663,7 +660,8 @@ class _Pass:
         self.batch_size = max(batch_size, 1)
         self.progress = progress
         self.report = PassReport(run_id=new_id(), queue=queue, action=action, dry_run=dry_run)
-        self._exchanges: dict[str, AbstractExchange] = {}
+        # Replays go out on the publisher's confirming channel; the pass takes and acks on a channel of its own.
+        self.publisher = Publisher(connection)
         self.seen: Counter[str] = Counter()  # ids of every message the pass took, with how many copies
         self.acked: list[_Acked] = []
 
@@ -671,17 +669,10 @@ class _Pass:
     def _done_outcome(self) -> str:
         return "REPLAYED" if self.report.action == "REPLAY" else "PURGED"
 
-    async def _exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
-        if name not in self._exchanges:
-            self._exchanges[name] = (
-                channel.default_exchange if name == "" else await channel.get_exchange(name, ensure=False)
-            )
-        return self._exchanges[name]
-
     async def run(self, depth: int) -> PassReport:
         report = self.report
         report.depth = depth
-        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await self.connection.channel()
         held: list[AbstractIncomingMessage] = []
         batch: list[tuple[AbstractIncomingMessage, DeadLetterMessage]] = []
         try:
@@ -721,21 +712,24 @@ class _Pass:
         return report
 
     async def _publish(
-        self, channel: AbstractChannel, batch: Sequence[tuple[AbstractIncomingMessage, DeadLetterMessage]]
+        self, batch: Sequence[tuple[AbstractIncomingMessage, DeadLetterMessage]]
     ) -> list[BaseException | None]:
-        async def one(message: AbstractIncomingMessage, item: DeadLetterMessage) -> None:
+        """Republish each message where it was first published (confirmed, mandatory); per message, None or
+        why not."""
+        errors: list[BaseException | None] = [None] * len(batch)
+        outgoing: list[Outgoing] = []
+        sent: list[int] = []
+        for index, (message, item) in enumerate(batch):
             if item.original_routing_key is None or item.original_exchange is None:
-                raise LookupError("no original exchange/routing key in its headers")
-            exchange = await self._exchange(channel, item.original_exchange)
-            await exchange.publish(
-                replay_message(message, self.report.run_id),
-                routing_key=item.original_routing_key,
-                mandatory=True,
-                timeout=30,
+                errors[index] = LookupError("no original exchange/routing key in its headers")
+                continue
+            outgoing.append(
+                Outgoing(item.original_exchange, item.original_routing_key, replay_message(message, self.report.run_id))
             )
-
-        results = await asyncio.gather(*(one(m, i) for m, i in batch), return_exceptions=True)
-        return [r if isinstance(r, BaseException) else None for r in results]
+            sent.append(index)
+        for index, error in zip(sent, await self.publisher.send(outgoing), strict=True):
+            errors[index] = error
+        return errors
 
     async def _settle(
         self, channel: AbstractChannel, batch: Sequence[tuple[AbstractIncomingMessage, DeadLetterMessage]]
@@ -743,7 +737,7 @@ class _Pass:
         """Act on a batch; returns the messages to hand back (their republish failed)."""
         report = self.report
         if report.action == "REPLAY":
-            errors = await self._publish(channel, batch)
+            errors = await self._publish(batch)
         else:
             errors = [None] * len(batch)
         audit: list[tuple[DeadLetterMessage, str, str | None]] = []
@@ -921,7 +915,7 @@ async def _run_pass(
     if not dry_run:
         # The audit must be writable before anything is taken: fail now rather than after a first republish.
         await asyncio.to_thread(_check_database, engine)
-    connection = await connect(amqp_url)
+    connection = await connect_once(amqp_url, CONNECTION_NAME)
     try:
         depth = await queue_depth(connection, queue)
         if depth is None:

@@ -23,9 +23,9 @@ from sqlalchemy import Engine, select
 from common.domain import InvalidCommand, InvalidTransition, OrderState, RequestKind
 from common.domain.lifecycle import LIVE, UNROUTED
 from common.logging import log_context
+from common.orders.commands import cancel_order
 from common.store import tables
 from common.store.uow import UnitOfWork
-from services.intake.commands import cancel_order
 from services.jobs.config import SYSTEM_USER
 from services.jobs.metrics import ORDERS_EXPIRED
 from services.jobs.session import SessionCalendar

@@ -13,8 +13,9 @@ import threading
 from sqlalchemy import Engine, text
 
 from common.domain import OrderStatus
+from common.messaging.connection import connect_once
 from common.metrics import DEAD_LETTER_DEPTH, ORDERS_BY_STATUS
-from services.jobs.deadletters import connect, dead_letter_queues, queue_depths
+from services.jobs.deadletters import CONNECTION_NAME, dead_letter_queues, queue_depths
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def refresh_order_gauges(engine: Engine) -> dict[str, int]:
 
 
 async def _depths(amqp_url: str) -> dict[str, int | None]:
-    connection = await connect(amqp_url)
+    connection = await connect_once(amqp_url, CONNECTION_NAME)
     try:
         return await queue_depths(connection, dead_letter_queues())
     finally:

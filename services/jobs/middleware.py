@@ -13,10 +13,9 @@ import dramatiq
 from dramatiq.middleware import Middleware
 from sqlalchemy import Engine
 
-from common import bootstrap
-from common.health import ProcessEndpoints, dependency_checks, serve_process_endpoints
-from common.logging import configure_logging
-from services.jobs.config import JobsConfig
+from common.health import ProcessEndpoints, dependency_checks
+from common.runtime.process import configure_process, serve_endpoints
+from common.settings import Settings
 from services.jobs.gauges import GaugeRefresher
 
 SERVICE = "oms.jobs_worker"
@@ -25,21 +24,19 @@ SERVICE = "oms.jobs_worker"
 class JobsProcess(Middleware):
     """Starts the process's endpoints and gauges when the worker boots, stops them at shutdown."""
 
-    def __init__(self, wiring: Callable[[], tuple[JobsConfig, Engine]]) -> None:
+    def __init__(self, wiring: Callable[[], tuple[Settings, Engine]]) -> None:
         self._wiring = wiring
         self._endpoints: ProcessEndpoints | None = None
         self._gauges: GaugeRefresher | None = None
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        configure_logging(SERVICE, bootstrap.settings().log_level)
+        configure_process(SERVICE, self._wiring()[0])
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        config, engine = self._wiring()
-        settings = bootstrap.settings()
-        self._endpoints = serve_process_endpoints(
-            settings.metrics_port, SERVICE, dependency_checks(engine, config.amqp_url, SERVICE)
-        )
-        self._gauges = GaugeRefresher(engine, config.amqp_url, config.gauges_every_seconds)
+        settings, engine = self._wiring()
+        amqp_url = settings.infra.amqp_url
+        self._endpoints = serve_endpoints(SERVICE, settings, dependency_checks(engine, amqp_url, SERVICE))
+        self._gauges = GaugeRefresher(engine, amqp_url, settings.jobs.gauges_every_seconds)
         self._gauges.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:

@@ -22,18 +22,20 @@ from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, insert, or_, select
+from sqlalchemy import Engine, and_, exists, func, or_, select
 
 from common.domain import Order, OrderState, RequestKind
 from common.logging import log_context
-from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE
+from common.messages.bodies import broker_request_body, route_cancel_body, route_new_body
+from common.messages.catalogue import CANCEL_REQUEST, NEW_ORDER_REQUEST, REPLACE_REQUEST, ROUTE_CANCEL, ROUTE_NEW
+from common.orders.commands import ask_risk
+from common.orders.ports import AbstractUnitOfWork
+from common.orders.records import REQUEST_NEW, REQUEST_PENDING, terms_of
 from common.store import tables
-from common.store.requests_repo import REQUEST_NEW, REQUEST_PENDING, load_request, terms_of
 from common.store.tables import order_reconciliations
 from common.store.uow import UnitOfWork
-from services.intake.commands import ROUTE_CANCEL_KEY, ROUTE_NEW_KEY, ask_risk
 from services.jobs.metrics import ORDERS_RECONCILED
-from services.router.handlers import CANCEL_KEY, NEW_ORDER_KEY, REPLACE_KEY, broker_body
+from services.jobs.reconciliations import RECONCILIATIONS
 
 log = logging.getLogger(__name__)
 
@@ -75,31 +77,19 @@ def stuck_orders(
         return [row.id for row in connection.execute(query)]
 
 
-def _latest_new_request(uow: UnitOfWork, order_id: str) -> str | None:
-    requests = tables.order_requests
-    return uow.connection.execute(
-        select(requests.c.request_id)
-        .where(requests.c.order_id == order_id, requests.c.kind == REQUEST_NEW)
-        .order_by(requests.c.created_at.desc())
-        .limit(1)
-    ).scalar()
-
-
-def _resend_request(uow: UnitOfWork, order: Order, actions: list[tuple[str, dict[str, Any]]]) -> None:
+def _resend_request(uow: AbstractUnitOfWork, order: Order, actions: list[tuple[str, dict[str, Any]]]) -> None:
     pending = order.pending_request
     if pending is None:
         return
-    request = load_request(uow.connection, pending.request_id)
+    request = uow.requests.get(pending.request_id)
     if request is None:
         actions.append(("request_missing", {"request_id": pending.request_id}))
         return
     cancel = pending.kind is RequestKind.CANCEL
     if request.status == REQUEST_PENDING:
         # Never sent to the venue: hand it on again (the router sends it and marks it SENT).
-        body: dict[str, Any] = {"orderId": order.id, "requestId": request.request_id}
         if cancel:
-            body["reason"] = request.reason
-            uow.outbox.add(OMS_EXCHANGE, ROUTE_CANCEL_KEY, "RouteCancel", body, order.id)
+            ROUTE_CANCEL.send(uow.outbox, route_cancel_body(order.id, request.request_id, request.reason), order.id)
         else:
             # A replace passes the risk gate before the router: ask the gate again (it checks it is still the
             # order's pending request, and the router ignores a request it already sent).
@@ -109,10 +99,10 @@ def _resend_request(uow: UnitOfWork, order: Order, actions: list[tuple[str, dict
         )
         return
     if cancel:
-        uow.outbox.add(BROKER_EXCHANGE, CANCEL_KEY, "CancelRequest", broker_body(order, request.request_id), order.id)
+        CANCEL_REQUEST.send(uow.outbox, broker_request_body(order, request.request_id), order.id)
     else:
-        body = broker_body(order, request.request_id, terms_of(request))
-        uow.outbox.add(BROKER_EXCHANGE, REPLACE_KEY, "ReplaceRequest", body, order.id)
+        body = broker_request_body(order, request.request_id, terms_of(request))
+        REPLACE_REQUEST.send(uow.outbox, body, order.id)
     actions.append(("cancel_resent" if cancel else "replace_resent", {"request_id": request.request_id}))
 
 
@@ -126,33 +116,25 @@ def _reconcile_one(engine: Engine, order_id: str, cutoff: datetime) -> list[str]
             ask_risk(uow, order)
             actions.append(("risk_check_resent", {"version": order.version}))
         elif order.state is S.APPROVED:
-            uow.outbox.add(OMS_EXCHANGE, ROUTE_NEW_KEY, "RouteNew", {"orderId": order.id}, order.id)
+            ROUTE_NEW.send(uow.outbox, route_new_body(order.id), order.id)
             actions.append(("route_new_resent", {}))
         else:
             if order.state is S.ROUTED:
-                request_id = _latest_new_request(uow, order.id)
-                if request_id is None:
+                request = uow.requests.latest(order.id, REQUEST_NEW)
+                if request is None:
                     actions.append(("request_missing", {"kind": REQUEST_NEW}))
                 else:
-                    body = broker_body(order, request_id)
-                    uow.outbox.add(BROKER_EXCHANGE, NEW_ORDER_KEY, "NewOrderRequest", body, order.id)
-                    actions.append(("new_order_resent", {"request_id": request_id}))
+                    NEW_ORDER_REQUEST.send(uow.outbox, broker_request_body(order, request.request_id), order.id)
+                    actions.append(("new_order_resent", {"request_id": request.request_id}))
             _resend_request(uow, order, actions)
         if not actions:
             actions.append(("nothing_to_resend", {}))
-        now = datetime.now(UTC)
-        uow.connection.execute(
-            insert(order_reconciliations),
-            [
-                {
-                    "order_id": order.id,
-                    "state": order.state.value,
-                    "action": action,
-                    "detail": {**detail, "stuck_since": order.updated_at.isoformat()},
-                    "created_at": now,
-                }
-                for action, detail in actions
-            ],
+        stuck_since = order.updated_at.isoformat()
+        uow.repository(RECONCILIATIONS).record(
+            order.id,
+            order.state.value,
+            [(action, {**detail, "stuck_since": stuck_since}) for action, detail in actions],
+            datetime.now(UTC),
         )
         uow.commit()
         names = [action for action, _ in actions]

@@ -16,20 +16,18 @@ the only calendar-aware entry needs the session calendar below anyway, the rest 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 
 from sqlalchemy import Engine, select
 
 from common import bootstrap
-from common.health import dependency_checks, serve_process_endpoints
-from common.logging import configure_logging
+from common.runtime.process import ThreadedService, run_service, settings_or_exit
+from common.settings import JobsSettings
 from common.store import tables
-from services.jobs.config import JobsConfig
+from services.jobs.config import session_calendar
 from services.jobs.metrics import JOBS_ENQUEUED
 from services.jobs.session import SessionCalendar
 
@@ -75,25 +73,32 @@ def session_calendars(engine: Engine | None, default: SessionCalendar) -> list[S
 class Scheduler:
     """Decides which jobs are due; ``run`` enqueues them until stopped."""
 
-    def __init__(self, config: JobsConfig, send: Send, engine: Engine | None = None, clock: Clock | None = None):
-        self.config = config
+    def __init__(
+        self,
+        jobs: JobsSettings,
+        calendar: SessionCalendar,
+        send: Send,
+        engine: Engine | None = None,
+        clock: Clock | None = None,
+    ):
+        self.calendar = calendar
         self.send = send
         self.engine = engine
         self.clock = clock or (lambda: datetime.now(UTC))
         now = self.clock()
         every = {
-            EXPIRY_JOB: config.expiry_check_every_seconds,
-            "refresh_statistics": config.statistics_every_seconds,
-            "purge_retention": config.retention_every_seconds,
-            "reconcile_stuck_orders": config.reconcile_every_seconds,
-            "check_invariants": config.check_every_seconds,
+            EXPIRY_JOB: jobs.expiry_check_every_seconds,
+            "refresh_statistics": jobs.statistics_every_seconds,
+            "purge_retention": jobs.retention_every_seconds,
+            "reconcile_stuck_orders": jobs.reconcile_every_seconds,
+            "check_invariants": jobs.check_every_seconds,
         }
         # Everything once at start (catch-up), then on its interval; the expiry also at each close.
         self.entries = [_Entry(job, timedelta(seconds=seconds), now) for job, seconds in every.items()]
         self.entries.append(_Entry(EXPIRY_JOB, None, self._next_close(now)))
 
     def _next_close(self, now: datetime) -> datetime:
-        closes = [c for c in (cal.next_close(now) for cal in session_calendars(self.engine, self.config.calendar)) if c]
+        closes = [c for c in (cal.next_close(now) for cal in session_calendars(self.engine, self.calendar)) if c]
         # No trading day in the search window (a calendar of holidays only): look again in a day.
         return min(closes) + _AFTER_CLOSE if closes else now + timedelta(days=1)
 
@@ -139,21 +144,15 @@ def _send_with_dramatiq(job: str) -> None:
 
 def main() -> int:
     """Entry point."""
-    settings = bootstrap.settings()
-    configure_logging(SERVICE, settings.log_level)
-    config = JobsConfig.from_env(settings)
-    engine = bootstrap.engine(config.database_url)
-    serve_process_endpoints(settings.metrics_port, SERVICE, dependency_checks(engine, config.amqp_url, SERVICE))
-    stop = threading.Event()
+    settings = settings_or_exit()
+    engine = bootstrap.engine(settings)
+    calendar = session_calendar(settings.session)
 
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    def build() -> ThreadedService:
+        # Built once logging is set up: it reads the instruments' sessions, and says so if it cannot.
+        return ThreadedService(Scheduler(settings.jobs, calendar, _send_with_dramatiq, engine).run)
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    Scheduler(config, _send_with_dramatiq, engine).run(stop)
-    log.info("scheduler stopped")
-    return 0
+    return run_service(SERVICE, settings, build, bootstrap.worker_checks(settings, engine, SERVICE))
 
 
 if __name__ == "__main__":

@@ -10,27 +10,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Far enough to step over any run of holidays and weekends a real calendar has.
 _SEARCH_DAYS = 40
-
-
-def parse_weekdays(text: str) -> frozenset[int]:
-    """``mon,tue,...`` (or ``0,1,...``, Monday = 0) as weekday numbers; an unknown name raises ``ValueError``."""
-    days: set[int] = set()
-    for part in text.split(","):
-        item = part.strip().lower()
-        if not item:
-            continue
-        if item.isdigit() and 0 <= int(item) <= 6:
-            days.add(int(item))
-        elif item[:3] in WEEKDAY_NAMES:
-            days.add(WEEKDAY_NAMES.index(item[:3]))
-        else:
-            raise ValueError(f"session weekday {item!r} is not one of {', '.join(WEEKDAY_NAMES)}")
-    if not days:
-        raise ValueError("at least one session weekday is needed")
-    return frozenset(days)
 
 
 def parse_close(text: str) -> time:

@@ -12,8 +12,7 @@ import sys
 from dramatiq.cli import main as dramatiq_main
 from dramatiq.cli import make_argument_parser
 
-from common import bootstrap
-from common.logging import configure_logging
+from common.runtime.process import configure_process, settings_or_exit
 from services.jobs.config import JOBS_QUEUE
 
 DEFAULTS = [
@@ -31,7 +30,8 @@ DEFAULTS = [
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    configure_logging("oms.jobs_worker", bootstrap.settings().log_level)
+    # Checked here, before dramatiq starts its worker processes (each builds its own: services.jobs.actors).
+    configure_process("oms.jobs_worker", settings_or_exit())
     extra = sys.argv[1:] if argv is None else argv
     args = make_argument_parser().parse_args(["services.jobs.actors", *DEFAULTS, *extra])
     code: int = dramatiq_main(args)

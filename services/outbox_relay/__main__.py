@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
 from common import bootstrap
-from common.health import dependency_checks, serve_process_endpoints
-from common.logging import configure_logging
-from common.runtime.loop import run as run_loop
 from common.runtime.outbox_relay import OutboxRelay
+from common.runtime.process import run_service, settings_or_exit
+
+SERVICE = "oms.outbox_relay"
 
 
-async def _main() -> None:
-    settings = bootstrap.settings()
-    relay = OutboxRelay(settings, bootstrap.engine())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, relay.stop)
-    await relay.run()
+def main() -> int:
+    """Entry point."""
+    settings = settings_or_exit()
+    engine = bootstrap.engine(settings)
+    checks = bootstrap.worker_checks(settings, engine, SERVICE)
+    return run_service(SERVICE, settings, lambda: OutboxRelay(settings, engine), checks)
 
 
 if __name__ == "__main__":
-    configure_logging("oms.outbox_relay", bootstrap.settings().log_level)
-    settings = bootstrap.settings()
-    serve_process_endpoints(
-        settings.metrics_port,
-        "oms.outbox_relay",
-        dependency_checks(bootstrap.engine(), settings.amqp_url, "oms.outbox_relay"),
-    )
-    run_loop(_main())
+    raise SystemExit(main())

@@ -11,9 +11,12 @@ order. Limits, halts and restrictions are read in every batch's transaction, so 
 runs applies to the next batch.
 
 Checking an order then costs no statement of its own: the runtime has locked and loaded the batch's orders,
-the batch is kept in the unit of work (``uow.repository``, forgotten at commit and rollback) rather than found
-through ``uow.connection`` (which would write the batch's buffered changes out message by message), and the
-approvals, events and hand-overs are written for the whole batch at commit.
+the batch is kept in the unit of work's risk store (``uow.repository(RISK_STORE)``, forgotten at commit and
+rollback), and the approvals, events and hand-overs are written for the whole batch at commit.
+
+With the Risk Analysis Service enabled (``OMS_RISK_SERVICE_ENABLED``), the stage asks it about the batch before
+the transaction (``services.risk_gate.assessments``) and an order the rules approve is approved only if the
+service approves it too; while the service cannot answer, it is rejected with the reason (fail closed).
 """
 
 from __future__ import annotations
@@ -23,127 +26,62 @@ from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import lru_cache
-
-from sqlalchemy import ARRAY, Connection, String, any_, bindparam, select
 
 from common.domain import Order, OrderState, RequestKind
 from common.domain.lifecycle import AT_VENUE
+from common.messages.bodies import route_new_body, route_replace_body
+from common.messages.catalogue import ROUTE_NEW, ROUTE_REPLACE
+from common.messages.headers import user_headers
 from common.messaging.envelope import Envelope
-from common.messaging.topology import OMS_EXCHANGE
 from common.metrics import RISK_REJECTIONS
+from common.orders.ports import AbstractUnitOfWork
+from common.orders.records import REQUEST_PENDING, REQUEST_REJECTED, REQUEST_SKIPPED, terms_of
 from common.runtime.stage import DeadLetter
-from common.store import tables
-from common.store.requests_repo import (
-    REQUEST_PENDING,
-    REQUEST_REJECTED,
-    REQUEST_SKIPPED,
-    VenueRequest,
-    set_request_status,
-    terms_of,
-    venue_request,
-)
-from common.store.uow import UnitOfWork
-from services.intake.commands import ROUTE_NEW_KEY, ROUTE_REPLACE_KEY, USER_HEADER
+from services.risk_gate.assessments import RiskServiceGate
 from services.risk_gate.prices import PriceSettings
 from services.risk_gate.rules import OrderTerms, RiskDecision, evaluate
-from services.risk_gate.store import OrderMeta, RiskBatch, prepare_batch
+from services.risk_gate.store import RISK_STORE, OrderMeta, RiskBatch
 
 log = logging.getLogger(__name__)
 
 
-# The batch's replace requests, locked in id order (as the router locks them); typed, so their JSON terms are
-# read Decimal-exact. Built once.
-_LOCK_REQUESTS = (
-    select(tables.order_requests)
-    .where(tables.order_requests.c.request_id == any_(bindparam("ids", type_=ARRAY(String))))
-    .order_by(tables.order_requests.c.request_id)
-    .with_for_update()
-)
-
-
-class PreparedBatch:
-    """What ``prepare_checks`` loaded (and locked) in the unit of work's transaction, and the replace requests'
-    status moves, written at flush. A repository of the unit of work (``uow.repository``): written before the
-    commit, forgotten when the transaction commits or rolls back."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self.reset()
-
-    def reset(self) -> None:
-        """The transaction ended: its locks are gone and what was read may be out of date."""
-        self.batch: RiskBatch | None = None
-        self._requests: dict[str, VenueRequest | None] = {}
-        self._moves: dict[str, tuple[str, datetime, str | None]] = {}
-
-    def lock_requests(self, request_ids: Collection[str]) -> None:
-        """Read and lock these requests in one statement."""
-        ids = sorted(set(request_ids) - self._requests.keys())
-        if not ids:
-            return
-        for row in self._connection.execute(_LOCK_REQUESTS, {"ids": ids}).mappings():
-            self._requests[row["request_id"]] = venue_request(row)
-        for request_id in ids:
-            self._requests.setdefault(request_id, None)
-
-    def request(self, request_id: str) -> VenueRequest | None:
-        """The request, locked, as this transaction sees it."""
-        self.lock_requests([request_id])
-        return self._requests[request_id]
-
-    def set_status(self, request_id: str, status: str, now: datetime, reason: str) -> None:
-        """Move a request to ``status`` (written at flush)."""
-        self._moves[request_id] = (status, now, reason)
-        request = self._requests.get(request_id)
-        if request is not None:
-            self._requests[request_id] = replace(request, status=status, reason=reason)
-
-    def flush(self) -> None:
-        """Write the status moves (only refused or stale replaces move one here: a statement each)."""
-        for request_id, (status, now, reason) in self._moves.items():
-            set_request_status(self._connection, request_id, status, now, reason)
-        self._moves.clear()
-
-
-@lru_cache(maxsize=1)
-def configured_price_settings() -> PriceSettings:
-    """The process's reference-price settings, read once from the environment."""
-    return PriceSettings.from_env()
-
-
-def prepare(uow: UnitOfWork, order_ids: Collection[str], price_settings: PriceSettings | None = None) -> RiskBatch:
+def prepare(
+    uow: AbstractUnitOfWork, order_ids: Collection[str], price_settings: PriceSettings | None = None
+) -> RiskBatch:
     """Lock the orders' accounts and load what the rules need, in the unit of work's transaction.
 
-    The orders come from the unit of work (the stage runtime has locked and loaded them: no statement); an
-    unknown order id is left out (its check dead-letters it).
+    The orders are locked first, as the stage runtime does (it has locked and loaded them already: no statement);
+    an unknown order id is left out (its check dead-letters it).
     """
-    orders = uow.orders.get_many(order_ids)
-    metas = {i: OrderMeta(o.account_id, o.strategy_id, o.symbol, o.created_at) for i, o in orders.items()}
-    return prepare_batch(uow.connection, metas, datetime.now(UTC), price_settings or configured_price_settings())
+    uow.orders.lock(order_ids)
+    metas = {
+        order.id: OrderMeta(order.account_id, order.strategy_id, order.symbol, order.created_at)
+        for order in (uow.orders.get(order_id, for_update=True) for order_id in order_ids)
+        if order is not None
+    }
+    # None: the settings' defaults; the stage process binds the configured ones (worker.stage_spec).
+    settings = price_settings or PriceSettings()
+    return uow.repository(RISK_STORE).load(metas, datetime.now(UTC), settings)
 
 
-def prepare_checks(uow: UnitOfWork, envelopes: list[Envelope]) -> None:
+def prepare_checks(
+    uow: AbstractUnitOfWork, envelopes: list[Envelope], price_settings: PriceSettings | None = None
+) -> None:
     """The stage's ``prepare`` hook: one batch (locks and queries) for every check about to be handled in this
     transaction; the handler uses it for the orders it covers. The replaces' requests are locked here too, in
     one statement, after the orders (the router's order)."""
-    prepared = uow.repository(PreparedBatch)
     request_ids = [env.body["request_id"] for env in envelopes if env.body.get("request_id") is not None]
     if request_ids:
-        prepared.lock_requests(request_ids)
+        uow.requests.lock(request_ids)
     order_ids = sorted({env.body["order_id"] for env in envelopes})
-    prepared.batch = prepare(uow, order_ids)
+    uow.repository(RISK_STORE).prepared = prepare(uow, order_ids, price_settings)
 
 
-def _batch_for(uow: UnitOfWork, order_id: str) -> RiskBatch:
-    batch = uow.repository(PreparedBatch).batch
+def _batch_for(uow: AbstractUnitOfWork, order_id: str, price_settings: PriceSettings | None) -> RiskBatch:
+    batch = uow.repository(RISK_STORE).prepared
     if batch is not None and batch.covers(order_id):
         return batch
-    return prepare(uow, [order_id])
-
-
-def _headers(env: Envelope) -> dict[str, str]:
-    return {USER_HEADER: env.user_id} if env.user_id else {}
+    return prepare(uow, [order_id], price_settings)
 
 
 def _reference(decision: RiskDecision) -> dict[str, object] | None:
@@ -162,7 +100,9 @@ def _violation_details(decision: RiskDecision) -> dict[str, object]:
     }
 
 
-def apply_decision(uow: UnitOfWork, env: Envelope, order: Order, decision: RiskDecision, batch: RiskBatch) -> None:
+def apply_decision(
+    uow: AbstractUnitOfWork, env: Envelope, order: Order, decision: RiskDecision, batch: RiskBatch
+) -> None:
     """Approve (and hand to the router) or reject the order, recording why."""
     now = datetime.now(UTC)
     violation = decision.violation
@@ -180,11 +120,10 @@ def apply_decision(uow: UnitOfWork, env: Envelope, order: Order, decision: RiskD
         batch.record_approval(OrderTerms.of(order), decision.quote)
     uow.orders.save(order, correlation_id=env.correlation_id or order.id, message_id=env.message_id)
     if order.state is OrderState.APPROVED:
-        body = {"orderId": order.id}
-        uow.outbox.add(OMS_EXCHANGE, ROUTE_NEW_KEY, "RouteNew", body, order.id, headers=_headers(env))
+        ROUTE_NEW.send(uow.outbox, route_new_body(order.id), order.id, headers=user_headers(env.user_id))
 
 
-def load_checkable(uow: UnitOfWork, env: Envelope) -> Order | None:
+def load_checkable(uow: AbstractUnitOfWork, env: Envelope) -> Order | None:
     """The order a ``RiskCheck`` names, locked; None when the check is stale (a newer version, or not NEW)."""
     order_id: str = env.body["order_id"]
     version: int = env.body["version"]
@@ -201,12 +140,18 @@ def load_checkable(uow: UnitOfWork, env: Envelope) -> Order | None:
     return order
 
 
-def check_order(uow: UnitOfWork, env: Envelope, batch: RiskBatch) -> None:
-    """Check the order named by a ``RiskCheck`` at the version it names, with the batch's data."""
+def check_order(
+    uow: AbstractUnitOfWork, env: Envelope, batch: RiskBatch, risk_service: RiskServiceGate | None = None
+) -> None:
+    """Check the order named by a ``RiskCheck`` at the version it names, with the batch's data (and, when
+    enabled, the Risk Analysis Service's verdict on the orders the rules approve)."""
     order = load_checkable(uow, env)
     if order is None:
         return
-    decision = evaluate(batch.input_for(OrderTerms.of(order), datetime.now(UTC)))
+    terms = OrderTerms.of(order)
+    decision = evaluate(batch.input_for(terms, datetime.now(UTC)))
+    if risk_service is not None:
+        decision = risk_service.review_order(decision, terms, order.version)
     apply_decision(uow, env, order, decision, batch)
 
 
@@ -241,7 +186,9 @@ def replace_decision(
     return evaluate(batch.input_for(proposed, datetime.now(UTC), replacing=current))
 
 
-def check_replace(uow: UnitOfWork, env: Envelope, batch: RiskBatch) -> None:
+def check_replace(
+    uow: AbstractUnitOfWork, env: Envelope, batch: RiskBatch, risk_service: RiskServiceGate | None = None
+) -> None:
     """Check the replace a ``RiskCheck`` names: approved, it goes to the router; refused, the request is
     REJECTED and the order forgets it; stale (see ``stale_replace_reason``), the request is SKIPPED."""
     order_id: str = env.body["order_id"]
@@ -249,8 +196,7 @@ def check_replace(uow: UnitOfWork, env: Envelope, batch: RiskBatch) -> None:
     order = uow.orders.get(order_id, for_update=True)
     if order is None:
         raise DeadLetter(f"unknown order {order_id}")
-    prepared = uow.repository(PreparedBatch)
-    request = prepared.request(request_id)
+    request = uow.requests.get(request_id)  # locked (for the whole batch by prepare_checks)
     if request is None or request.order_id != order_id or request.kind != RequestKind.REPLACE.value:
         raise DeadLetter(f"no REPLACE request {request_id} for order {order_id}")
     if request.status != REQUEST_PENDING:
@@ -259,18 +205,21 @@ def check_replace(uow: UnitOfWork, env: Envelope, batch: RiskBatch) -> None:
     now = datetime.now(UTC)
     stale = stale_replace_reason(order, request_id)
     if stale is not None:
-        prepared.set_status(request_id, REQUEST_SKIPPED, now, stale)
+        uow.requests.set_status(request_id, REQUEST_SKIPPED, now, stale)
         log.info("stale replace check skipped", extra={"request_id": request_id, "reason": stale})
         return
     quantity, price, stop_price = terms_of(request)
     if quantity is None:
         raise DeadLetter(f"replace request {request_id} has no quantity")
     decision = replace_decision(batch, order, quantity, price, stop_price)
+    if risk_service is not None:
+        proposed = replace(OrderTerms.of(order), quantity=quantity, price=price, stop_price=stop_price)
+        decision = risk_service.review_replace(decision, proposed, request_id)
     violation = decision.violation
     if violation is not None:
         details = _violation_details(decision)
         order.reject_replace_request(request_id, violation.code, violation.message, now, details=details)
-        prepared.set_status(request_id, REQUEST_REJECTED, now, f"{violation.code}: {violation.message}")
+        uow.requests.set_status(request_id, REQUEST_REJECTED, now, f"{violation.code}: {violation.message}")
         RISK_REJECTIONS.labels(violation.rule).inc()
         log.info(
             "replace rejected by risk",
@@ -285,21 +234,27 @@ def check_replace(uow: UnitOfWork, env: Envelope, batch: RiskBatch) -> None:
     uow.orders.save(order, correlation_id=env.correlation_id or order.id, message_id=env.message_id)
     if violation is None:
         # The router reads the terms from the request row, which the router alone moves on from PENDING.
-        body = {"orderId": order.id, "requestId": request_id}
-        uow.outbox.add(OMS_EXCHANGE, ROUTE_REPLACE_KEY, "RouteReplace", body, order.id, headers=_headers(env))
+        body = route_replace_body(order.id, request_id)
+        ROUTE_REPLACE.send(uow.outbox, body, order.id, headers=user_headers(env.user_id))
 
 
-def handle_risk_check(uow: UnitOfWork, env: Envelope) -> None:
-    """The stage handler: check with the batch ``prepare_checks`` loaded, or prepare for this order alone."""
-    batch = _batch_for(uow, env.body["order_id"])
+def handle_risk_check(
+    uow: AbstractUnitOfWork,
+    env: Envelope,
+    price_settings: PriceSettings | None = None,
+    risk_service: RiskServiceGate | None = None,
+) -> None:
+    """The stage handler: check with the batch ``prepare_checks`` loaded, or prepare for this order alone;
+    with ``risk_service``, the Risk Analysis Service has the last word on what the rules approve."""
+    batch = _batch_for(uow, env.body["order_id"], price_settings)
     if env.body.get("request_id") is not None:
-        check_replace(uow, env, batch)
+        check_replace(uow, env, batch, risk_service)
     else:
-        check_order(uow, env, batch)
+        check_order(uow, env, batch, risk_service)
 
 
 def check_replace_terms(
-    uow: UnitOfWork,
+    uow: AbstractUnitOfWork,
     order: Order,
     quantity: Decimal,
     price: Decimal | None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,23 +21,22 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from sqlalchemy import Engine, text
 
 from common import jsonutil
 from common.domain.validation import plain
+from common.messages.catalogue import PRICE
 from common.messaging.connection import connect
+from common.messaging.topology import declare_subscription
+from common.settings import RiskSettings
 from services.risk_gate.rules import Quote
 
 log = logging.getLogger(__name__)
 
-MARKETDATA_EXCHANGE = "marketdata"
-PRICES_BINDING = "prices.*"
 FEED_SOURCE = "feed"
 INSTRUMENT_SOURCE = "instrument"
-DEFAULT_STALENESS_SECONDS = Decimal(30)
 
 
 class NoPriceBehaviour(StrEnum):
@@ -50,25 +48,15 @@ class NoPriceBehaviour(StrEnum):
 
 @dataclass(frozen=True)
 class PriceSettings:
-    """How old a feed price may be, and what to do without a fresh one."""
+    """How old a feed price may be, and what to do without a fresh one (the defaults are the settings')."""
 
     staleness: timedelta = timedelta(seconds=30)
     no_price: NoPriceBehaviour = NoPriceBehaviour.INSTRUMENT_REFERENCE
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> PriceSettings:
-        """``OMS_RISK_PRICE_STALENESS_SECONDS`` and ``OMS_RISK_NO_PRICE`` (reject | instrument_reference)."""
-        source = os.environ if env is None else env
-        seconds = Decimal(source.get("OMS_RISK_PRICE_STALENESS_SECONDS", str(DEFAULT_STALENESS_SECONDS)))
-        if not seconds.is_finite() or seconds < 0:
-            raise ValueError(f"OMS_RISK_PRICE_STALENESS_SECONDS must be a number >= 0, got {seconds}")
-        behaviour = source.get("OMS_RISK_NO_PRICE", NoPriceBehaviour.INSTRUMENT_REFERENCE.value).strip().lower()
-        try:
-            no_price = NoPriceBehaviour(behaviour)
-        except ValueError as exc:
-            allowed = " | ".join(b.value for b in NoPriceBehaviour)
-            raise ValueError(f"OMS_RISK_NO_PRICE must be {allowed}, got {behaviour!r}") from exc
-        return cls(staleness=timedelta(seconds=float(seconds)), no_price=no_price)
+    def of(cls, risk: RiskSettings) -> PriceSettings:
+        """From ``OMS_RISK_PRICE_STALENESS_SECONDS`` and ``OMS_RISK_NO_PRICE`` (validated by the settings)."""
+        return cls(staleness=timedelta(seconds=risk.price_staleness_seconds), no_price=NoPriceBehaviour(risk.no_price))
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +165,8 @@ def latest_prices(bodies: Iterable[tuple[bytes, str | None]], into: dict[str, Fe
 
 
 class ReferencePriceConsumer:
-    """Consumes ``marketdata``/``prices.*`` and writes the latest prices, at most every ``flush_seconds``.
+    """Consumes ``Price`` messages (``marketdata``/``prices.*``) and writes the latest prices, at most every
+    ``flush_seconds``.
 
     Cheap while the system idles, when the feed is all the gate does: a delivery is only kept (its body, as the
     broker's client library hands it over, without aio-pika's per-message wrapper); the bodies are parsed, the
@@ -236,10 +225,8 @@ class ReferencePriceConsumer:
         try:
             channel = await connection.channel()
             assert isinstance(channel, AbstractRobustChannel)
-            exchange = await channel.declare_exchange(MARKETDATA_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
             # Exclusive and auto-deleted: prices are only worth having while this process runs.
-            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-            await queue.bind(exchange, PRICES_BINDING)
+            queue = await declare_subscription(channel, PRICE.exchange, [PRICE.bound_key])
             await self._consume(channel, queue)
             channel.reopen_callbacks.add(lambda reopened: self._consume_again(channel, queue))
             self._ready.set()

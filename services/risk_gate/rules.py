@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.domain import Order, OrderType, Side
 from common.domain.validation import plain
-from services.risk_gate.limits import Limits
+from common.risk.controls import Halt, Restriction
+from common.risk.limits import Limits
 
 _ZERO = Decimal(0)
 _HUNDRED = Decimal(100)
@@ -48,6 +49,9 @@ class RiskCode:
     MAX_POSITION_EXCEEDED = "MAX_POSITION_EXCEEDED"
     MAX_GROSS_EXPOSURE_EXCEEDED = "MAX_GROSS_EXPOSURE_EXCEEDED"
     INSUFFICIENT_BUYING_POWER = "INSUFFICIENT_BUYING_POWER"
+    # The Risk Analysis Service (services/risk_gate/assessments.py): it refused the order, or could not answer.
+    RISK_SERVICE_REJECTED = "RISK_SERVICE_REJECTED"
+    RISK_SERVICE_UNAVAILABLE = "RISK_SERVICE_UNAVAILABLE"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -109,25 +113,6 @@ class InstrumentInfo:
     session_open: time | None = None
     session_close: time | None = None
     session_timezone: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Halt:
-    """A kill switch in force: for one account, or for every account (``account_id`` None)."""
-
-    account_id: str | None
-    reason: str
-    halted_by: str | None
-    since: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Restriction:
-    """A symbol nobody (``account_id`` None) or one account may trade."""
-
-    account_id: str | None
-    symbol: str
-    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)

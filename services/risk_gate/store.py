@@ -21,21 +21,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, TextClause, text
 
 from common.domain import OrderState, Side
-from services.risk_gate.limits import Limits, LimitValue, resolve
+from common.orders.ports import BufferedRepository, RepositorySlot
+from common.risk.controls import Halt, Restriction
+from common.risk.limits import Limits, LimitValue, resolve
+from common.store.uow import UnitOfWork
 from services.risk_gate.prices import FeedPrice, PriceSettings, best_price, choose_quote
 from services.risk_gate.rules import (
     AccountInfo,
-    Halt,
     InstrumentInfo,
     OrderTerms,
     Quote,
     RecentOrder,
-    Restriction,
     RiskInput,
     SymbolBook,
     valuation_price,
@@ -401,9 +402,14 @@ def prepare_batch(
         "not_passed": _NOT_PASSED,
         **_recent_windows(batch, metas, throttled),
     }
-    market_buys = _fill(batch, connection.execute(_LOAD, params))
-    _price_open_market_buys(batch, market_buys, now)
+    fill_batch(batch, connection.execute(_LOAD, params), now)
     return batch
+
+
+def fill_batch(batch: RiskBatch, rows: Iterable[Any], now: datetime) -> None:
+    """Put the facts the rules read (``_LOAD``'s rows, one per fact: see the table above it) into the batch, and
+    cost the open MARKET buys once the prices are in. The in-memory risk store of the tests builds the same rows."""
+    _price_open_market_buys(batch, _fill(batch, rows), now)
 
 
 def _recent_windows(batch: RiskBatch, metas: Mapping[str, OrderMeta], strategies: set[str]) -> dict[str, Any]:
@@ -502,10 +508,54 @@ def _price_open_market_buys(batch: RiskBatch, market_buys: Mapping[tuple[str, st
         batch.states[account_id].open_buy_cost += leaves * (price or _ZERO)
 
 
+# --------------------------------------------------------------------------- the port and its Postgres side
+
+
+class RiskStore(BufferedRepository, Protocol):
+    """The risk gate's reads of one transaction (a port: ``uow.repository(RISK_STORE)``), read only.
+
+    ``prepared`` is the batch the stage's ``prepare`` hook loaded for the transaction's checks; forgotten at
+    commit and rollback, when its locks are gone and what it read may be out of date.
+    """
+
+    prepared: RiskBatch | None
+
+    def load(self, metas: Mapping[str, OrderMeta], now: datetime, price_settings: PriceSettings) -> RiskBatch:
+        """Lock the orders' accounts and load what the rules need for them (see the module docstring)."""
+        ...
+
+
+class PostgresRiskStore:
+    """``RiskStore`` on the Postgres unit of work: ``prepare_batch`` on its connection, which first writes what
+    the transaction buffered, so a batch loaded after approvals of the same transaction counts them."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+        self.prepared: RiskBatch | None = None
+
+    def load(self, metas: Mapping[str, OrderMeta], now: datetime, price_settings: PriceSettings) -> RiskBatch:
+        """Lock the orders' accounts and load what the rules need for them (two or three statements)."""
+        return prepare_batch(self._uow.connection, metas, now, price_settings)
+
+    def flush(self) -> None:
+        """Nothing to write: the gate's writes go through the orders, requests and outbox."""
+
+    def reset(self) -> None:
+        """Forget the prepared batch."""
+        self.prepared = None
+
+
+RISK_STORE: RepositorySlot[RiskStore] = RepositorySlot("risk_gate", PostgresRiskStore)
+
+
 __all__ = [
     "OPEN_STATES",
+    "RISK_STORE",
     "OrderMeta",
+    "PostgresRiskStore",
     "RiskBatch",
+    "RiskStore",
+    "fill_batch",
     "lock_key",
     "lock_scopes",
     "prepare_batch",

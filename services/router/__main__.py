@@ -1,7 +1,7 @@
 """``python -m services.router``: run the router stage."""
 
 from common.bootstrap import run_stage
-from services.router.worker import SPEC
+from services.router.spec import SPEC
 
 if __name__ == "__main__":
-    run_stage(SPEC)
+    raise SystemExit(run_stage(SPEC))

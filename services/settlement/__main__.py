@@ -1,7 +1,7 @@
-"""``python -m services.settlement``: run the settlement stage."""
+"""``python -m services.settlement``: run the settlement stage, with the configured settlement calendar."""
 
 from common.bootstrap import run_stage
-from services.settlement.worker import SPEC
+from services.settlement.spec import stage_spec
 
 if __name__ == "__main__":
-    run_stage(SPEC)
+    raise SystemExit(run_stage(stage_spec))

@@ -36,16 +36,15 @@ from typing import Any
 from common.domain import Side
 from common.ids import new_id
 from common.logging import log_context
+from common.messages.bodies import position_update_body
+from common.messages.catalogue import POSITION_UPDATE
 from common.messaging.envelope import Envelope
-from common.messaging.topology import PORTFOLIO_EXCHANGE
+from common.orders.ports import AbstractSettlementRepository, AbstractUnitOfWork
+from common.orders.records import BookedTrade, Position
 from common.runtime.stage import DeadLetter
-from common.store.settlement_repo import BookedTrade, Position, SettlementRepository
-from common.store.uow import UnitOfWork
-from services.settlement.calendar import SettlementCalendar, trade_date_of
+from common.settlement_calendar import SettlementCalendar, trade_date_of
 
 log = logging.getLogger(__name__)
-
-POSITION_UPDATE_KEY = "positions.update"
 
 _ZERO = Decimal(0)
 # DECIMAL(20,8) in the store: computed amounts are rounded alike so the published values equal the stored.
@@ -114,13 +113,13 @@ def _bookable(body: dict[str, Any]) -> bool:
     return bool(body["quantity"] > _ZERO and body["price"] > _ZERO)
 
 
-def prepare(uow: UnitOfWork, envelopes: Iterable[Envelope]) -> None:
+def prepare(uow: AbstractUnitOfWork, envelopes: Iterable[Envelope]) -> None:
     """Once per batch transaction: load its instruments, lock its positions, load its executions' confirmations.
 
     A message that will be dead-lettered (non-positive terms, unknown instrument) locks nothing: its handler
     raises before it needs a position.
     """
-    repo = uow.repository(SettlementRepository)
+    repo = uow.settlement
     bodies = [env.body for env in envelopes]
     repo.load_instruments({body["symbol"] for body in bodies})
     bookable = [b for b in bodies if _bookable(b) and repo.instrument(b["symbol"]) is not None]
@@ -129,7 +128,9 @@ def prepare(uow: UnitOfWork, envelopes: Iterable[Envelope]) -> None:
     repo.load_confirmations({b["execution_id"] for b in bookable})
 
 
-def _trade(body: dict[str, Any], repo: SettlementRepository, calendar: SettlementCalendar, cycle: int) -> _Trade:
+def _trade(
+    body: dict[str, Any], repo: AbstractSettlementRepository, calendar: SettlementCalendar, cycle: int
+) -> _Trade:
     execution_id = body["execution_id"]
     trade_date = trade_date_of(body["timestamp"])
     trade = _Trade(
@@ -166,7 +167,7 @@ def _trade(body: dict[str, Any], repo: SettlementRepository, calendar: Settlemen
     )
 
 
-def handle(uow: UnitOfWork, env: Envelope, *, calendar: SettlementCalendar) -> None:
+def book_fill(uow: AbstractUnitOfWork, env: Envelope, *, calendar: SettlementCalendar) -> None:
     """Book one FillBooked: confirmation, instruction, position; publish one position update carrying them."""
     body = env.body
     order_id: str = body["order_id"]
@@ -174,10 +175,10 @@ def handle(uow: UnitOfWork, env: Envelope, *, calendar: SettlementCalendar) -> N
         _book(uow, body, order_id, calendar)
 
 
-def _book(uow: UnitOfWork, body: dict[str, Any], order_id: str, calendar: SettlementCalendar) -> None:
+def _book(uow: AbstractUnitOfWork, body: dict[str, Any], order_id: str, calendar: SettlementCalendar) -> None:
     if not _bookable(body):
         raise DeadLetter("FillBooked quantity and price must be positive (a reversal says reversal: true)")
-    repo = uow.repository(SettlementRepository)
+    repo = uow.settlement
     symbol: str = body["symbol"]
     instrument = repo.instrument(symbol)
     if instrument is None:
@@ -241,7 +242,7 @@ def _book(uow: UnitOfWork, body: dict[str, Any], order_id: str, calendar: Settle
         after = position_after(before, signed, trade.price)
     repo.set_position(account_id, symbol, after, now)
 
-    _publish(uow, order_id, body, trade, confirmation, instruction, before, after)
+    _publish(uow, body, confirmation, instruction, before, after)
     if log.isEnabledFor(logging.DEBUG):
         log.debug(
             "execution booked",
@@ -254,70 +255,22 @@ def _book(uow: UnitOfWork, body: dict[str, Any], order_id: str, calendar: Settle
 
 
 def _publish(
-    uow: UnitOfWork,
-    order_id: str,
+    uow: AbstractUnitOfWork,
     body: dict[str, Any],
-    trade: _Trade,
     confirmation: dict[str, Any],
     instruction: dict[str, Any],
     before: Position,
     after: Position,
 ) -> None:
-    """One ``positions.update`` per fill; ``confirmation`` and ``instruction`` are what the retired
-    ``trades.confirmation`` and ``settlement.instruction`` messages carried, field for field."""
-    account_id = body["account_id"]
-    execution_id = trade.execution_id
-    symbol = confirmation["symbol"]
-    cash = instruction["cash_amount"]
-    uow.outbox.add(
-        PORTFOLIO_EXCHANGE,
-        POSITION_UPDATE_KEY,
-        "PositionUpdate",
-        {
-            "orderId": order_id,
-            "executionId": execution_id,
-            "accountId": account_id,
-            "symbol": symbol,
-            "quantity": after.quantity,
-            "delta": after.quantity - before.quantity,
-            "averageCost": after.average_cost,
-            "realizedPnl": after.realized_pnl,
-            "timestamp": body["timestamp"],
-            "reversal": trade.reversal,
-            "confirmation": {
-                "confirmationId": confirmation["id"],
-                "orderId": order_id,
-                "executionId": execution_id,
-                "accountId": account_id,
-                "symbol": symbol,
-                "side": confirmation["side"],
-                "quantity": trade.quantity,
-                "price": trade.price,
-                "grossAmount": confirmation["gross_amount"],
-                "fees": trade.fees,
-                "netAmount": confirmation["net_amount"],
-                "currency": confirmation["currency"],
-                "venue": confirmation["venue"],
-                "tradeDate": trade.trade_date,
-                "settlementDate": trade.settlement_date,
-                "reversal": trade.reversal,
-            },
-            "instruction": {
-                "instructionId": instruction["id"],
-                "confirmationId": confirmation["id"],
-                "orderId": order_id,
-                "executionId": execution_id,
-                "accountId": account_id,
-                "symbol": symbol,
-                "securitiesDirection": instruction["securities_direction"],
-                "quantity": trade.quantity,
-                "cashDirection": "PAY" if cash < _ZERO else "RECEIVE",
-                "cashAmount": cash,
-                "currency": instruction["currency"],
-                "settlementDate": trade.settlement_date,
-                "status": instruction["status"],
-                "reversal": trade.reversal,
-            },
-        },
-        order_id,
+    """One ``positions.update`` per fill, carrying the confirmation and the instruction (what the retired
+    ``trades.confirmation`` and ``settlement.instruction`` messages carried, field for field)."""
+    update = position_update_body(
+        confirmation,
+        instruction,
+        quantity=after.quantity,
+        delta=after.quantity - before.quantity,
+        average_cost=after.average_cost,
+        realized_pnl=after.realized_pnl,
+        timestamp=body["timestamp"],
     )
+    POSITION_UPDATE.send(uow.outbox, update, confirmation["order_id"])

@@ -40,7 +40,7 @@ _LIMIT_TYPES = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class OrderRequest:
+class BrokerRequest:
     """A new, cancel or replace request from the OMS (the schema-loaded body, snake_case)."""
 
     order_id: str
@@ -55,7 +55,7 @@ class OrderRequest:
     time_in_force: TimeInForce = TimeInForce.DAY
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> OrderRequest:
+    def from_body(cls, body: Mapping[str, Any]) -> BrokerRequest:
         """Build from a body loaded by ``NewOrderRequestSchema`` (or the cancel/replace schemas)."""
         return cls(
             order_id=body["order_id"],
@@ -246,7 +246,7 @@ class Book:
 
     # --- requests ----------------------------------------------------------------------------------
 
-    def new_order(self, request: OrderRequest, now: datetime) -> list[Report]:
+    def new_order(self, request: BrokerRequest, now: datetime) -> list[Report]:
         """Accept (NEW, then whatever trades at once) or reject a new order.
 
         A second request for an order id the venue already knows is a duplicate and produces nothing.
@@ -278,7 +278,7 @@ class Book:
         self._match(order, now, reports)
         return reports
 
-    def cancel(self, request: OrderRequest, now: datetime) -> list[Report]:
+    def cancel(self, request: BrokerRequest, now: datetime) -> list[Report]:
         """PENDING_CANCEL then CANCELED, or CANCEL_REJECTED when the order is unknown or finished."""
         order = self.working.get(request.order_id)
         if order is None:
@@ -288,7 +288,7 @@ class Book:
         self._finish(order)
         return [pending, self._report(order, ExecType.CANCELED, request.request_id, now)]
 
-    def replace(self, request: OrderRequest, now: datetime) -> list[Report]:
+    def replace(self, request: BrokerRequest, now: datetime) -> list[Report]:
         """PENDING_REPLACE then REPLACED with the new terms (and what then trades), or REPLACE_REJECTED."""
         order = self.working.get(request.order_id)
         if order is None:
@@ -423,7 +423,7 @@ class Book:
 
     # --- checks ------------------------------------------------------------------------------------
 
-    def _terms_rejection(self, request: OrderRequest, order_type: OrderType) -> str | None:
+    def _terms_rejection(self, request: BrokerRequest, order_type: OrderType) -> str | None:
         if request.quantity <= _ZERO:
             return "quantity must be positive"
         if self.rules.max_qty is not None and request.quantity > self.rules.max_qty:
@@ -434,12 +434,12 @@ class Book:
             return f"{order_type} order needs a positive stop price"
         return None
 
-    def _rejection(self, request: OrderRequest) -> str | None:
+    def _rejection(self, request: BrokerRequest) -> str | None:
         if request.symbol in self.rules.reject_symbols:
             return f"symbol {request.symbol} is not accepted by the venue"
         return self._terms_rejection(request, request.type)
 
-    def _replace_rejection(self, order: SimOrder, request: OrderRequest) -> str | None:
+    def _replace_rejection(self, order: SimOrder, request: BrokerRequest) -> str | None:
         if request.symbol != order.symbol or request.side is not order.side or request.type is not order.type:
             return "a replace cannot change the symbol, side or order type"
         return self._terms_rejection(request, order.type)
@@ -481,7 +481,7 @@ class Book:
 
     def _request_rejected(
         self,
-        request: OrderRequest,
+        request: BrokerRequest,
         exec_type: ExecType,
         reason: str,
         now: datetime,
@@ -493,7 +493,7 @@ class Book:
             return self._report(order, exec_type, request.request_id, now, reason=reason)
         return self._refused(request, exec_type, reason, now)
 
-    def _refused(self, request: OrderRequest, exec_type: ExecType, reason: str, now: datetime) -> Report:
+    def _refused(self, request: BrokerRequest, exec_type: ExecType, reason: str, now: datetime) -> Report:
         """A request refused while the venue holds no such order: the request's terms, nothing done."""
         return Report(
             execution_id=self.new_id(),

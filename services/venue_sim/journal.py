@@ -75,6 +75,8 @@ _CREATE = (
     )
     """,
 )
+TABLES = ("venue_sim_requests", "venue_sim_orders", "venue_sim_outbox", "venue_sim_state")
+_MISSING = "SELECT count(*) FROM unnest(%s::text[]) AS t(name) WHERE to_regclass(t.name) IS NULL"
 _PRUNE = "DELETE FROM venue_sim_requests WHERE seen_at < now() - make_interval(days => %s)"
 _LOAD_KEYS = "SELECT request_key FROM venue_sim_requests"
 _LOAD_ORDERS = "SELECT state FROM venue_sim_orders"
@@ -100,6 +102,12 @@ _SET_SEQUENCE = (
 )
 
 _DECIMALS = ("quantity", "price", "stop_price", "cum_qty", "notional")
+
+
+def create_tables(connection: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """Create the journal's tables where missing (the venue at start, or the owner before it starts)."""
+    for create in _CREATE:
+        connection.execute(create)
 
 
 def request_key(routing_key: str, request_id: str) -> str:
@@ -235,8 +243,11 @@ class Journal:
 
     @staticmethod
     def _load(connection: psycopg.Connection[tuple[Any, ...]]) -> tuple[set[str], Restored]:
-        for create in _CREATE:
-            connection.execute(create)
+        # Created only when missing: under the workers' role the venue may use its tables but not create any
+        # (the owner made them: tools/infra/postgres.py), and even CREATE ... IF NOT EXISTS asks for that right.
+        missing = connection.execute(_MISSING, (list(TABLES),)).fetchone()
+        if missing and missing[0]:
+            create_tables(connection)
         connection.execute(_PRUNE, (KEEP_DAYS,))
         keys = {str(row[0]) for row in connection.execute(_LOAD_KEYS)}
         orders = [order_from_snapshot(str(row[0])) for row in connection.execute(_LOAD_ORDERS)]

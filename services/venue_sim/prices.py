@@ -45,8 +45,9 @@ class RandomWalk:
         self.spec = spec
         self._anchor = round_to_tick(spec.reference_price, spec.tick_size)
         self.price = self._anchor
-        # A string seed is hashed with SHA-512 by random.Random: stable across runs and processes.
-        self._rng = random.Random(f"{seed}/{spec.symbol}")
+        # A string seed is hashed with SHA-512 by random.Random: stable across runs and processes. A simulated
+        # price walk must be reproducible from its seed, and nothing secret comes from it (B311).
+        self._rng = random.Random(f"{seed}/{spec.symbol}")  # nosec B311
         self._volatility = volatility
         self._mean_reversion = mean_reversion
 

@@ -41,46 +41,40 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import cast
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
-from aiormq.abc import FieldTable
-from marshmallow import Schema, ValidationError
+from marshmallow import ValidationError
 from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from common import jsonutil
-from common.contracts import CancelRequestSchema, NewOrderRequestSchema, ReplaceRequestSchema
 from common.logging import log_context
+from common.messages.bodies import price_body, price_routing_key
+from common.messages.catalogue import (
+    BROKER_REQUESTS,
+    CANCEL_REQUEST,
+    EXECUTION_REPORT,
+    NEW_ORDER_REQUEST,
+    PRICE,
+    REPLACE_REQUEST,
+    MessageKind,
+)
 from common.messaging.connection import connect_unless_stopped
 from common.messaging.deadletter import dead_letter
 from common.messaging.envelope import message_id_of
 from common.messaging.publisher import Publisher
-from common.messaging.topology import (
-    BROKER_EXCHANGE,
-    DEAD_LETTER_EXCHANGE,
-    OMS_EXCHANGE,
-    StageQueue,
-    declare_exchanges,
-    declare_topology,
-    stage_queue_arguments,
-)
+from common.messaging.topology import VENUE_QUEUE, declare_stage_queue, declare_topology
 from common.store import tables
 from common.store.db import make_engine
 from common.store.outbox import OutboxMessage
-from services.venue_sim.book import Book, OrderRequest, Report
+from services.venue_sim.book import Book, BrokerRequest, Report
 from services.venue_sim.config import VenueConfig
 from services.venue_sim.journal import Entry, Journal, request_key, snapshot
 from services.venue_sim.prices import DEFAULT_REFERENCE_PRICE, InstrumentSpec, Market
 
 log = logging.getLogger(__name__)
 
-MARKETDATA_EXCHANGE = "marketdata"
-REPORT_ROUTING_KEY = "execution.report"
-REPORT_TYPE = "ExecutionReport"
-PRICE_TYPE = "Price"
 _DB_WAIT_SECONDS = 30.0
 
 DUPLICATE_REQUESTS = Counter(
@@ -89,27 +83,8 @@ DUPLICATE_REQUESTS = Counter(
     ["routing_key"],
 )
 
-SCHEMAS: Mapping[str, Schema] = {
-    "orders.new": NewOrderRequestSchema(),
-    "orders.cancel": CancelRequestSchema(),
-    "orders.replace": ReplaceRequestSchema(),
-}
-
-
-@dataclass(frozen=True)
-class VenueQueue(StageQueue):
-    """The venue's own queue on the ``broker`` exchange (``venue_sim.orders``, dead-lettering to ``.dlq``)."""
-
-    @property
-    def name(self) -> str:
-        return f"{self.stage}.orders"
-
-    @property
-    def dead_letter_name(self) -> str:
-        return f"{self.name}.dlq"
-
-
-VENUE_QUEUE = VenueQueue("venue_sim", ("orders.*",))
+# The requests the venue takes, by routing key (the queue is bound to exactly these: common/messaging/topology.py).
+REQUEST_KINDS: Mapping[str, MessageKind] = {kind.routing_key: kind for kind in BROKER_REQUESTS}
 
 
 class _Tick:
@@ -144,7 +119,7 @@ class Decoded:
 
     message_id: str
     routing_key: str
-    request: OrderRequest | None = None
+    request: BrokerRequest | None = None
     error: str | None = None
 
 
@@ -152,7 +127,8 @@ def decode(message: AbstractIncomingMessage) -> Decoded:
     """Parse and validate a request against the schema of its routing key."""
     message_id = message_id_of(message)
     routing_key = message.routing_key or ""
-    schema = SCHEMAS.get(routing_key)
+    kind = REQUEST_KINDS.get(routing_key)
+    schema = None if kind is None else kind.schema
     if schema is None:
         return Decoded(message_id, routing_key, error=f"no schema for routing key {routing_key!r}")
     try:
@@ -165,16 +141,16 @@ def decode(message: AbstractIncomingMessage) -> Decoded:
         body = schema.load(raw)
     except ValidationError as exc:
         return Decoded(message_id, routing_key, error="invalid body: " + jsonutil.dumps(exc.messages))
-    return Decoded(message_id, routing_key, request=OrderRequest.from_body(body))
+    return Decoded(message_id, routing_key, request=BrokerRequest.from_body(body))
 
 
 def report_message(report: Report) -> OutboxMessage:
     """The AMQP message of a report; message id = execution id, so a copy published again is a duplicate."""
     return OutboxMessage(
         message_id=report.execution_id,
-        exchange=OMS_EXCHANGE,
-        routing_key=REPORT_ROUTING_KEY,
-        type=REPORT_TYPE,
+        exchange=EXECUTION_REPORT.exchange,
+        routing_key=EXECUTION_REPORT.routing_key,
+        type=EXECUTION_REPORT.type,
         correlation_id=report.order_id,
         body=jsonutil.dumps(report.to_body()),
         created_at=report.timestamp,
@@ -227,21 +203,11 @@ async def _instruments_with_retry(database_url: str) -> tuple[InstrumentSpec, ..
 
 
 async def declare_venue_topology(channel: AbstractChannel, config: VenueConfig) -> AbstractQueue:
-    """Exchanges, the market data exchange, the venue's queue and its dead-letter queue (all idempotent)."""
-    exchanges = await declare_exchanges(channel)
-    await channel.declare_exchange(MARKETDATA_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    """The exchanges (market data's among them), the pipeline's queues unless told not to, the venue's queue and
+    its dead-letter queue (all idempotent)."""
     if config.declare_pipeline:
         await declare_topology(channel, config.delivery_limit)
-    dlq = await channel.declare_queue(VENUE_QUEUE.dead_letter_name, durable=True, arguments={"x-queue-type": "quorum"})
-    await dlq.bind(exchanges[DEAD_LETTER_EXCHANGE], routing_key=VENUE_QUEUE.dead_letter_name)
-    queue = await channel.declare_queue(
-        VENUE_QUEUE.name,
-        durable=True,
-        arguments=cast("FieldTable", stage_queue_arguments(VENUE_QUEUE, config.delivery_limit)),
-    )
-    for key in VENUE_QUEUE.routing_keys:
-        await queue.bind(exchanges[BROKER_EXCHANGE], routing_key=key)
-    return queue
+    return await declare_stage_queue(channel, VENUE_QUEUE, config.delivery_limit, declare=config.declare_queue)
 
 
 class VenueSim:
@@ -274,7 +240,7 @@ class VenueSim:
         instruments = config.instruments
         if instruments is None:
             instruments = await _instruments_with_retry(config.database_url)
-        self.market = Market(instruments, config.seed, config.volatility, config.mean_reversion)
+        self.market = Market(instruments, config.venue.seed, config.venue.volatility, config.venue.mean_reversion)
         self.book = Book(self.market, config.rules)
         restored = await self._journal.load(self._stopping)
         self.book.restore(restored.orders, restored.sequence)
@@ -294,14 +260,14 @@ class VenueSim:
                 log.info("venue outbox published again", extra={"count": len(restored.outbox)})
             channel = await connection.channel()
             queue = await declare_venue_topology(channel, config)
-            await channel.set_qos(prefetch_count=config.prefetch)
-            if config.latency_ms > 0:
+            await channel.set_qos(prefetch_count=config.venue.prefetch)
+            if config.venue.latency_ms > 0:
                 background.append(asyncio.create_task(self._delay_line()))
             background.append(asyncio.create_task(self._tick_loop()))
             tag = await queue.consume(self._on_message)
             log.info(
                 "venue consuming",
-                extra={"queue": queue.name, "instruments": len(instruments), "seed": config.seed},
+                extra={"queue": queue.name, "instruments": len(instruments), "seed": config.venue.seed},
             )
             self.ready.set()
             try:
@@ -326,8 +292,8 @@ class VenueSim:
     # --- intake ------------------------------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        if self.config.latency_ms > 0:
-            self._delayed.put_nowait((time.monotonic() + self.config.latency_ms / 1000, message))
+        if self.config.venue.latency_ms > 0:
+            self._delayed.put_nowait((time.monotonic() + self.config.venue.latency_ms / 1000, message))
         else:
             self._events.put_nowait(message)
 
@@ -341,7 +307,7 @@ class VenueSim:
             self._events.put_nowait(message)
 
     async def _tick_loop(self) -> None:
-        interval = self.config.tick_ms / 1000
+        interval = self.config.venue.tick_ms / 1000
         next_at = time.monotonic()
         while True:
             next_at += interval
@@ -358,7 +324,7 @@ class VenueSim:
         try:
             while True:
                 events = [await self._events.get()]
-                while len(events) < self.config.prefetch + 1:
+                while len(events) < self.config.venue.prefetch + 1:
                     try:
                         events.append(self._events.get_nowait())
                     except asyncio.QueueEmpty:
@@ -435,7 +401,7 @@ class VenueSim:
         await self._journal.forget_published()
 
     def _answer(
-        self, message: AbstractIncomingMessage, decoded: Decoded, request: OrderRequest, now: datetime, entry: Entry
+        self, message: AbstractIncomingMessage, decoded: Decoded, request: BrokerRequest, now: datetime, entry: Entry
     ) -> list[OutboxMessage]:
         assert self.book is not None
         key = request_key(decoded.routing_key, request.request_id)
@@ -452,10 +418,10 @@ class VenueSim:
                 return []
             self._journal.remember(key)
             entry.request_keys.append(key)  # journaled with this batch's reports, not before
-            handle: Callable[[OrderRequest, datetime], list[Report]] = {
-                "orders.new": self.book.new_order,
-                "orders.cancel": self.book.cancel,
-                "orders.replace": self.book.replace,
+            handle: Callable[[BrokerRequest, datetime], list[Report]] = {
+                NEW_ORDER_REQUEST.routing_key: self.book.new_order,
+                CANCEL_REQUEST.routing_key: self.book.cancel,
+                REPLACE_REQUEST.routing_key: self.book.replace,
             }[decoded.routing_key]
             reports = handle(request, now)
             if not reports:
@@ -523,11 +489,11 @@ class VenueSim:
         messages = [
             OutboxMessage(
                 message_id=f"price-{symbol}-{now.isoformat()}",
-                exchange=MARKETDATA_EXCHANGE,
-                routing_key=f"prices.{symbol}",
-                type=PRICE_TYPE,
+                exchange=PRICE.exchange,
+                routing_key=price_routing_key(symbol),
+                type=PRICE.type,
                 correlation_id=None,
-                body=jsonutil.dumps({"symbol": symbol, "price": price, "timestamp": now}),
+                body=jsonutil.dumps(price_body(symbol, price, now)),
                 created_at=now,
             )
             for symbol, price in prices.items()

@@ -22,7 +22,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from common.config import REPO_ROOT
+from common.settings import REPO_ROOT
 from common.store.db import make_engine
 from tests.support.api import TEST_SECRET, private_vhost
 from tests.support.polling import wait_until

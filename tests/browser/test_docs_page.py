@@ -16,9 +16,10 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from common.config import Settings
+from common.settings import InfraSettings, Settings
 from common.store.db import make_engine
-from services.api.rest import SWAGGER_UI_URL, create_app
+from services.api.app import create_app
+from services.api.openapi import SWAGGER_UI_URL
 from tests.support.api import bearer, token_service
 
 SPEC_OPERATIONS = {
@@ -108,7 +109,9 @@ def test_docs_page_names_only_this_hosts_files(database_url: str, amqp_url: str)
     """Without a browser: every script and stylesheet of /docs is one this app serves from the pinned package."""
     engine = make_engine(database_url)
     try:
-        app = create_app(Settings(database_url=database_url, amqp_url=amqp_url), engine, tokens=token_service())
+        app = create_app(
+            Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url)), engine, tokens=token_service()
+        )
         client = app.test_client()
         page = client.get("/docs").get_data(as_text=True)
         assets = re.findall(r'(?:src|href)="([^"]+)"', page)

@@ -11,10 +11,10 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 from sqlalchemy import Engine, select, text
 
 from common import jsonutil
+from common.messages.exchanges import BROKER_EXCHANGE, OMS_EXCHANGE
 from common.messaging.publisher import Publisher
-from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE
 from common.store import tables
-from tests.support.orders import order_record
+from tests.support.orders import find_order_record
 from tests.support.polling import async_wait_until
 
 
@@ -47,14 +47,14 @@ async def wait_for_state(engine: Engine, order_id: str, *states: str, timeout: f
     """Poll until the order is in one of ``states``; returns the row."""
 
     def reached() -> Any:
-        row = order_record(engine, order_id)
+        row = find_order_record(engine, order_id)
         return row if row is not None and row.state in states else None
 
-    return await async_wait_until(
-        reached,
-        timeout=timeout,
-        message=lambda: f"order {order_id} in {states}, last {getattr(order_record(engine, order_id), 'state', None)}",
-    )
+    def progress() -> str:
+        row = find_order_record(engine, order_id)
+        return f"order {order_id} in {states}, last {getattr(row, 'state', None)}"
+
+    return await async_wait_until(reached, timeout=timeout, message=progress)
 
 
 def count(engine: Engine, sql: str, **params: Any) -> int:

@@ -13,9 +13,9 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from common import jsonutil
-from common.messaging.deadletter import ERROR_HEADER
+from common.messages.exchanges import OMS_EXCHANGE
+from common.messages.headers import ERROR_HEADER
 from common.messaging.publisher import Publisher
-from common.messaging.topology import OMS_EXCHANGE
 from tests.e2e.conftest import RunningSystem
 from tests.e2e.support import BrokerPlayer, count, send_decision, wait_for_order, wait_for_state
 from tests.support.orders import order_record, trade_decision
@@ -109,8 +109,8 @@ async def test_the_same_execution_report_twice_is_applied_once(
 async def test_a_cancel_racing_a_fill_keeps_both(
     pipeline_without_venue: RunningSystem, amqp: AbstractRobustConnection
 ) -> None:
+    from common.orders.commands import cancel_order
     from common.store.uow import UnitOfWork
-    from services.intake.commands import cancel_order
 
     running = pipeline_without_venue
     player = await BrokerPlayer.start(amqp)

@@ -7,6 +7,7 @@ and the router to the ``broker`` exchange, and each venue report comes back on `
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -14,10 +15,10 @@ from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import select
 
 from common.domain import InvalidTransition, RequestKind
+from common.orders.commands import cancel_order, modify_order
 from common.store import tables
 from common.store.orders_repo import order_from_row
 from common.store.uow import UnitOfWork
-from services.intake.commands import cancel_order, modify_order
 from tests.e2e.conftest import RunningSystem
 from tests.e2e.support import BrokerPlayer, send_decision, wait_for_order, wait_for_state
 from tests.fix_scenarios import SCENARIOS, Expect, Report, Request, Scenario
@@ -114,5 +115,5 @@ async def test_fix_appendix_d_scenario(
                     assert (sent["quantity"], sent["price"]) == (action.quantity, action.price), where
         else:
             execution_id = await player.report(order_id, action.exec_type.value, **_report_fields(action, request_ids))
-            await async_wait_until(lambda eid=execution_id: _applied(running, eid), timeout=30, message=where)
+            await async_wait_until(partial(_applied, running, execution_id), timeout=30, message=where)
         _check(running, order_id, step.expect, where)

@@ -12,9 +12,10 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import select
 
+from common.orders.commands import cancel_order, modify_order, submit_order
+from common.orders.order_request import OrderRequest
 from common.store import tables
 from common.store.uow import UnitOfWork
-from services.intake.commands import OrderRequest, cancel_order, modify_order, submit_order
 from tests.e2e.conftest import RunningSystem
 from tests.e2e.support import count, send_decision, wait_for_order, wait_for_state
 from tests.support.orders import event_records, order_record, trade_decision

@@ -30,11 +30,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, select
 
 from common import jsonutil
-from common.config import REPO_ROOT
+from common.messages.exchanges import DEAD_LETTER_EXCHANGE, OMS_EXCHANGE
+from common.messages.headers import ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER
 from common.messaging.connection import connect
-from common.messaging.deadletter import ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER
 from common.messaging.publisher import Publisher
-from common.messaging.topology import DEAD_LETTER_EXCHANGE, OMS_EXCHANGE, declare_topology
+from common.messaging.topology import declare_topology
+from common.settings import REPO_ROOT
 from common.store import tables
 from common.store.db import make_engine
 from common.store.outbox import OutboxMessage

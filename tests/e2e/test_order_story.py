@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import case, func, select
 
 from common import jsonutil
-from common.config import REPO_ROOT
+from common.settings import REPO_ROOT
 from common.store import tables
 from tests.e2e.conftest import RunningSystem
 from tests.support.api import new_account

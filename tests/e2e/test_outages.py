@@ -12,8 +12,8 @@ from decimal import Decimal
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
+from common.messages.exchanges import OMS_EXCHANGE
 from common.messaging.publisher import Publisher
-from common.messaging.topology import OMS_EXCHANGE
 from tests.e2e.conftest import RunningSystem
 from tests.e2e.support import count
 from tests.support import outages

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import REPO_ROOT
+from common.settings import REPO_ROOT
 from tools import infra
+from tools.infra import postgres, rabbitmq
 
 OMS = str(REPO_ROOT / "oms")
 
@@ -73,8 +74,8 @@ class Instance:
     @classmethod
     def create(cls, extra: Mapping[str, str]) -> Instance:
         run = uuid.uuid4().hex[:8]
-        # Beside the machine's default data folder, which tools/infra.py keeps where the servers' users can reach
-        # (outside a private checkout such as a mktemp -d clone).
+        # Beside the machine's default data folder, which tools/infra/settings.py keeps where the servers' users
+        # can reach (outside a private checkout such as a mktemp -d clone).
         default = cls._settings({k: v for k, v in os.environ.items() if k != "OMS_DATA_DIR"}).data_dir
         data_dir = default / f"fault-{run}"
         pg, amqp, mgmt, dist, rest, grpc = free_ports(6)
@@ -99,18 +100,18 @@ class Instance:
         return cls(env=env, data_dir=data_dir, urls=settings.urls, crash_trigger=crash_trigger)
 
     @staticmethod
-    def _settings(env: Mapping[str, str]) -> infra.Settings:
+    def _settings(env: Mapping[str, str]) -> infra.ServerSettings:
         saved = dict(os.environ)
         try:
             os.environ.clear()
             os.environ.update(env)
-            return infra.Settings.from_env()
+            return infra.ServerSettings.from_env()
         finally:
             os.environ.clear()
             os.environ.update(saved)
 
     @property
-    def infra_settings(self) -> infra.Settings:
+    def infra_settings(self) -> infra.ServerSettings:
         return self._settings(self.env)
 
     def oms(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -169,16 +170,16 @@ class Instance:
     # --- outages of the instance's own servers -------------------------------------------------------
 
     def stop_broker(self) -> None:
-        infra._rabbit_stop(self.infra_settings)
+        rabbitmq.stop(self.infra_settings)
 
     def start_broker(self) -> None:
-        infra._rabbit_start(self.infra_settings)
+        rabbitmq.start(self.infra_settings)
 
     def stop_database(self) -> None:
-        infra._pg_stop(self.infra_settings)
+        postgres.stop(self.infra_settings)
 
     def start_database(self) -> None:
-        infra._pg_start(self.infra_settings)
+        postgres.start(self.infra_settings)
 
     def logs_tail(self, name: str, lines: int = 30) -> str:
         path = self.data_dir / "logs" / f"{name}.log"

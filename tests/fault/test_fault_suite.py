@@ -33,8 +33,8 @@ from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import Engine, text
 
 from common import jsonutil
+from common.messages.exchanges import OMS_EXCHANGE
 from common.messaging.connection import connect
-from common.messaging.topology import OMS_EXCHANGE
 from common.store.db import make_engine
 from tests.fault.harness import Instance, outage
 from tests.support.invariants import assert_invariants_hold

@@ -28,7 +28,7 @@ from common.domain import ExecType
 from common.messaging.envelope import Envelope
 from common.store import tables
 from common.store.uow import UnitOfWork
-from services.execution_handler.handlers import handle as handle_report
+from services.execution_handler.handlers import handle_execution_report as handle_report
 from services.risk_gate.handlers import handle_risk_check
 from tests.support.api import bearer, new_account
 from tests.support.orders import apply_report, create_order, handle, mark_routed, order_row, risk_check, store

@@ -16,12 +16,12 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
 from common import jsonutil
-from common.config import Settings
+from common.settings import ApiSettings, InfraSettings, Settings
 from proto.gen import order_pb2 as pb
 from proto.gen import order_pb2_grpc as pb_grpc
+from services.api.app import create_app
 from services.api.auth import SCOPE_READ, SCOPE_WRITE, TokenService, load_secret
 from services.api.grpc_server import GrpcServer
-from services.api.rest import create_app
 from tests.support.api import (
     TEST_SECRET,
     bearer,
@@ -58,7 +58,7 @@ BAD_AUTHORIZATION = {
     "garbage": "Bearer not.a.jwt",
     "expired": "Bearer " + jwt.encode(_claims(exp=datetime.now(UTC) - timedelta(minutes=1)), TEST_SECRET),
     "forged": "Bearer " + jwt.encode(_claims(), "another-secret-of-the-same-length-0123456789"),
-    "alg none": "Bearer " + jwt.encode(_claims(), None, algorithm="none"),  # type: ignore[arg-type]
+    "alg none": "Bearer " + jwt.encode(_claims(), "", algorithm="none"),
     "other issuer": "Bearer " + jwt.encode(_claims(iss="someone-else"), TEST_SECRET),
     "no expiry": "Bearer " + jwt.encode(_claims(exp=None), TEST_SECRET),
     "accounts not a list": "Bearer " + jwt.encode(_claims(accounts="*"), TEST_SECRET),
@@ -68,7 +68,7 @@ BAD_AUTHORIZATION = {
 @pytest.fixture(scope="module")
 def settings(database_url: str, amqp_url: str, infra_urls: InfraUrls) -> Iterator[Settings]:
     with private_vhost(infra_urls, amqp_url) as url:
-        yield Settings(database_url=database_url, amqp_url=url)
+        yield Settings(infra=InfraSettings(database_url=database_url, amqp_url=url))
 
 
 @pytest.fixture(scope="module")
@@ -233,9 +233,11 @@ async def test_grpc_scopes(stub: pb_grpc.OrderServiceStub, accounts: dict[str, A
 
 
 def test_token_command_mints_a_token_the_services_accept(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.setenv("OMS_JWT_SECRET", TEST_SECRET)
+    # An empty key set of its own: with keys rotated in the checkout's .data, the command would sign with those.
+    monkeypatch.setenv("OMS_JWT_KEYS_FILE", str(tmp_path / "jwt-keys.json"))
     argv = ["--sub", "alice", "--accounts", "ACC-001,ACC-002", "--scopes", "orders:read", "--ttl", "60"]
     assert token_command.main(argv) == 0
     principal = token_service().verify(capsys.readouterr().out.strip())
@@ -248,10 +250,10 @@ def test_token_command_mints_a_token_the_services_accept(
 def test_secret_file_is_created_private_and_reused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("OMS_JWT_SECRET", raising=False)
     secret_file = tmp_path / "nested" / f"jwt-{uuid.uuid4().hex}"
-    settings = Settings(jwt_secret_file=secret_file)
-    first = load_secret(settings)
+    api = ApiSettings(jwt_secret_file=secret_file)
+    first = load_secret(api)
     assert len(first) >= 32
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
-    assert load_secret(settings) == first
-    token = TokenService.from_settings(settings).issue("u", ["*"], [SCOPE_READ])
-    assert TokenService(first, settings.jwt_issuer).verify(token).subject == "u"
+    assert load_secret(api) == first
+    token = TokenService.from_settings(api).issue("u", ["*"], [SCOPE_READ])
+    assert TokenService(first, api.jwt_issuer).verify(token).subject == "u"

@@ -17,20 +17,13 @@ import pytest
 import requests
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from common.config import REPO_ROOT
+from common.messages.exchanges import DEAD_LETTER_EXCHANGE, TOPIC_EXCHANGES
 from common.messaging.connection import connect
-from common.messaging.topology import (
-    BROKER_EXCHANGE,
-    DEAD_LETTER_EXCHANGE,
-    OMS_EXCHANGE,
-    STAGE_QUEUES,
-    TOPIC_EXCHANGES,
-    declare_topology,
-    stage_queue_arguments,
-)
+from common.messaging.topology import STAGE_QUEUES, VENUE_QUEUE, declare_topology, stage_queue_arguments
+from common.settings import REPO_ROOT
 from services.jobs.config import JOBS_QUEUE
 from services.venue_sim.config import VenueConfig
-from services.venue_sim.venue import MARKETDATA_EXCHANGE, VENUE_QUEUE, declare_venue_topology
+from services.venue_sim.venue import declare_venue_topology
 from tools import infra
 
 if TYPE_CHECKING:
@@ -49,9 +42,9 @@ def _queues() -> dict[str, dict[str, Any]]:
 def test_definitions_declare_every_queue_with_the_workers_arguments() -> None:
     queues = _queues()
     for stage_queue in [*STAGE_QUEUES.values(), VENUE_QUEUE]:
-        assert queues[stage_queue.name]["arguments"] == dict(stage_queue_arguments(stage_queue, DEFAULT_DELIVERY_LIMIT))
+        assert queues[stage_queue.name]["arguments"] == stage_queue_arguments(stage_queue, DEFAULT_DELIVERY_LIMIT)
         assert queues[stage_queue.dead_letter_name]["arguments"] == {"x-queue-type": "quorum"}
-        source = BROKER_EXCHANGE if stage_queue is VENUE_QUEUE else OMS_EXCHANGE
+        source = stage_queue.exchange
         bound = {
             (b["source"], b["routing_key"]) for b in DEFINITIONS["bindings"] if b["destination"] == stage_queue.name
         }
@@ -63,14 +56,11 @@ def test_definitions_declare_every_queue_with_the_workers_arguments() -> None:
         }
         assert dlq_bound == {(DEAD_LETTER_EXCHANGE, stage_queue.dead_letter_name)}
     exchanges = {e["name"]: e["type"] for e in DEFINITIONS["exchanges"]}
-    assert exchanges == {
-        **dict.fromkeys(TOPIC_EXCHANGES, "topic"),
-        MARKETDATA_EXCHANGE: "topic",
-        DEAD_LETTER_EXCHANGE: "direct",
-    }
+    assert exchanges == {**dict.fromkeys(TOPIC_EXCHANGES, "topic"), DEAD_LETTER_EXCHANGE: "direct"}
     assert {JOBS_QUEUE, f"{JOBS_QUEUE}.DQ", f"{JOBS_QUEUE}.XQ"} <= set(queues)
-    # A node that loads definitions at first boot creates no default user: the file brings guest along.
-    assert [u["name"] for u in DEFINITIONS["users"]] == ["guest"]
+    # No user and no password in the repository: the users come from a file of their own, generated with their
+    # passwords (the local node's by tools/infra/rabbitmq.py, docker-compose.yml's by `./oms secrets init`).
+    assert DEFINITIONS["users"] == [] and DEFINITIONS["permissions"] == []
 
 
 @pytest.fixture

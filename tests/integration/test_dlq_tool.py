@@ -25,17 +25,19 @@ from marshmallow import Schema, fields
 from sqlalchemy import Engine, select
 
 from common import jsonutil
-from common.config import REPO_ROOT, Settings
-from common.messaging.deadletter import ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER
+from common.messages.catalogue import MessageKind
+from common.messages.exchanges import DEAD_LETTER_EXCHANGE, OMS_EXCHANGE
+from common.messages.headers import ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER
 from common.messaging.envelope import Envelope
 from common.messaging.publisher import Publisher
-from common.messaging.topology import DEAD_LETTER_EXCHANGE, OMS_EXCHANGE, StageQueue, declare_exchanges
+from common.messaging.topology import StageQueue, declare_exchanges
+from common.orders.ports import AbstractUnitOfWork
 from common.runtime.stage import DeadLetter, StageSpec, StageWorker
+from common.settings import REPO_ROOT, InfraSettings, Settings, StageSettings
 from common.store import tables
 from common.store.db import make_engine
 from common.store.outbox import OutboxMessage
 from common.store.tables import dlq_replays, job_runs
-from common.store.uow import UnitOfWork
 from services.jobs.deadletters import dead_letter_queues
 from tests.support.polling import async_wait_until
 
@@ -51,7 +53,7 @@ class WorkSchema(Schema):
     mode = fields.String(load_default="ok")
 
 
-def work(uow: UnitOfWork, env: Envelope) -> None:
+def work(uow: AbstractUnitOfWork, env: Envelope) -> None:
     """Echo the text; ``fail`` raises every time and ``refuse`` refuses, until the text is healed."""
     text, mode = env.body["text"], env.body["mode"]
     if text not in HEALED:
@@ -107,9 +109,13 @@ class Stage:
 async def stage(database_url: str, amqp_url: str) -> AsyncIterator[Stage]:
     name = f"dlqtest_{uuid.uuid4().hex[:8]}"  # queues of its own: the session's vhost is shared
     queue = StageQueue(name, (f"{name}.work",))
-    settings = Settings(database_url=database_url, amqp_url=amqp_url, delivery_limit=DELIVERY_LIMIT, batch_size=20)
+    settings = Settings(
+        infra=InfraSettings(database_url=database_url, amqp_url=amqp_url),
+        stage=StageSettings(delivery_limit=DELIVERY_LIMIT, batch_size=20),
+    )
     engine = make_engine(database_url)
-    spec = StageSpec(stage=name, schemas={"*": WorkSchema()}, handler=work, queue_override=queue)
+    kind = MessageKind(type="Work", exchange=OMS_EXCHANGE, routing_key=f"{name}.work", schema=WorkSchema())
+    spec = StageSpec(stage=name, handlers={kind: work}, queue_override=queue)
     worker = StageWorker(spec, settings, engine)
     connection = await aio_pika.connect_robust(amqp_url)
     channel = await connection.channel()
@@ -305,11 +311,11 @@ async def test_a_replayed_duplicate_changes_nothing(stage: Stage) -> None:
 
 async def test_operator_requested_replay_runs_as_a_job(stage: Stage) -> None:
     from services.jobs import actors
-    from services.jobs.config import JobsConfig
 
     ids = await dead_letter_three_ways(stage, {"j1": "refuse", "j2": "refuse"})
     HEALED.update({"j1", "j2"})
-    actors.wire(JobsConfig(database_url=stage.database_url, amqp_url=stage.amqp_url), stage.engine)
+    settings = Settings(infra=InfraSettings(database_url=stage.database_url, amqp_url=stage.amqp_url))
+    actors.wire(settings, stage.engine)
     # What the jobs worker runs for ``oms dlq replay --background`` (the actor's function, in a thread of ours).
     await asyncio.to_thread(actors.replay_dead_letters.fn, queues=[stage.dlq], reason="refused", actor="ops via jobs")
     echoes: list[str] = []

@@ -18,11 +18,12 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from common import jsonutil
-from common.config import Settings
+from common.settings import InfraSettings, Settings
 from common.store.db import make_engine
+from services.api.app import create_app
 from services.api.auth import SCOPE_OPERATIONS, SCOPE_READ
+from services.api.blueprints import EXTENSION
 from services.api.health import answer_503_while_the_database_is_away
-from services.api.rest import EXTENSION, create_app
 from tests.support.api import bearer, new_account, rest_app, token_service
 
 AUTH = {"Authorization": bearer()}
@@ -134,7 +135,9 @@ def test_service_unavailable_while_the_database_is_away(database_url: str, amqp_
     dead_url = make_url(database_url).set(host="127.0.0.1", port=1).render_as_string(hide_password=False)
     dead = make_engine(dead_url)
     try:
-        app = create_app(Settings(database_url=dead_url, amqp_url=amqp_url), dead, tokens=token_service())
+        app = create_app(
+            Settings(infra=InfraSettings(database_url=dead_url, amqp_url=amqp_url)), dead, tokens=token_service()
+        )
         answer_503_while_the_database_is_away(app)  # as the gunicorn app does
         response = app.test_client().get("/orders", headers=AUTH)
         _error(response, 503, "SERVICE_UNAVAILABLE")

@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import Engine
 
 from common import jsonutil
-from common.config import Settings
 from common.contracts import ExecutionReportSchema
 from common.messaging.envelope import Envelope
+from common.orders.records import REQUEST_NEW, REQUEST_SENT
 from common.runtime.stage import StageWorker
-from common.store.requests_repo import REQUEST_NEW, REQUEST_SENT, record_request
-from services.execution_handler.worker import SPEC
+from common.settings import InfraSettings, Settings
+from common.store.requests_repo import record_request
+from services.execution_handler.spec import SPEC
 from tests.support.db import statements
 from tests.support.orders import create_order, mark_routed, order_row, outbox_bodies, request_row, store
 
@@ -29,7 +30,7 @@ D = Decimal
 
 @pytest.fixture
 def worker(engine: Engine, database_url: str) -> StageWorker:
-    return StageWorker(SPEC, Settings(database_url=database_url), engine)
+    return StageWorker(SPEC, Settings(infra=InfraSettings(database_url=database_url)), engine)
 
 
 def touching(sent: list[str], table: str) -> list[str]:

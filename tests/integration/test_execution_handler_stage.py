@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy import Engine, insert, select
 
 from common import jsonutil
-from common.config import Settings
 from common.contracts import ExecutionReportSchema, FillBookedSchema
 from common.domain import Order, OrderState, OrderStatus, OrderType, Side, TimeInForce
 from common.messaging.envelope import Envelope
 from common.runtime.stage import StageWorker
+from common.settings import InfraSettings, Settings
 from common.store import tables
 from common.store.uow import UnitOfWork
-from services.execution_handler.worker import SPEC
+from services.execution_handler.spec import SPEC
 from tests.support.orders import changing_order, create_order, mark_routed, outbox_bodies, request_row, store
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ D = Decimal
 
 @pytest.fixture
 def worker(engine: Engine, database_url: str) -> StageWorker:
-    return StageWorker(SPEC, Settings(database_url=database_url), engine)
+    return StageWorker(SPEC, Settings(infra=InfraSettings(database_url=database_url)), engine)
 
 
 def routed_order(

@@ -15,14 +15,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sqlalchemy import Engine, select
 
 from common import jsonutil
-from common.config import Settings
 from common.contracts import ExecutionReportSchema
-from common.messaging.topology import OMS_EXCHANGE
+from common.messages.exchanges import OMS_EXCHANGE
+from common.settings import InfraSettings, Settings
 from common.store import tables
 from proto.gen import order_pb2 as pb
 from proto.gen import order_pb2_grpc as pb_grpc
 from services.api.auth import SCOPE_OPERATIONS, SCOPE_READ, SCOPE_WRITE
-from services.api.grpc_server import SERVICE_NAME, GrpcServer
+from services.api.grpc_server import GrpcServer
+from services.api.grpc_servicer import SERVICE_NAME
 from tests.support.api import bearer, grpc_metadata, new_account, private_vhost, store_order, token_service
 from tests.support.orders import order_count
 from tests.support.polling import async_wait_until
@@ -41,7 +42,7 @@ def vhost_url(infra_urls: InfraUrls, amqp_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 async def server(engine: Engine, database_url: str, vhost_url: str) -> AsyncIterator[GrpcServer]:
-    settings = Settings(database_url=database_url, amqp_url=vhost_url)
+    settings = Settings(infra=InfraSettings(database_url=database_url, amqp_url=vhost_url))
     server = GrpcServer(settings, engine, tokens=token_service(), host="127.0.0.1", port=0)
     await server.start()
     yield server

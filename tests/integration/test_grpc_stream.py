@@ -22,20 +22,21 @@ import pytest
 from sqlalchemy import Engine
 
 from common import jsonutil
-from common.config import Settings
 from common.domain import Order, OrderState, OrderType, Side, TimeInForce
+from common.messages.bodies import order_update_body
+from common.messages.exchanges import ORDER_UPDATES_EXCHANGE
 from common.messaging.connection import connect
 from common.messaging.publisher import Publisher
-from common.messaging.topology import ORDER_UPDATES_EXCHANGE
 from common.runtime.outbox_relay import OutboxRelay
 from common.runtime.stage import StageWorker
-from common.store.orders_repo import order_update_body
+from common.settings import InfraSettings, Settings, StageSettings
 from common.store.outbox import OutboxMessage
 from proto.gen import order_pb2 as pb
 from proto.gen import order_pb2_grpc as pb_grpc
 from services.api.auth import SCOPE_READ
-from services.api.grpc_server import SUBSCRIBED_METADATA, GrpcServer
-from services.execution_handler.worker import SPEC as EXECUTION_HANDLER
+from services.api.grpc_server import GrpcServer
+from services.api.grpc_stream import SUBSCRIBED_METADATA
+from services.execution_handler.spec import SPEC as EXECUTION_HANDLER
 from tests.support.api import bearer, grpc_metadata, new_account, private_vhost, token_service
 from tests.support.orders import changing_order
 from tests.support.polling import async_wait_until
@@ -49,7 +50,10 @@ STATUS = pb.OrderStatus
 @pytest.fixture(scope="module")
 def settings(infra_urls: InfraUrls, amqp_url: str, database_url: str) -> Iterator[Settings]:
     with private_vhost(infra_urls, amqp_url) as url:
-        yield Settings(database_url=database_url, amqp_url=url, outbox_poll_seconds=0.2, batch_linger_ms=1.0)
+        yield Settings(
+            infra=InfraSettings(database_url=database_url, amqp_url=url),
+            stage=StageSettings(outbox_poll_seconds=0.2, batch_linger_ms=1.0),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +72,7 @@ async def stub(server: GrpcServer) -> AsyncIterator[pb_grpc.OrderServiceStub]:
 
 @pytest.fixture(scope="module")
 async def publisher(settings: Settings, server: GrpcServer) -> AsyncIterator[Publisher]:
-    connection = await connect(settings.amqp_url, "tests.order_updates")
+    connection = await connect(settings.infra.amqp_url, "tests.order_updates")
     yield Publisher(connection)
     await connection.close()
 
@@ -250,7 +254,7 @@ async def test_stream_ends_cleanly_when_the_client_goes_away(
     await async_wait_until(lambda: queue_name not in servicer.active_streams, message="the stream to end")
 
     async def queue_gone() -> bool:
-        connection = await aio_pika.connect(settings.amqp_url)
+        connection = await aio_pika.connect(settings.infra.amqp_url)
         try:
             channel = await connection.channel()
             await channel.declare_queue(queue_name, passive=True)

@@ -39,7 +39,7 @@ async def test_amqp_round_trip(amqp_url: str) -> None:
 def test_ensure_started_twice(infra_urls: InfraUrls) -> None:
     from tools import infra
 
-    local = infra.Settings.from_env().urls
+    local = infra.ServerSettings.from_env().urls
     if infra_urls.database_url != local.database_url:
         pytest.skip("this session's servers are not the local ones that tools.infra manages")
     assert infra.ensure_started() == local

@@ -17,7 +17,7 @@ from common.contracts import TradeDecisionSchema
 from common.messaging.envelope import Envelope
 from common.runtime.stage import DeadLetter
 from common.store import tables
-from services.intake.handlers import handle_decision
+from services.intake.handlers import handle_trade_decision
 from tests.support.db import open_engine
 from tests.support.orders import events_of, handle, outbox_of, trade_decision
 
@@ -58,7 +58,7 @@ def envelope(body: dict[str, Any], user: str | None = None) -> Envelope:
 
 def run(engine: Engine, *envelopes: Envelope) -> None:
     """Handle the envelopes in one transaction, as one batch of the runtime would."""
-    handle(engine, handle_decision, *envelopes)
+    handle(engine, handle_trade_decision, *envelopes)
 
 
 def orders_for(engine: Engine, account_id: str, decision_id: str) -> list[dict[str, Any]]:

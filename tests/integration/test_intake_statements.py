@@ -17,13 +17,13 @@ import pytest
 from sqlalchemy import Engine, event
 
 from common import jsonutil
-from common.config import Settings
 from common.contracts import TradeDecisionSchema
 from common.messaging.envelope import Envelope
+from common.orders.commands import reference_of
 from common.runtime.stage import StageWorker
+from common.settings import InfraSettings, Settings
 from common.store.uow import UnitOfWork
-from services.intake.commands import reference_of
-from services.intake.worker import SPEC
+from services.intake.spec import SPEC
 from tests.support.db import open_engine
 from tests.support.orders import trade_decision
 
@@ -71,7 +71,8 @@ def run_batch(engine: Engine, settings: Settings, envelopes: list[Envelope]) -> 
         return wrapped
 
     assert SPEC.prepare is not None
-    spec = replace(SPEC, prepare=in_phase("prepare", SPEC.prepare), handler=in_phase("handler", SPEC.handler))
+    handlers = {kind: in_phase("handler", handler) for kind, handler in SPEC.handlers.items()}
+    spec = replace(SPEC, prepare=in_phase("prepare", SPEC.prepare), handlers=handlers)
     event.listen(engine, "before_cursor_execute", count)
     try:
         outcome = StageWorker(spec, settings, engine).process(envelopes)
@@ -85,7 +86,7 @@ def run_batch(engine: Engine, settings: Settings, envelopes: list[Envelope]) -> 
 def test_a_batch_of_decisions_costs_the_same_statements_whatever_its_size(
     engine: Engine, database_url: str, amqp_url: str
 ) -> None:
-    settings = Settings(database_url=database_url, amqp_url=amqp_url)
+    settings = Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url))
     one = run_batch(engine, settings, [envelope(0)])
     many = run_batch(engine, settings, [envelope(i) for i in range(30)])
     assert one == many

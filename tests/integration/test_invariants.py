@@ -14,17 +14,18 @@ import pytest
 from sqlalchemy import Engine, insert, update
 
 from common import jsonutil
-from common.config import Settings
 from common.contracts import ExecutionReportSchema, FillBookedSchema
 from common.domain import OrderType
+from common.messages.catalogue import FILL_BOOKED
 from common.messaging.envelope import Envelope
 from common.runtime.stage import StageSpec, StageWorker
+from common.settings import InfraSettings, Settings
+from common.settlement_calendar import SettlementCalendar
 from common.store import tables
 from common.store.invariants import Limits, check_invariants
-from services.execution_handler.worker import SPEC as EXECUTION_HANDLER
-from services.settlement.calendar import SettlementCalendar
-from services.settlement.handlers import handle as settle
-from services.settlement.worker import SPEC as SETTLEMENT
+from services.execution_handler.spec import SPEC as EXECUTION_HANDLER
+from services.settlement.handlers import book_fill as settle
+from services.settlement.spec import SPEC as SETTLEMENT
 from tests.support.api import new_account
 from tests.support.db import open_engine
 from tests.support.orders import create_order, mark_routed, outbox_of, store
@@ -43,7 +44,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 def _worker(spec: StageSpec, engine: Engine, database_url: str) -> StageWorker:
-    return StageWorker(spec, Settings(database_url=database_url), engine)
+    return StageWorker(spec, Settings(infra=InfraSettings(database_url=database_url)), engine)
 
 
 def _envelope(routing_key: str, body: dict[str, Any], schema: Any, message_id: str | None = None) -> Envelope:
@@ -84,8 +85,7 @@ def test_a_fill_not_yet_settled_is_a_violation_until_settlement_books_it(engine:
     fill = next(row for row in outbox_of(engine, order_id, "settlement.fill"))
     settlement = StageSpec(
         stage=SETTLEMENT.stage,
-        schemas=SETTLEMENT.schemas,
-        handler=lambda uow, env: settle(uow, env, calendar=SettlementCalendar(equity_days=1)),
+        handlers={FILL_BOOKED: lambda uow, env: settle(uow, env, calendar=SettlementCalendar(equity_days=1))},
     )
     booked = _worker(settlement, engine, database_url).process(
         [_envelope("settlement.fill", fill["body"], FillBookedSchema(), fill["message_id"])]

@@ -15,15 +15,18 @@ from zoneinfo import ZoneInfo
 
 import dramatiq
 import pytest
+from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine, insert, select, text, update
 
 from common.domain import Side, TimeInForce
+from common.orders.commands import cancel_order
+from common.orders.records import REQUEST_SENT
+from common.settings import InfraSettings, JobsSettings, SessionSettings, Settings
 from common.store import tables
-from common.store.requests_repo import REQUEST_SENT, record_request, set_request_status
+from common.store.requests_repo import record_request, set_request_status
 from common.store.tables import dlq_replays, job_runs, order_reconciliations
 from common.store.uow import UnitOfWork
-from services.intake.commands import cancel_order
-from services.jobs.config import JOBS_QUEUE, SYSTEM_USER, JobsConfig
+from services.jobs.config import JOBS_QUEUE, SYSTEM_USER, session_calendar
 from services.jobs.expiry import EXPIRY_REASON, expire_day_orders
 from services.jobs.reconcile import reconcile_stuck_orders
 from services.jobs.retention import purge_retention
@@ -152,7 +155,7 @@ def test_expiry_follows_the_instruments_own_session_and_the_holidays(engine: Eng
 
 def test_statistics_view_matches_the_orders(engine: Engine, account: str) -> None:
     day = datetime(2026, 2, 3, 15, 0, tzinfo=UTC)
-    filled = dict(state="FILLED", status="FILLED", filled_quantity=D("10"))
+    filled: dict[str, Any] = {"state": "FILLED", "status": "FILLED", "filled_quantity": D("10")}
     book(engine, account, created_at=day, average_execution_price=D("101.5"), **filled)
     book(engine, account, created_at=day, average_execution_price=D("99.25"), **filled)
     book(engine, account, created_at=day, side="SELL", average_execution_price=D("100"), **filled)
@@ -371,13 +374,19 @@ def test_actor_runs_on_a_dramatiq_worker_and_records_the_run(
     import services.jobs.actors as actors
 
     actors = importlib.reload(actors)
-    actors.wire(JobsConfig(database_url=database_url, amqp_url=amqp_url, gauges_every_seconds=3600), engine)
+    settings = Settings(
+        infra=InfraSettings(database_url=database_url, amqp_url=amqp_url),
+        jobs=JobsSettings(broker="stub", gauges_every_seconds=3600),
+    )
+    actors.wire(settings, engine)
     started = datetime.now(UTC)
     worker = dramatiq.Worker(actors.broker, worker_timeout=100)
     worker.start()
     try:
         actors.refresh_statistics.send()
-        actors.broker.join(JOBS_QUEUE, fail_fast=True, timeout=30_000)
+        stub = actors.broker
+        assert isinstance(stub, StubBroker)  # OMS_JOBS_BROKER=stub above; only the stub broker can fail fast
+        stub.join(JOBS_QUEUE, fail_fast=True, timeout=30_000)
         worker.join()
     finally:
         worker.stop()
@@ -392,8 +401,6 @@ def test_actor_runs_on_a_dramatiq_worker_and_records_the_run(
 
 
 def test_calendar_default_close_is_the_configured_one() -> None:
-    config = JobsConfig(database_url="", amqp_url="", session_timezone="Europe/London", session_close="16:30")
-    assert config.calendar.close == time(16, 30)
-    assert config.calendar.last_close(datetime(2026, 3, 10, 17, 0, tzinfo=UTC)) == datetime(
-        2026, 3, 10, 16, 30, tzinfo=UTC
-    )
+    calendar = session_calendar(SessionSettings(timezone="Europe/London", close="16:30"))
+    assert calendar.close == time(16, 30)
+    assert calendar.last_close(datetime(2026, 3, 10, 17, 0, tzinfo=UTC)) == datetime(2026, 3, 10, 16, 30, tzinfo=UTC)

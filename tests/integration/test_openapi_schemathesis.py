@@ -16,8 +16,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from sqlalchemy import create_engine
 
-from common.config import Settings
-from services.api.rest import create_app
+from common.settings import Settings
+from services.api.app import create_app
 from tests.support.api import ALL_SCOPES, bearer, token_service
 
 TOKEN = bearer(scopes=ALL_SCOPES)

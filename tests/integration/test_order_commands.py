@@ -11,19 +11,12 @@ import pytest
 from sqlalchemy import Engine
 
 from common.domain import ExecType, InvalidCommand, InvalidTransition
+from common.orders.commands import cancel_order, modify_order, submit_order
+from common.orders.errors import ConflictingDuplicate, InvalidOrderTerms, OrderNotFound, UnknownAccount
+from common.orders.order_request import OrderRequest
 from common.store.uow import UnitOfWork
-from services.intake.commands import (
-    ConflictingDuplicate,
-    InvalidOrderTerms,
-    OrderNotFound,
-    OrderRequest,
-    UnknownAccount,
-    cancel_order,
-    modify_order,
-    submit_order,
-)
 from services.risk_gate.handlers import handle_risk_check
-from services.router.handlers import handle_route
+from services.router.handlers import handle_route_new
 from tests.support import orders
 from tests.support.orders import (
     changing_order,
@@ -72,7 +65,7 @@ def approve(engine: Engine, order_id: str) -> None:
 
 def route(engine: Engine, order_id: str) -> None:
     approve(engine, order_id)
-    forward(engine, order_id, "router.new", handle_route, {"order_id": order_id})
+    forward(engine, order_id, "router.new", handle_route_new, {"order_id": order_id})
     assert order_row(engine, order_id)["state"] == "ROUTED"
 
 

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, insert
 
 from common import jsonutil
-from common.config import Settings
+from common.settings import InfraSettings, Settings
 from common.store import tables
 from proto.gen import order_pb2 as pb
 from proto.gen import order_pb2_grpc as pb_grpc
@@ -129,7 +129,7 @@ def vhost_url(infra_urls: InfraUrls, amqp_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 async def stub(engine: Engine, database_url: str, vhost_url: str) -> AsyncIterator[pb_grpc.OrderServiceStub]:
-    settings = Settings(database_url=database_url, amqp_url=vhost_url)
+    settings = Settings(infra=InfraSettings(database_url=database_url, amqp_url=vhost_url))
     server = GrpcServer(settings, engine, tokens=token_service(), host="127.0.0.1", port=0)
     await server.start()
     try:

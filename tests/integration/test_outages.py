@@ -28,18 +28,21 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from common import jsonutil
-from common.config import REPO_ROOT, Settings
+from common.messages.catalogue import MessageKind
+from common.messages.exchanges import OMS_EXCHANGE
+from common.messages.headers import ERROR_HEADER
 from common.messaging import connection as amqp_connection
-from common.messaging.deadletter import ERROR_HEADER
+from common.messaging.deadletter import dead_letter
 from common.messaging.envelope import Envelope
 from common.messaging.publisher import Publisher
-from common.messaging.topology import OMS_EXCHANGE, StageQueue, declare_exchanges
+from common.messaging.topology import StageQueue, declare_exchanges
+from common.orders.ports import AbstractUnitOfWork
 from common.runtime import stage as stage_module
 from common.runtime.outbox_relay import OutboxRelay
 from common.runtime.stage import StageSpec, StageWorker
+from common.settings import REPO_ROOT, InfraSettings, Settings, StageSettings
 from common.store.db import make_engine
-from common.store.outbox import OutboxMessage
-from common.store.uow import UnitOfWork
+from common.store.outbox import OutboxMessage, mark_sent
 from tests.support import outages
 from tests.support.polling import async_wait_until, wait_until
 
@@ -58,7 +61,7 @@ class Gate:
     entered: threading.Event
     release: threading.Event
 
-    def handler(self, uow: UnitOfWork, env: Envelope) -> None:
+    def handler(self, uow: AbstractUnitOfWork, env: Envelope) -> None:
         if env.body["hold"] and not self.release.is_set():
             self.entered.set()
             self.release.wait(30)
@@ -133,10 +136,14 @@ async def rig(database_url: str, amqp_url: str, management_url: str) -> AsyncIte
     stage = f"test_{uuid.uuid4().hex[:8]}"
     queue_def = StageQueue(stage, (f"{stage}.echo",))
     # Batches of one: a held batch leaves the next deliveries waiting in the worker's memory.
-    settings = Settings(database_url=database_url, amqp_url=amqp_url, delivery_limit=5, batch_size=1)
+    settings = Settings(
+        infra=InfraSettings(database_url=database_url, amqp_url=amqp_url),
+        stage=StageSettings(delivery_limit=5, batch_size=1),
+    )
     engine = make_engine(database_url, pre_ping=False)  # as stage workers run (common.bootstrap.stage_worker)
     gate = Gate(threading.Event(), threading.Event())
-    spec = StageSpec(stage=stage, schemas={"*": EchoSchema()}, handler=gate.handler, queue_override=queue_def)
+    kind = MessageKind(type="Echo", exchange=OMS_EXCHANGE, routing_key=f"{stage}.echo", schema=EchoSchema())
+    spec = StageSpec(stage=stage, handlers={kind: gate.handler}, queue_override=queue_def)
     worker = StageWorker(spec, settings, engine)
     connection = await aio_pika.connect_robust(amqp_url)
     channel = await connection.channel()
@@ -220,7 +227,7 @@ async def test_dead_letter_publish_failure_requeues_instead_of_exiting(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = 0
-    real = stage_module.dead_letter
+    real = dead_letter  # the stage calls the name it imported, so that is the one patched below
 
     async def flaky_dead_letter(*args: Any, **kwargs: Any) -> None:
         nonlocal calls
@@ -252,7 +259,7 @@ async def test_dead_letter_publish_failure_requeues_instead_of_exiting(
 
 async def test_mark_sent_failure_does_not_kill_the_stage(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     failures = 0
-    real = stage_module.mark_sent
+    real = mark_sent  # the stage calls the name it imported, so that is the one patched below
 
     def flaky_mark_sent(connection: Any, ids: Any) -> None:
         nonlocal failures
@@ -441,7 +448,9 @@ async def test_outbox_relay_outlives_database_and_broker_outages(
     database_url: str, amqp_url: str, management_url: str
 ) -> None:
     engine = make_engine(database_url)
-    settings = Settings(database_url=database_url, amqp_url=amqp_url, outbox_poll_seconds=0.5)
+    settings = Settings(
+        infra=InfraSettings(database_url=database_url, amqp_url=amqp_url), stage=StageSettings(outbox_poll_seconds=0.5)
+    )
     relay = OutboxRelay(settings, engine)
     task = asyncio.create_task(relay.run())
     connection = await aio_pika.connect_robust(amqp_url)

@@ -24,15 +24,15 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from sqlalchemy import Engine, select
 
 from common import jsonutil
-from common.config import Settings
-from common.messaging.deadletter import ERROR_HEADER
+from common.messages.exchanges import OMS_EXCHANGE
+from common.messages.headers import ERROR_HEADER
 from common.messaging.publisher import Publisher
-from common.messaging.topology import OMS_EXCHANGE
 from common.runtime.stage import StageSpec, StageWorker
+from common.settings import InfraSettings, Settings, StageSettings
 from common.store import tables
 from common.store.outbox import OutboxMessage
-from services.execution_handler.worker import SPEC as EXECUTION_HANDLER
-from services.intake.worker import SPEC as INTAKE
+from services.execution_handler.spec import SPEC as EXECUTION_HANDLER
+from services.intake.spec import SPEC as INTAKE
 from tests.support.orders import changing_order, create_order, mark_routed, store, trade_decision
 from tests.support.polling import async_wait_until
 
@@ -46,7 +46,11 @@ async def running(
     spec: StageSpec, database_url: str, amqp_url: str, engine: Engine
 ) -> AsyncIterator[tuple[asyncio.Task[None], AbstractRobustConnection]]:
     """The stage's real worker, consuming; yields its task (to check it never ended) and a connection."""
-    worker = StageWorker(spec, Settings(database_url=database_url, amqp_url=amqp_url, batch_size=20), engine)
+    worker = StageWorker(
+        spec,
+        Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url), stage=StageSettings(batch_size=20)),
+        engine,
+    )
     connection = await aio_pika.connect_robust(amqp_url)
     task = asyncio.create_task(worker.run())
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import Engine
 
-from common.store.requests_repo import (
+from common.orders.records import (
     REQUEST_ACCEPTED,
     REQUEST_DONE,
     REQUEST_NEW,
@@ -17,12 +17,8 @@ from common.store.requests_repo import (
     REQUEST_REJECTED,
     REQUEST_SENT,
     REQUEST_SKIPPED,
-    RequestRepository,
-    answer_request,
-    load_request,
-    record_request,
-    set_request_status,
 )
+from common.store.requests_repo import answer_request, load_request, record_request, set_request_status
 from common.store.uow import UnitOfWork
 from tests.support.db import statements
 from tests.support.orders import create_order, request_row, store
@@ -59,7 +55,7 @@ def test_answers_of_a_batch_are_one_statement_whatever_its_size(engine: Engine) 
     now = datetime.now(UTC)
     with UnitOfWork(engine) as uow:
         with statements(engine) as sent:
-            requests = uow.repository(RequestRepository)
+            requests = uow.requests
             requests.prefetch(r for _, r in pairs)
             for order_id, request_id in pairs:
                 assert requests.answer(order_id, request_id, REQUEST_ACCEPTED, None, now)
@@ -77,7 +73,7 @@ def test_new_rows_of_a_batch_are_one_statement_and_read_back_as_written(engine: 
     ids = [str(uuid.uuid4()) for _ in orders]
     with UnitOfWork(engine) as uow:
         with statements(engine) as sent:
-            requests = uow.repository(RequestRepository)
+            requests = uow.requests
             for order_id, request_id in zip(orders, ids, strict=True):
                 requests.record(
                     request_id=request_id,
@@ -105,7 +101,7 @@ def test_an_answer_never_moves_a_final_request_nor_another_orders(engine: Engine
     _, other = stored_request(engine)
     now = datetime.now(UTC)
     with UnitOfWork(engine) as uow:
-        requests = uow.repository(RequestRepository)
+        requests = uow.requests
         assert not requests.answer(done_order, done, REQUEST_ACCEPTED, None, now)
         assert not requests.answer(done_order, other, REQUEST_ACCEPTED, None, now)  # not this order's
         assert not requests.answer(done_order, str(uuid.uuid4()), REQUEST_ACCEPTED, None, now)  # unknown
@@ -119,7 +115,7 @@ def test_answers_to_one_request_in_one_batch_end_as_they_would_one_by_one(engine
     overtaken, overtaken_request = stored_request(engine, kind=REQUEST_CANCEL)
     now = datetime.now(UTC)
     with UnitOfWork(engine) as uow:
-        requests = uow.repository(RequestRepository)
+        requests = uow.requests
         assert requests.answer(in_order, in_order_request, REQUEST_ACCEPTED, None, now)
         assert requests.answer(in_order, in_order_request, REQUEST_DONE, None, now)
         # CANCELED overtook PENDING_CANCEL: the late acceptance finds the request final.
@@ -135,7 +131,7 @@ def test_an_answer_keeps_the_reason_unless_it_gives_one(engine: Engine) -> None:
     _, rejected = stored_request(engine, REQUEST_SENT, reason="asked by the trader")
     now = datetime.now(UTC)
     with UnitOfWork(engine) as uow:
-        requests = uow.repository(RequestRepository)
+        requests = uow.requests
         requests.prefetch([kept, rejected])
         assert requests.answer(order_id, kept, REQUEST_ACCEPTED, None, now)
         assert requests.answer(request_row(engine, rejected)["order_id"], rejected, REQUEST_REJECTED, "too late", now)
@@ -155,7 +151,7 @@ def test_a_request_made_final_after_the_prefetch_is_not_moved(engine: Engine) ->
     order_id, request_id = stored_request(engine)
     now = datetime.now(UTC)
     with UnitOfWork(engine) as uow:
-        requests = uow.repository(RequestRepository)
+        requests = uow.requests
         requests.prefetch([request_id])
         with engine.begin() as other:
             set_request_status(other, request_id, REQUEST_REJECTED, now, "refused meanwhile")
@@ -170,7 +166,7 @@ def test_a_locked_read_sees_the_batch_and_set_status_is_unconditional(engine: En
     _, final = stored_request(engine, REQUEST_DONE, kind=REQUEST_CANCEL)
     now = datetime.now(UTC)
     with UnitOfWork(engine) as uow:
-        requests = uow.repository(RequestRepository)
+        requests = uow.requests
         requests.set_status(pending, REQUEST_SENT, now)
         found = requests.get(pending)  # read after the move was buffered: it shows
         assert found is not None and (found.status, found.kind, found.terms["price"]) == (
@@ -194,7 +190,7 @@ def test_a_guarded_answer_to_a_row_then_locked_final_is_dropped(engine: Engine) 
     order_id, request_id = stored_request(engine)
     now = datetime.now(UTC)
     with UnitOfWork(engine) as uow:
-        requests = uow.repository(RequestRepository)
+        requests = uow.requests
         requests.prefetch([request_id])
         with engine.begin() as other:
             set_request_status(other, request_id, REQUEST_DONE, now)
@@ -210,10 +206,10 @@ def test_a_rollback_forgets_what_was_buffered(engine: Engine) -> None:
     order_id, request_id = stored_request(engine)
     now = datetime.now(UTC)
     with UnitOfWork(engine) as uow:
-        requests = uow.repository(RequestRepository)
+        requests = uow.requests
         assert requests.answer(order_id, request_id, REQUEST_ACCEPTED, None, now)
         uow.rollback()
-        assert uow.repository(RequestRepository) is requests
+        assert uow.requests is requests
         assert requests.answer(order_id, request_id, REQUEST_REJECTED, "no", now)  # read afresh: still SENT
         uow.commit()
     assert request_row(engine, request_id)["status"] == REQUEST_REJECTED

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.config import REPO_ROOT
+from common.settings import REPO_ROOT
 from common.store.db import make_engine
 from proto.gen import order_pb2 as pb
 from proto.gen import order_pb2_grpc as pb_grpc

@@ -12,9 +12,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
 from common import jsonutil
-from common.config import Settings
+from common.settings import InfraSettings, Settings
+from services.api.app import create_app
 from services.api.health import ReadinessProbe
-from services.api.rest import create_app
 from tests.support.api import bearer, token_service
 from tests.support.db import open_engine
 
@@ -139,7 +139,7 @@ def test_readiness_checks_database_and_broker(client: FlaskClient) -> None:
 def test_readiness_reports_a_dependency_down(engine: Engine, database_url: str, tmp_path: Path) -> None:
     dead_broker = "amqp://guest:guest@127.0.0.1:1/"
     app = create_app(
-        Settings(database_url=database_url, amqp_url=dead_broker),
+        Settings(infra=InfraSettings(database_url=database_url, amqp_url=dead_broker)),
         engine,
         tokens=token_service(),
         readiness=ReadinessProbe(engine, dead_broker, cache_seconds=0),

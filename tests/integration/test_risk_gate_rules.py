@@ -21,20 +21,20 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, delete, insert, select, update
 
 from common import jsonutil
-from common.config import Settings
 from common.contracts import FillBookedSchema, RiskCheckSchema, RouteReplaceSchema
 from common.messaging.envelope import Envelope
+from common.orders.commands import cancel_order, modify_order
+from common.risk import admin
 from common.runtime.stage import StageWorker
+from common.settings import InfraSettings, Settings
 from common.store import tables
 from common.store.tables import reference_prices, risk_limit_changes
 from common.store.uow import UnitOfWork
-from services.intake.commands import cancel_order, modify_order
-from services.risk_gate import admin
 from services.risk_gate.handlers import check_order, check_replace_terms, handle_risk_check, prepare
 from services.risk_gate.prices import FeedPrice, NoPriceBehaviour, PriceSettings, ReferencePriceConsumer, store_prices
-from services.risk_gate.worker import SPEC
-from services.router.handlers import handle_route
-from services.settlement.worker import handle_fill
+from services.risk_gate.spec import SPEC
+from services.router.handlers import handle_route_replace
+from services.settlement.spec import handle_fill_booked
 from tests.support.api import ALL_SCOPES, bearer, store_order
 from tests.support.api import new_account as new_test_account
 from tests.support.orders import (
@@ -153,7 +153,7 @@ def book_fill(
             "reversal": False,
         }
     )
-    handle(engine, handle_fill, Envelope(str(uuid.uuid4()), "settlement.fill", body, order_id, "FillBooked"))
+    handle(engine, handle_fill_booked, Envelope(str(uuid.uuid4()), "settlement.fill", body, order_id, "FillBooked"))
 
 
 # ------------------------------------------------------------------------------------------------ boundaries
@@ -616,7 +616,9 @@ def test_a_replace_within_the_limits_passes_and_reaches_the_router(engine: Engin
     assert route == {"orderId": order_id, "requestId": request_id}
 
     with UnitOfWork(engine, claim_outbox=True) as uow:
-        handle_route(uow, Envelope(str(uuid.uuid4()), "router.replace", RouteReplaceSchema().load(route), order_id))
+        handle_route_replace(
+            uow, Envelope(str(uuid.uuid4()), "router.replace", RouteReplaceSchema().load(route), order_id)
+        )
         uow.commit()
     [sent] = outbox_bodies(engine, order_id, "orders.replace")
     assert (sent["requestId"], D(str(sent["quantity"])), D(str(sent["price"]))) == (request_id, D("1000"), D("100"))
@@ -633,7 +635,7 @@ def test_concurrent_orders_against_one_position_limit_pass_exactly_as_many_as_fi
     account_id, symbol = new_account(engine), new_instrument(engine)
     set_limits(engine, account_id, max_position_quantity="1000")
     orders = [submit(engine, account_id, symbol, quantity=D("200"), price=D(f"{90 + i}")) for i in range(10)]
-    settings = Settings(database_url=database_url, amqp_url=amqp_url)
+    settings = Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url))
     workers = [StageWorker(SPEC, settings, engine) for _ in range(2)]
     start = threading.Barrier(2)
 
@@ -657,7 +659,7 @@ def test_orders_of_one_account_in_one_batch_see_each_other(engine: Engine, datab
     account_id, symbol = new_account(engine), new_instrument(engine)
     set_limits(engine, account_id, max_open_orders="3")
     orders = [submit(engine, account_id, symbol, price=D(f"{90 + i}")) for i in range(5)]
-    worker = StageWorker(SPEC, Settings(database_url=database_url, amqp_url=amqp_url), engine)
+    worker = StageWorker(SPEC, Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url)), engine)
     worker.process([risk_check(*order) for order in orders])
     assert [order_row(engine, order_id)["state"] for order_id, _ in orders] == ["APPROVED"] * 3 + ["REJECTED"] * 2
 
@@ -669,7 +671,7 @@ def test_limit_and_kill_switch_changes_apply_to_a_running_worker(
     engine: Engine, client: FlaskClient, database_url: str, amqp_url: str
 ) -> None:
     account_id, symbol = new_account(engine), new_instrument(engine)
-    worker = StageWorker(SPEC, Settings(database_url=database_url, amqp_url=amqp_url), engine)
+    worker = StageWorker(SPEC, Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url)), engine)
 
     def through_worker(**fields: Any) -> dict[str, Any]:
         order = submit(engine, account_id, symbol, **fields)

@@ -16,11 +16,11 @@ from sqlalchemy.dialects.postgresql import insert
 from common.contracts import RiskCheckSchema
 from common.domain import ExecType
 from common.messaging.envelope import Envelope
+from common.orders.commands import cancel_order, modify_order
+from common.risk import admin
 from common.runtime.stage import DeadLetter
 from common.store import tables
 from common.store.uow import UnitOfWork
-from services.intake.commands import cancel_order, modify_order
-from services.risk_gate import admin
 from services.risk_gate.handlers import handle_risk_check
 from tests.support.api import store_order
 from tests.support.db import open_engine

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, insert, text
 
-from common.config import Settings
 from common.contracts import RiskCheckSchema
 from common.messaging.envelope import Envelope
+from common.orders.commands import modify_order
+from common.risk import admin
 from common.runtime.stage import StageWorker
+from common.settings import InfraSettings, Settings
 from common.store import tables
 from common.store.uow import UnitOfWork
-from services.intake.commands import modify_order
-from services.risk_gate import admin
 from services.risk_gate.prices import FeedPrice, store_prices
-from services.risk_gate.worker import SPEC
+from services.risk_gate.spec import SPEC
 from tests.support.api import new_account, store_order
 from tests.support.db import open_engine
 from tests.support.orders import (
@@ -145,7 +145,7 @@ def run_batch(
     spec = replace(
         SPEC,
         prepare=in_phase(counting, "prepare", SPEC.prepare) if SPEC.prepare else None,
-        handler=in_phase(counting, "handler", SPEC.handler),
+        handlers={kind: in_phase(counting, "handler", handler) for kind, handler in SPEC.handlers.items()},
     )
     worker = StageWorker(spec, settings, engine)
     counting.counts.clear()
@@ -159,7 +159,7 @@ def run_batch(
 def test_a_batch_costs_the_same_statements_whatever_its_size(
     engine: Engine, counter: Counter, database_url: str, amqp_url: str, strategy: str | None
 ) -> None:
-    settings = Settings(database_url=database_url, amqp_url=amqp_url)
+    settings = Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url))
     made = orders(engine, 41, None if strategy is None else f"{strategy}-{uuid.uuid4().hex[:6]}")
     one = run_batch(engine, counter, settings, made[:1])
     few = run_batch(engine, counter, settings, made[1:6])
@@ -174,7 +174,7 @@ def test_the_generic_plans_the_gate_asks_for_end_with_its_transaction(engine: En
     account_id = new_account(engine, prefix="RS-")
     order_id, version = submit_new(engine, account_id=account_id, symbol="AAPL", type="MARKET", price=None)
     with UnitOfWork(engine, claim_outbox=True) as uow:
-        SPEC.handler(uow, risk_check(order_id, version))
+        SPEC.handle(uow, risk_check(order_id, version))
         assert uow.connection.execute(text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
         uow.commit()
         assert uow.connection.execute(text("SHOW plan_cache_mode")).scalar() != "force_generic_plan"
@@ -197,7 +197,7 @@ def replace_checks(engine: Engine, count: int, quantity: Decimal) -> list[Envelo
 def test_replace_checks_cost_the_same_statements_whatever_the_batch(
     engine: Engine, counter: Counter, database_url: str, amqp_url: str
 ) -> None:
-    settings = Settings(database_url=database_url, amqp_url=amqp_url)
+    settings = Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url))
     checks = replace_checks(engine, 12, D("120"))
     one = run_batch(engine, counter, settings, checks[:1])
     many = run_batch(engine, counter, settings, checks[1:])
@@ -211,7 +211,7 @@ def test_replace_checks_cost_the_same_statements_whatever_the_batch(
 def test_refused_replaces_are_recorded_and_a_second_check_of_one_sees_it(
     engine: Engine, database_url: str, amqp_url: str
 ) -> None:
-    settings = Settings(database_url=database_url, amqp_url=amqp_url)
+    settings = Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url))
     checks = replace_checks(engine, 3, D("2000000"))  # above the global maximum order quantity
     again = replace(checks[0], message_id=str(uuid.uuid4()))  # the same check twice in one batch
     outcome = StageWorker(SPEC, settings, engine).process([*checks, again])

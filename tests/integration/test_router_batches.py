@@ -10,14 +10,14 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import Engine
 
-from common.config import Settings
 from common.contracts import CancelRequestSchema, RouteCancelSchema
 from common.domain import ExecType
 from common.messaging.envelope import Envelope
+from common.orders.commands import cancel_order
 from common.runtime.stage import StageWorker
+from common.settings import InfraSettings, Settings
 from common.store.uow import UnitOfWork
-from services.intake.commands import cancel_order
-from services.router.worker import SPEC
+from services.router.spec import SPEC
 from tests.support.db import statements
 from tests.support.orders import (
     apply_report,
@@ -36,7 +36,7 @@ D = Decimal
 
 @pytest.fixture
 def worker(engine: Engine, database_url: str) -> StageWorker:
-    return StageWorker(SPEC, Settings(database_url=database_url), engine)
+    return StageWorker(SPEC, Settings(infra=InfraSettings(database_url=database_url)), engine)
 
 
 def touching(sent: list[str], table: str) -> list[str]:

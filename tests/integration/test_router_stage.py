@@ -19,12 +19,12 @@ from common.contracts import (
     RouteReplaceSchema,
 )
 from common.domain import ExecType
+from common.orders.commands import cancel_order, modify_order
 from common.runtime.stage import DeadLetter
 from common.store import tables
 from common.store.uow import UnitOfWork
-from services.intake.commands import cancel_order, modify_order
 from services.risk_gate.handlers import handle_risk_check
-from services.router.handlers import handle_route
+from services.router.spec import SPEC as ROUTER
 from tests.support.orders import (
     apply_report,
     envelope_of,
@@ -62,7 +62,7 @@ VOD_STOP_LIMIT: dict[str, Any] = {
 
 def deliver(engine: Engine, row: dict[str, Any]) -> None:
     """Hand an outbox row to the router as the broker would: its body loaded through the route schema."""
-    handle(engine, handle_route, envelope_of(row, ROUTE_SCHEMAS[row["routing_key"]].load(row["body"])))
+    handle(engine, ROUTER.handle, envelope_of(row, ROUTE_SCHEMAS[row["routing_key"]].load(row["body"])))
 
 
 def pass_risk(engine: Engine, order_id: str) -> None:

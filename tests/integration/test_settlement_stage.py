@@ -14,16 +14,17 @@ from marshmallow import ValidationError
 from sqlalchemy import Engine, insert, select
 
 from common import jsonutil
-from common.config import Settings
 from common.contracts import FillBookedSchema
 from common.domain import OrderType, Side
+from common.messages.catalogue import FILL_BOOKED
 from common.messaging.envelope import Envelope
+from common.orders.records import Position
 from common.runtime.stage import StageSpec, StageWorker
+from common.settings import InfraSettings, Settings, StageSettings
+from common.settlement_calendar import SettlementCalendar
 from common.store import tables
-from common.store.settlement_repo import Position
-from services.settlement.calendar import SettlementCalendar
-from services.settlement.handlers import handle, position_after
-from services.settlement.worker import SPEC
+from services.settlement.handlers import book_fill, position_after
+from services.settlement.spec import SPEC
 from tests.support.api import new_account
 from tests.support.db import open_engine, statements
 from tests.support.orders import create_order, mark_routed, store
@@ -67,12 +68,11 @@ def worker(engine: Engine, database_url: str) -> StageWorker:
     # The stage as deployed, with a calendar fixed by the test instead of read from the environment.
     spec = StageSpec(
         stage=SPEC.stage,
-        schemas=SPEC.schemas,
-        handler=lambda uow, env: handle(uow, env, calendar=CALENDAR),
+        handlers={FILL_BOOKED: lambda uow, env: book_fill(uow, env, calendar=CALENDAR)},
         order_id_of=SPEC.order_id_of,
         prepare=SPEC.prepare,
     )
-    return StageWorker(spec, Settings(database_url=database_url), engine)
+    return StageWorker(spec, Settings(infra=InfraSettings(database_url=database_url)), engine)
 
 
 @pytest.fixture
@@ -477,10 +477,12 @@ async def test_a_fill_travels_from_the_venue_report_to_the_position(
 
     from common.messaging.publisher import Publisher
     from common.store.outbox import OutboxMessage
-    from services.execution_handler.worker import SPEC as EXECUTION_SPEC
+    from services.execution_handler.spec import SPEC as EXECUTION_SPEC
     from tests.support.polling import async_wait_until
 
-    settings = Settings(database_url=database_url, amqp_url=amqp_url, batch_size=10)
+    settings = Settings(
+        infra=InfraSettings(database_url=database_url, amqp_url=amqp_url), stage=StageSettings(batch_size=10)
+    )
     workers = [StageWorker(spec, settings, engine) for spec in (EXECUTION_SPEC, SPEC)]
     tasks = [asyncio.create_task(w.run()) for w in workers]
     connection = await aio_pika.connect_robust(amqp_url)
@@ -643,11 +645,12 @@ def test_a_handler_without_prepare_books_alike(engine: Engine, database_url: str
     # A spec that does not prepare (other tests build their own): the repository reads what it was not handed.
     spec = StageSpec(
         stage=SPEC.stage,
-        schemas=SPEC.schemas,
-        handler=lambda uow, env: handle(uow, env, calendar=CALENDAR),
+        handlers={FILL_BOOKED: lambda uow, env: book_fill(uow, env, calendar=CALENDAR)},
         order_id_of=SPEC.order_id_of,
     )
-    unprepared = Book(engine, StageWorker(spec, Settings(database_url=database_url), engine), account)
+    unprepared = Book(
+        engine, StageWorker(spec, Settings(infra=InfraSettings(database_url=database_url)), engine), account
+    )
     first, second = unprepared.body(Side.BUY, "10", "10"), unprepared.body(Side.SELL, "4", "12")
     first["venue"] = second["venue"] = None  # a column of NULLs only
     unprepared.deliver_batch([first, second, first])

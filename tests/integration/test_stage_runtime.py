@@ -15,13 +15,16 @@ from marshmallow import Schema, fields
 from sqlalchemy import Engine, select, text
 
 from common import jsonutil
-from common.config import Settings
+from common.messages.catalogue import MessageKind
+from common.messages.exchanges import OMS_EXCHANGE
+from common.messages.headers import ERROR_HEADER
 from common.messaging.batch import CARRIER_TYPE, is_carrier, pack
-from common.messaging.deadletter import ERROR_HEADER
 from common.messaging.envelope import Envelope
 from common.messaging.publisher import Publisher
-from common.messaging.topology import OMS_EXCHANGE, StageQueue, declare_exchanges
+from common.messaging.topology import StageQueue, declare_exchanges
+from common.orders.ports import AbstractUnitOfWork
 from common.runtime.stage import StageSpec, StageWorker
+from common.settings import InfraSettings, Settings, StageSettings
 from common.store import tables
 from common.store.db import make_engine
 from common.store.orders_repo import OrderRepository
@@ -40,11 +43,16 @@ class EchoSchema(Schema):
     fail = fields.Boolean(load_default=False)
 
 
-def echo(uow: UnitOfWork, env: Envelope) -> None:
+def echo(uow: AbstractUnitOfWork, env: Envelope) -> None:
     """Echo the text to ``test.echoed``; a body asking to fail raises every time."""
     if env.body["fail"]:
         raise RuntimeError("asked to fail")
     uow.outbox.add(OMS_EXCHANGE, "test.echoed", "Echoed", {"text": env.body["text"]}, env.correlation_id)
+
+
+def echo_kind(routing_key: str) -> MessageKind:
+    """The kind a test stage consumes: an ``Echo`` on ``routing_key`` of the ``oms`` exchange."""
+    return MessageKind(type="Echo", exchange=OMS_EXCHANGE, routing_key=routing_key, schema=EchoSchema())
 
 
 @pytest.fixture
@@ -53,9 +61,12 @@ async def setup(
 ) -> AsyncIterator[tuple[StageWorker, AbstractChannel, AbstractQueue, Engine, StageQueue]]:
     stage = f"test_{uuid.uuid4().hex[:8]}"  # a queue of its own per test, so tests share nothing
     queue_def = StageQueue(stage, (f"{stage}.echo",))
-    settings = Settings(database_url=database_url, amqp_url=amqp_url, delivery_limit=DELIVERY_LIMIT, batch_size=20)
+    settings = Settings(
+        infra=InfraSettings(database_url=database_url, amqp_url=amqp_url),
+        stage=StageSettings(delivery_limit=DELIVERY_LIMIT, batch_size=20),
+    )
     engine = make_engine(database_url)
-    spec = StageSpec(stage=queue_def.stage, schemas={"*": EchoSchema()}, handler=echo, queue_override=queue_def)
+    spec = StageSpec(stage=queue_def.stage, handlers={echo_kind(f"{stage}.echo"): echo}, queue_override=queue_def)
     worker = StageWorker(spec, settings, engine)
     connection = await aio_pika.connect_robust(amqp_url)
     channel = await connection.channel()
@@ -271,17 +282,19 @@ def test_prepare_runs_once_per_batch_after_the_locks_and_before_the_handler(
         calls.append(("lock", None))
         original_lock(self, order_ids)
 
-    def prepare(uow: UnitOfWork, envelopes: list[Envelope]) -> None:
+    def prepare(uow: AbstractUnitOfWork, envelopes: list[Envelope]) -> None:
+        assert isinstance(uow, UnitOfWork)  # the Postgres one: its transaction is what this test compares
         calls.append(("prepare", ([e.message_id for e in envelopes], uow.connection.get_transaction())))
 
-    def handler(uow: UnitOfWork, env: Envelope) -> None:
+    def handler(uow: AbstractUnitOfWork, env: Envelope) -> None:
+        assert isinstance(uow, UnitOfWork)
         calls.append(("handle", (env.message_id, uow.connection.get_transaction())))
 
     monkeypatch.setattr(OrderRepository, "lock", lock)
     stage = f"test_{uuid.uuid4().hex[:8]}"
-    spec = StageSpec(stage=stage, schemas={"*": EchoSchema()}, handler=handler, prepare=prepare)
+    spec = StageSpec(stage=stage, handlers={echo_kind(f"{stage}.echo"): handler}, prepare=prepare)
     engine = make_engine(database_url)
-    worker = StageWorker(spec, Settings(database_url=database_url), engine)
+    worker = StageWorker(spec, Settings(infra=InfraSettings(database_url=database_url)), engine)
     try:
         envelopes = [Envelope(str(uuid.uuid4()), f"{stage}.echo", {"text": str(i)}) for i in range(3)]
         outcome = worker.process([*envelopes, envelopes[0]])  # a duplicate within the batch runs once
@@ -322,20 +335,19 @@ async def test_companions_run_beside_the_consumer_restart_after_a_failure_and_st
     companions: list[FlakyCompanion] = []
 
     def factory(settings: Settings, engine: Engine) -> FlakyCompanion:
-        assert settings.amqp_url == amqp_url
+        assert settings.infra.amqp_url == amqp_url
         companions.append(FlakyCompanion())
         return companions[-1]
 
     queue_def = StageQueue(f"test_{uuid.uuid4().hex[:8]}", ("test.companion",))
     spec = StageSpec(
         stage=queue_def.stage,
-        schemas={"*": EchoSchema()},
-        handler=echo,
+        handlers={echo_kind("test.companion"): echo},
         queue_override=queue_def,
         companions=(factory,),
     )
     engine = make_engine(database_url)
-    worker = StageWorker(spec, Settings(database_url=database_url, amqp_url=amqp_url), engine)
+    worker = StageWorker(spec, Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url)), engine)
     task = asyncio.create_task(worker.run())
     try:
         await async_wait_until(lambda: bool(companions) and companions[0].runs == 2, timeout=60, message="restart")

@@ -24,20 +24,19 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from sqlalchemy import create_engine, text
 
 from common import jsonutil
-from common.config import REPO_ROOT
 from common.contracts import ExecutionReportSchema, NewOrderRequestSchema
+from common.messages.exchanges import BROKER_EXCHANGE, MARKETDATA_EXCHANGE, OMS_EXCHANGE
 from common.messaging.connection import connect
 from common.messaging.publisher import Publisher
-from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE, declare_exchanges
+from common.messaging.topology import VENUE_QUEUE, declare_exchanges
+from common.settings import REPO_ROOT, VenueSettings
 from common.store.outbox import OutboxMessage
-from services.venue_sim.book import Book, BookRules, OrderRequest
+from services.venue_sim.book import Book, BookRules, BrokerRequest
 from services.venue_sim.config import VenueConfig
 from services.venue_sim.journal import Entry, Journal, order_from_snapshot, request_key, snapshot
 from services.venue_sim.prices import InstrumentSpec, Market
 from services.venue_sim.venue import (
     DUPLICATE_REQUESTS,
-    MARKETDATA_EXCHANGE,
-    VENUE_QUEUE,
     VenueSim,
     declare_venue_topology,
     load_instruments,
@@ -97,7 +96,7 @@ async def venue(amqp_url: str, broker: Broker) -> AsyncIterator[VenueSim]:
         amqp_url=amqp_url,
         database_url="postgresql+psycopg://unused/unused",  # instruments are given: no database
         instruments=INSTRUMENTS,
-        tick_ms=50,
+        venue=VenueSettings(tick_ms=50),
         declare_pipeline=False,  # leave the shared vhost's stage queues to the stage tests
     )
     venue = VenueSim(config)
@@ -250,7 +249,8 @@ def test_instruments_are_read_from_the_database(database_url: str) -> None:
 
 
 def _duplicates(routing_key: str) -> float:
-    return DUPLICATE_REQUESTS.labels(routing_key)._value.get()
+    value: float = DUPLICATE_REQUESTS.labels(routing_key)._value.get()
+    return value
 
 
 async def test_a_new_order_request_seen_before_is_refused_without_a_report(
@@ -342,7 +342,7 @@ async def own_venue(infra_urls: Any, database_url: str) -> AsyncIterator[OwnVenu
         amqp_url=amqp_url,
         database_url=database_url,
         instruments=INSTRUMENTS,
-        tick_ms=50,
+        venue=VenueSettings(tick_ms=50),
         declare_pipeline=False,
         durable=True,
     )
@@ -447,9 +447,9 @@ async def test_the_venue_outlives_broker_and_database_outages(
 # ------------------------------------------------------------------------------------------------ durability
 
 
-def _request(body: dict[str, Any]) -> OrderRequest:
+def _request(body: dict[str, Any]) -> BrokerRequest:
     """A request body as the venue reads it off the wire."""
-    return OrderRequest.from_body(NewOrderRequestSchema().load(jsonutil.loads(jsonutil.dumps(body))))
+    return BrokerRequest.from_body(NewOrderRequestSchema().load(jsonutil.loads(jsonutil.dumps(body))))
 
 
 def _one_copy_each(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -558,7 +558,9 @@ async def test_reports_journaled_but_never_published_are_published_at_restart(
     own_venue: OwnVenue, database_url: str
 ) -> None:
     broker = own_venue.broker
-    own_venue.config = dataclasses.replace(own_venue.config, partial_fills=2)
+    own_venue.config = dataclasses.replace(
+        own_venue.config, venue=own_venue.config.venue.model_copy(update={"partial_fills": 2})
+    )
     quantity = Decimal("16")
     order = _new_order(quantity=quantity)
     oid = order["orderId"]

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, insert, update
 
-from common.config import Settings
 from common.domain import ExecType, ExecutionReportData, Order, OrderType, Side
+from common.settings import InfraSettings, Settings
 from common.store import tables
 from common.store.uow import UnitOfWork
+from services.api.app import create_app
 from services.api.auth import SCOPE_OPERATIONS, SCOPE_READ, SCOPE_WRITE, TokenService
-from services.api.rest import create_app
 from tests.support.orders import create_order, mark_routed
 
 if TYPE_CHECKING:
@@ -39,16 +39,19 @@ def token_service() -> TokenService:
 
 def rest_app(engine: Engine, database_url: str, amqp_url: str) -> Flask:
     """The REST app on the test session's database and vhost, trusting the tests' tokens."""
-    return create_app(Settings(database_url=database_url, amqp_url=amqp_url), engine, tokens=token_service())
+    return create_app(
+        Settings(infra=InfraSettings(database_url=database_url, amqp_url=amqp_url)), engine, tokens=token_service()
+    )
 
 
 def bearer(
     accounts: Iterable[str] = ("*",),
     scopes: Iterable[str] = (SCOPE_READ, SCOPE_WRITE),
     subject: str = "tester",
-    ttl: timedelta = timedelta(minutes=10),
+    ttl: timedelta = timedelta(hours=12),
 ) -> str:
-    """An ``Authorization`` header value."""
+    """An ``Authorization`` header value. Modules mint theirs at import, when pytest collects the whole suite:
+    the token must outlive the suite's run on a loaded machine (expiry has tests of its own)."""
     return "Bearer " + token_service().issue(subject, accounts, scopes, ttl=ttl)
 
 

@@ -16,11 +16,12 @@ from typing import Any
 from sqlalchemy import Engine, Row, func, select
 
 from common import jsonutil
-from common.domain import ExecType, ExecutionReportData, Order, OrderType, Side, TimeInForce
+from common.domain import ExecType, ExecutionReportData, Order, OrderTerms, OrderType, Side, TimeInForce
 from common.messaging.envelope import Envelope
+from common.orders.commands import submit_order
+from common.orders.order_request import OrderRequest
 from common.store import tables
 from common.store.uow import UnitOfWork
-from services.intake.commands import OrderRequest, submit_order
 
 Handler = Callable[[UnitOfWork, Envelope], object]
 
@@ -90,22 +91,17 @@ def create_order(
     now: datetime | None = None,
 ) -> Order:
     """A NEW order made by the domain (not stored yet), with an id of its own."""
-    return Order.create(
-        id=str(uuid.uuid4()),
+    terms = OrderTerms(
         account_id=account_id,
         symbol=symbol,
         side=side,
         type=type,
         quantity=quantity,
         price=price,
-        stop_price=None,
         time_in_force=time_in_force,
         strategy_id=strategy_id,
-        notes=None,
-        client_order_id=None,
-        now=now or datetime.now(UTC),
-        user_id=user_id,
     )
+    return Order.create(id=str(uuid.uuid4()), terms=terms, now=now or datetime.now(UTC), user_id=user_id)
 
 
 def store(engine: Engine, order: Order) -> str:
@@ -199,17 +195,22 @@ def handle(engine: Engine, handler: Handler, *envelopes: Envelope) -> None:
 # --------------------------------------------------------------------------- reading back
 
 
-def order_record(engine: Engine, order_id: str) -> Row[Any] | None:
+def find_order_record(engine: Engine, order_id: str) -> Row[Any] | None:
     """The order's row as SQLAlchemy returns it (attribute access), or None."""
     with engine.connect() as connection:
         return connection.execute(select(tables.orders).where(tables.orders.c.id == order_id)).first()
 
 
+def order_record(engine: Engine, order_id: str) -> Row[Any]:
+    """The order's row as SQLAlchemy returns it (attribute access); there must be one."""
+    row = find_order_record(engine, order_id)
+    assert row is not None, f"no order {order_id}"
+    return row
+
+
 def order_row(engine: Engine, order_id: str) -> dict[str, Any]:
     """The order's row as a dict (there must be one)."""
-    row = order_record(engine, order_id)
-    assert row is not None, f"no order {order_id}"
-    return dict(row._mapping)
+    return dict(order_record(engine, order_id)._mapping)
 
 
 def order_count(engine: Engine, account_id: str) -> int:

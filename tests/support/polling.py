@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -57,13 +57,25 @@ def wait_until(
         time.sleep(interval)
 
 
+@overload
 async def async_wait_until(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T | None]], timeout: float = ..., interval: float = ..., message: Message = ...
+) -> T: ...
+
+
+@overload
+async def async_wait_until(
+    predicate: Callable[[], T | None], timeout: float = ..., interval: float = ..., message: Message = ...
+) -> T: ...
+
+
+async def async_wait_until(
+    predicate: Callable[[], object],
     # Same signature as wait_until on purpose; asyncio.timeout() cannot report the last value seen.
     timeout: float = 10.0,
     interval: float = 0.05,
     message: Message = "",
-) -> T:
+) -> object:
     """Like :func:`wait_until`, for a plain or async predicate, without blocking the event loop."""
     deadline = time.monotonic() + timeout
     while True:
@@ -71,7 +83,7 @@ async def async_wait_until(
         last: object = None
         try:
             value = predicate()
-            result: T = await value if inspect.isawaitable(value) else value
+            result = await value if inspect.isawaitable(value) else value
             last = result
         except AssertionError as exc:
             error = exc

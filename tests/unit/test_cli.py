@@ -15,7 +15,7 @@ from typing import IO
 
 import pytest
 
-from common.config import REPO_ROOT
+from common.settings import REPO_ROOT
 from tests.support.polling import wait_until
 from tools import cli, logs
 from tools.decision import decimal_arg

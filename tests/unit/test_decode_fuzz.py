@@ -1,6 +1,6 @@
 """Property tests of every decoder (issue 9, finding 3): any bytes give an envelope or a reason, never an exception.
 
-``decode`` is run for each stage's own spec (services/<stage>/worker.py ``SPEC``) on arbitrary bytes, arbitrary
+``decode`` is run for each stage's own spec (services/<stage>/spec.py ``SPEC``) on arbitrary bytes, arbitrary
 JSON, deeply nested JSON, and valid bodies mutated field by field and byte by byte; the REST body parser and
 the bounded JSON reader are fuzzed the same way.
 """
@@ -24,14 +24,14 @@ from common import jsonutil
 from common.contracts import text_problem
 from common.runtime.stage import StageSpec, decode
 from services.api.errors import InvalidRequest
-from services.api.rest import ApiParser
+from services.api.request_parser import ApiParser
 from services.api.schemas import CreateOrderRequestSchema, UpdateOrderRequestSchema
-from services.execution_handler.worker import SPEC as EXECUTION_HANDLER
-from services.intake.worker import SPEC as INTAKE
+from services.execution_handler.spec import SPEC as EXECUTION_HANDLER
+from services.intake.spec import SPEC as INTAKE
 from services.jobs.deadletters import DeadLetterMessage
-from services.risk_gate.worker import SPEC as RISK_GATE
-from services.router.worker import SPEC as ROUTER
-from services.settlement.worker import SPEC as SETTLEMENT
+from services.risk_gate.spec import SPEC as RISK_GATE
+from services.router.spec import SPEC as ROUTER
+from services.settlement.spec import SPEC as SETTLEMENT
 
 SPECS = [INTAKE, RISK_GATE, ROUTER, EXECUTION_HANDLER, SETTLEMENT]
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC).isoformat()
@@ -97,7 +97,7 @@ def valid_bodies() -> dict[str, dict[str, Any]]:
 
 
 VALID = valid_bodies()
-ROUTES = [(spec, key) for spec in SPECS for key in spec.schemas]
+ROUTES = [(spec, key) for spec in SPECS for key in spec.kinds]
 
 
 def _strings(value: Any) -> list[str]:
@@ -192,7 +192,7 @@ def test_properties_the_database_cannot_store_are_an_error(message_changes: dict
 
 def test_a_body_the_runtime_cannot_even_read_is_an_error() -> None:
     class Exploding(FakeMessage):
-        @property  # type: ignore[override]
+        @property
         def headers(self) -> dict[str, Any]:
             raise RecursionError("maximum recursion depth exceeded")
 

@@ -7,16 +7,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.jobs.config import JobsConfig
+from common.settings import ConfigurationError, JobsSettings, SessionSettings, load_settings, parse_weekdays
+from services.jobs.config import session_calendar
 from services.jobs.scheduler import EXPIRY_JOB, Scheduler
-from services.jobs.session import SessionCalendar, parse_weekdays
+from services.jobs.session import SessionCalendar
 
 NY = ZoneInfo("America/New_York")
 US = SessionCalendar.of("America/New_York", "16:00")
 
 
-def ny(*args: int) -> datetime:
-    return datetime(*args, tzinfo=NY)  # type: ignore[misc]
+def ny(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=NY)
 
 
 def test_last_and_next_close_on_a_weekday() -> None:
@@ -51,6 +52,22 @@ def test_weekday_setting() -> None:
         parse_weekdays("funday")
 
 
+def test_session_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMS_SESSION_WEEKDAYS", "sun,mon")
+    monkeypatch.setenv("OMS_SESSION_HOLIDAYS", "2026-12-25, 2026-01-01")
+    monkeypatch.setenv("OMS_SESSION_TZ", "Europe/London")
+    monkeypatch.delenv("OMS_SESSION_CLOSE", raising=False)
+    session = load_settings().session
+    assert session.weekdays == frozenset({6, 0})
+    assert session.holidays == frozenset({date(2026, 12, 25), date(2026, 1, 1)})
+    calendar = session_calendar(session)
+    assert (calendar.close, calendar.zone) == (time(16, 0), ZoneInfo("Europe/London"))
+    monkeypatch.setenv("OMS_SESSION_TZ", "Mars/Olympus")
+    monkeypatch.setenv("OMS_SESSION_CLOSE", "4pm")
+    with pytest.raises(ConfigurationError, match="OMS_SESSION_TZ: .*unknown time zone.*; OMS_SESSION_CLOSE: "):
+        load_settings()
+
+
 class Clock:
     def __init__(self, now: datetime) -> None:
         self.now = now
@@ -60,10 +77,10 @@ class Clock:
 
 
 def test_scheduler_runs_everything_at_start_then_on_intervals_and_at_the_close() -> None:
-    config = JobsConfig(database_url="", amqp_url="", expiry_check_every_seconds=3600, reconcile_every_seconds=60)
+    jobs = JobsSettings(expiry_check_every_seconds=3600, reconcile_every_seconds=60)
     clock = Clock(ny(2026, 3, 10, 15, 58).astimezone(UTC))
     sent: list[str] = []
-    scheduler = Scheduler(config, sent.append, engine=None, clock=clock)
+    scheduler = Scheduler(jobs, session_calendar(SessionSettings()), sent.append, engine=None, clock=clock)
 
     assert sorted(scheduler.tick()) == sorted(
         ["expire_day_orders", "refresh_statistics", "purge_retention", "reconcile_stuck_orders", "check_invariants"]
@@ -78,7 +95,6 @@ def test_scheduler_runs_everything_at_start_then_on_intervals_and_at_the_close()
 
 
 def test_scheduler_keeps_a_job_due_when_the_broker_is_away() -> None:
-    config = JobsConfig(database_url="", amqp_url="")
     clock = Clock(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
     down = True
 
@@ -86,7 +102,7 @@ def test_scheduler_keeps_a_job_due_when_the_broker_is_away() -> None:
         if down:
             raise ConnectionError("broker away")
 
-    scheduler = Scheduler(config, send, clock=clock)
+    scheduler = Scheduler(JobsSettings(), US, send, clock=clock)
     assert scheduler.tick() == []
     down = False
     clock.now += timedelta(seconds=5)

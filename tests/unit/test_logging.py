@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from common.config import REPO_ROOT
 from common.logging import configure_logging, json_handler, log_context
+from common.settings import REPO_ROOT
 from common.store.orders_repo import _log_state_change
 from tools import supervise
 from tools.processes import ProcessSpec, Running, Supervisor, rotate_log

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from common.messaging.batch import CARRIER_HEADER, is_carrier, pack, record_count, unpack
-from common.messaging.topology import BROKER_EXCHANGE, OMS_EXCHANGE, ORDER_UPDATES_EXCHANGE
+from common.messages.exchanges import BROKER_EXCHANGE, OMS_EXCHANGE, ORDER_UPDATES_EXCHANGE
+from common.messages.headers import CARRIER_HEADER
+from common.messaging.batch import is_carrier, pack, record_count, unpack
 from common.store.outbox import OutboxMessage
 
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from common.config import REPO_ROOT
+from common.settings import REPO_ROOT
 from tools.processes import system
 
 OPS = REPO_ROOT / "ops"
@@ -119,7 +119,7 @@ def test_the_code_exports_the_documented_metrics(exported: set[str]) -> None:
         "oms_job_last_success_timestamp_seconds",
     ):
         assert name in exported
-    assert "oms_http_requests_total" in exported  # services.api.rest, found by the scan
+    assert "oms_http_requests_total" in exported  # services.api.http_metrics, found by the scan
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)

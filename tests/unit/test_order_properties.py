@@ -17,6 +17,7 @@ from common.domain import (
     ExecutionReportData,
     Order,
     OrderState,
+    OrderTerms,
     OrderType,
     PendingRequest,
     RequestKind,
@@ -32,22 +33,16 @@ X = ExecType
 
 
 def routed(quantity: Decimal, tif: TimeInForce = TimeInForce.DAY) -> Order:
-    order = Order.create(
-        id="o-1",
+    terms = OrderTerms(
         account_id="acc-1",
         symbol="AAPL",
         side=Side.BUY,
         type=OrderType.LIMIT,
         quantity=quantity,
         price=D("200"),
-        stop_price=None,
         time_in_force=tif,
-        strategy_id=None,
-        notes=None,
-        client_order_id=None,
-        now=T0,
-        user_id=None,
     )
+    order = Order.create(id="o-1", terms=terms, now=T0, user_id=None)
     order.approve([], T0)
     order.mark_routed("r", T0)
     return order
@@ -134,8 +129,7 @@ def test_any_permutation_of_the_reports_gives_the_same_order(
         assert sum((f.fees for f in fills if f), D(0)) == result.fees
         # every overtaken report was accounted for by the time all had come
         assert result.unreported_quantity == 0
-    fills = [r for r in reports if r.exec_type is not X.NEW]
-    top = fills[-1]
+    top = [r for r in reports if r.exec_type is not X.NEW][-1]
     assert order.filled_quantity == top.cum_qty and order.average_execution_price == top.avg_px
     if top.cum_qty >= quantity:
         assert order.state is S.FILLED and order.overfilled == (top.cum_qty > quantity)

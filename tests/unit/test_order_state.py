@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,7 @@ from common.domain import (
     OrderEventType,
     OrderState,
     OrderStatus,
+    OrderTerms,
     OrderType,
     PendingRequest,
     ReportMismatch,
@@ -308,10 +311,11 @@ def test_request_replace_records_the_complete_new_terms() -> None:
 def test_commands_with_bad_terms_raise_and_change_nothing(
     quantity: Decimal, price: Decimal | None, stop_price: Decimal | None
 ) -> None:
-    for state, call in (
+    calls: tuple[tuple[OrderState, Callable[[Order], object]], ...] = (
         (S.APPROVED, lambda o: o.modify_unrouted(quantity, price, stop_price, T1, None)),
         (S.OPEN, lambda o: o.request_replace("r", quantity, price, stop_price, T1, None)),
-    ):
+    )
+    for state, call in calls:
         order = make_order(state)
         before = copy.deepcopy(order)
         with pytest.raises(InvalidCommand):
@@ -338,29 +342,23 @@ def test_reject_records_code_and_reason() -> None:
     )
 
 
-def _create_kwargs(**overrides: object) -> dict[str, object]:
-    kwargs: dict[str, object] = dict(
-        id="o-9",
-        account_id="acc-1",
-        symbol="MSFT",
-        side=Side.SELL,
-        type=OrderType.STOP_LIMIT,
-        quantity=Decimal("12.5"),
-        price=Decimal("300"),
-        stop_price=Decimal("301"),
-        time_in_force=TimeInForce.GTC,
-        strategy_id="s-1",
-        notes="n",
-        client_order_id="dec-1",
-        now=T0,
-        user_id="u-1",
-    )
-    kwargs.update(overrides)
-    return kwargs
+TERMS = OrderTerms(
+    account_id="acc-1",
+    symbol="MSFT",
+    side=Side.SELL,
+    type=OrderType.STOP_LIMIT,
+    quantity=Decimal("12.5"),
+    price=Decimal("300"),
+    stop_price=Decimal("301"),
+    time_in_force=TimeInForce.GTC,
+    strategy_id="s-1",
+    notes="n",
+    client_order_id="dec-1",
+)
 
 
 def test_create_makes_a_new_order_with_one_event() -> None:
-    order = Order.create(**_create_kwargs())  # type: ignore[arg-type]
+    order = Order.create(id="o-9", terms=TERMS, now=T0, user_id="u-1")
     assert (order.state, order.status, order.version) == (S.NEW, OrderStatus.PENDING, 1)
     assert order.filled_quantity == 0 and order.fees == 0 and order.average_execution_price is None
     assert order.leaves_quantity == Decimal("12.5")
@@ -378,14 +376,16 @@ def test_create_makes_a_new_order_with_one_event() -> None:
         {"type": OrderType.STOP, "stop_price": None, "price": None},
     ],
 )
-def test_create_refuses_terms_that_break_the_rules(overrides: dict[str, object]) -> None:
+def test_create_refuses_terms_that_break_the_rules(overrides: dict[str, Any]) -> None:
     with pytest.raises(InvalidCommand):
-        Order.create(**_create_kwargs(**overrides))  # type: ignore[arg-type]
+        Order.create(id="o-9", terms=dataclasses.replace(TERMS, **overrides), now=T0, user_id="u-1")
 
 
 def test_create_rejected_is_born_rejected_with_both_events() -> None:
-    kwargs = _create_kwargs(quantity=Decimal(-1), code="INVALID_QUANTITY", reason="quantity must be positive")
-    order = Order.create_rejected(**kwargs)  # type: ignore[arg-type]
+    terms = dataclasses.replace(TERMS, quantity=Decimal(-1))
+    order = Order.create_rejected(
+        id="o-9", terms=terms, now=T0, user_id="u-1", code="INVALID_QUANTITY", reason="quantity must be positive"
+    )
     assert (order.state, order.status, order.rejection_code) == (S.REJECTED, "REJECTED", "INVALID_QUANTITY")
     assert [e.type for e in order.events] == [E.ORDER_CREATED, E.ORDER_REJECTED]
     assert order.is_terminal and order.leaves_quantity == 0
@@ -455,5 +455,15 @@ def test_a_report_for_another_order_is_a_caller_bug() -> None:
         leaves_qty=Decimal(100),
         timestamp=T1,
     )
-    with pytest.raises(ReportMismatch):
+    with pytest.raises(ReportMismatch, match="^report x is for order other, not o-1$"):
         order.apply_report(report, T1)
+    assert (order.version, order.events) == (3, [])
+
+
+def test_a_command_whose_destination_the_table_refuses_is_refused() -> None:
+    # Every command names a destination its trigger allows; this guards the pairing itself.
+    order = make_order(S.NEW)
+    with pytest.raises(InvalidTransition) as raised:
+        order._command("approve", S.FILLED)
+    assert (raised.value.command, raised.value.state, raised.value.detail) == ("approve", S.NEW, "cannot reach FILLED")
+    assert order.state is S.NEW

@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 
 from common.domain import OrderType, Side
-from services.risk_gate.limits import InvalidLimit, Limits, parse_changes, parse_value, resolve
+from common.risk.controls import Halt, Restriction
+from common.risk.limits import InvalidLimit, Limits, parse_changes, parse_value, resolve
+from common.settings import ConfigurationError, load_settings
 from services.risk_gate.prices import FeedPrice, NoPriceBehaviour, PriceSettings, choose_quote, parse_price
 from services.risk_gate.rules import (
     RULE_NAMES,
     AccountInfo,
-    Halt,
     InstrumentInfo,
     OrderTerms,
     Quote,
     RecentOrder,
-    Restriction,
     RiskCode,
     RiskInput,
     RiskViolation,
@@ -434,12 +434,18 @@ def test_without_a_fresh_price_the_configured_behaviour_applies() -> None:
     )
 
 
-def test_price_settings_from_the_environment() -> None:
-    assert PriceSettings.from_env({}) == PriceSettings(timedelta(seconds=30), NoPriceBehaviour.INSTRUMENT_REFERENCE)
-    env = {"OMS_RISK_PRICE_STALENESS_SECONDS": "2.5", "OMS_RISK_NO_PRICE": "reject"}
-    assert PriceSettings.from_env(env) == PriceSettings(timedelta(seconds=2.5), NoPriceBehaviour.REJECT)
-    with pytest.raises(ValueError, match="OMS_RISK_NO_PRICE"):
-        PriceSettings.from_env({"OMS_RISK_NO_PRICE": "guess"})
+def test_price_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMS_RISK_PRICE_STALENESS_SECONDS", raising=False)
+    monkeypatch.delenv("OMS_RISK_NO_PRICE", raising=False)
+    default = PriceSettings(timedelta(seconds=30), NoPriceBehaviour.INSTRUMENT_REFERENCE)
+    assert PriceSettings.of(load_settings().risk) == default == PriceSettings()
+    monkeypatch.setenv("OMS_RISK_PRICE_STALENESS_SECONDS", "2.5")
+    monkeypatch.setenv("OMS_RISK_NO_PRICE", " Reject ")
+    assert PriceSettings.of(load_settings().risk) == PriceSettings(timedelta(seconds=2.5), NoPriceBehaviour.REJECT)
+    monkeypatch.setenv("OMS_RISK_NO_PRICE", "guess")
+    monkeypatch.setenv("OMS_RISK_PRICE_STALENESS_SECONDS", "-1")
+    with pytest.raises(ConfigurationError, match="OMS_RISK_PRICE_STALENESS_SECONDS: .*; OMS_RISK_NO_PRICE: "):
+        load_settings()
 
 
 def test_feed_messages_are_parsed_exactly_and_junk_is_dropped() -> None:

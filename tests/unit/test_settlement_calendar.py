@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.settlement.calendar import SettlementCalendar, parse_holidays, trade_date_of
+from common.settlement_calendar import SettlementCalendar, parse_holidays, trade_date_of
 
 WED, THU, FRI, SAT, SUN, MON, TUE = (date(2026, 11, 25) + timedelta(days=n) for n in range(7))
 

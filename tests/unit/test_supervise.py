@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from common.config import REPO_ROOT
+from common.settings import REPO_ROOT
 from tests.support.polling import wait_until
-from tools import supervise, up
+from tools import infra, supervise, up
 from tools.processes import ProcessSpec, Supervisor
 
 SLEEPER = ProcessSpec("sleeper", "http.server", ("0", "--bind", "127.0.0.1"))
@@ -101,7 +101,7 @@ def test_the_daemon_supervises_refuses_a_second_up_shows_in_ps_and_stops_on_sigt
     def no_servers(**kwargs: object) -> None:
         raise AssertionError("oms up went on to start the servers instead of refusing")
 
-    monkeypatch.setattr(up.infra, "ensure_started", no_servers)
+    monkeypatch.setattr(infra, "ensure_started", no_servers)
     command = supervise.daemon_command(supervise.specs_to_json([SLEEPER]), data_dir)
     daemon = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL)
     try:
@@ -161,9 +161,20 @@ def test_what_a_killed_child_forked_is_killed_with_it(data_dir: Path) -> None:
         assert child is not None and supervise.is_alive(grandchild)
         pid_file.unlink()
         os.kill(child.popen.pid, signal.SIGKILL)
-        wait_until(lambda: not supervise.is_alive(grandchild) or loop.tick(), timeout=60, message="worker gone")
+
+        def worker_gone_else_tick() -> bool:
+            if not supervise.is_alive(grandchild):
+                return True
+            loop.tick()
+            return False
+
+        def tick_then_restarted() -> bool:
+            loop.tick()
+            return pid_file.exists()
+
+        wait_until(worker_gone_else_tick, timeout=60, message="worker gone")
         wait_until(lambda: not supervise.is_alive(grandchild), timeout=60, message="the orphaned worker killed")
-        wait_until(lambda: loop.tick() or pid_file.exists(), timeout=60, message="the child restarted")
+        wait_until(tick_then_restarted, timeout=60, message="the child restarted")
     finally:
         loop.stop_all()
     # Stopping takes the new worker with it too (a SIGKILL lands a moment after it is sent).

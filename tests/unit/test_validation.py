@@ -333,3 +333,159 @@ def test_validate_terms_for_a_modify() -> None:
 )
 def test_plain(value: Decimal, text: str) -> None:
     assert plain(value) == text
+
+
+# --------------------------------------------------------------------------- what each violation says
+
+
+@pytest.mark.parametrize(
+    ("request_", "instrument", "account", "violations"),
+    [
+        (
+            Request(account_id="ACC-999"),
+            AAPL,
+            None,
+            [RuleViolation(Code.UNKNOWN_ACCOUNT, "accountId", "account ACC-999 does not exist")],
+        ),
+        (
+            Request(symbol="ZZZ"),
+            None,
+            Account(),
+            [RuleViolation(Code.UNKNOWN_INSTRUMENT, "symbol", "instrument ZZZ is not known")],
+        ),
+        (
+            Request(),
+            Instrument(tradable=False),
+            Account(),
+            [RuleViolation(Code.INSTRUMENT_NOT_TRADABLE, "symbol", "instrument AAPL is not tradable")],
+        ),
+        (
+            Request(quantity=None),
+            AAPL,
+            Account(),
+            [RuleViolation(Code.QUANTITY_REQUIRED, "quantity", "quantity is required")],
+        ),
+        (
+            Request(quantity=D("-0.50")),
+            AAPL,
+            Account(),
+            [RuleViolation(Code.QUANTITY_NOT_POSITIVE, "quantity", "quantity must be positive, got -0.5")],
+        ),
+        (
+            Request(quantity=D("1E+12")),
+            AAPL,
+            Account(),
+            [
+                RuleViolation(
+                    Code.QUANTITY_TOO_LARGE, "quantity", "quantity 1000000000000 is too large (limit 1000000000000)"
+                )
+            ],
+        ),
+        (
+            Request(quantity=D("1000000000000.5")),
+            AAPL,
+            Account(),
+            [
+                RuleViolation(
+                    Code.QUANTITY_TOO_LARGE, "quantity", "quantity 1000000000000.5 is too large (limit 1000000000000)"
+                )
+            ],
+        ),
+        (
+            Request(price=D("NaN")),
+            AAPL,
+            Account(),
+            [RuleViolation(Code.PRICE_NOT_POSITIVE, "price", "price must be positive, got NaN")],
+        ),
+        (
+            Request(type="STOP", price=None, stop_price=D("2E+12")),
+            AAPL,
+            Account(),
+            [
+                RuleViolation(
+                    Code.STOP_PRICE_TOO_LARGE,
+                    "stopPrice",
+                    "stop price 2000000000000 is too large (limit 1000000000000)",
+                )
+            ],
+        ),
+        (
+            Request(stop_price=D("189")),
+            AAPL,
+            Account(),
+            [RuleViolation(Code.STOP_PRICE_NOT_ALLOWED, "stopPrice", "a LIMIT order takes no stop price")],
+        ),
+        (
+            Request(type="STOP", price=None, stop_price=D("189.005")),
+            AAPL,
+            Account(),
+            [
+                RuleViolation(
+                    Code.STOP_PRICE_OFF_TICK,
+                    "stopPrice",
+                    "stop price 189.005 is not a multiple of the tick size 0.01 of AAPL",
+                )
+            ],
+        ),
+        (
+            Request(side="HOLD", type="ICEBERG", time_in_force="GTD"),
+            AAPL,
+            Account(),
+            [
+                RuleViolation(Code.INVALID_SIDE, "side", "side 'HOLD' is not one of BUY, SELL"),
+                RuleViolation(
+                    Code.INVALID_ORDER_TYPE, "type", "type 'ICEBERG' is not one of MARKET, LIMIT, STOP, STOP_LIMIT"
+                ),
+                RuleViolation(
+                    Code.INVALID_TIME_IN_FORCE, "timeInForce", "timeInForce 'GTD' is not one of DAY, GTC, IOC, FOK"
+                ),
+            ],
+        ),
+        (
+            Request(type="STOP", price=None, stop_price=D("189"), time_in_force="IOC"),
+            AAPL,
+            Account(),
+            [
+                RuleViolation(
+                    Code.TIME_IN_FORCE_NOT_ALLOWED,
+                    "timeInForce",
+                    "a STOP order rests until triggered, so its time in force must be DAY or GTC, not IOC",
+                )
+            ],
+        ),
+    ],
+    ids=[
+        "unknown-account",
+        "unknown-instrument",
+        "not-tradable",
+        "no-quantity",
+        "negative-quantity",
+        "huge-quantity",
+        "huge-quantity-off-lot",
+        "nan-price",
+        "huge-stop-price",
+        "stop-price-not-allowed",
+        "stop-price-off-tick",
+        "enums",
+        "tif-not-allowed",
+    ],
+)
+def test_each_violation_names_its_field_and_says_why(
+    request_: Request, instrument: Instrument | None, account: Account | None, violations: list[RuleViolation]
+) -> None:
+    assert validate_order(request_, instrument, account) == violations
+
+
+def test_an_instrument_without_a_tick_or_lot_size_checks_neither() -> None:
+    free = Instrument(tick_size=D(0), lot_size=D(0))
+    assert validate_order(Request(quantity=D("0.123"), price=D("1.2345")), free, Account()) == []
+
+
+def test_summarize_says_what_it_needs() -> None:
+    with pytest.raises(ValueError, match="^no violations to summarize$"):
+        summarize([])
+
+
+@pytest.mark.parametrize(("value", "text"), [(D("-0.000"), "0"), (D("Infinity"), "Infinity"), (D("-NaN"), "-NaN")])
+def test_plain_edges(value: Decimal, text: str) -> None:
+    assert plain(value) == text

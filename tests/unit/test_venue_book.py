@@ -12,7 +12,7 @@ import pytest
 from common import jsonutil
 from common.contracts import ExecutionReportSchema
 from common.domain.enums import ExecType, OrderType, Side, TimeInForce
-from services.venue_sim.book import Book, BookRules, OrderRequest, Report
+from services.venue_sim.book import Book, BookRules, BrokerRequest, Report
 from services.venue_sim.prices import InstrumentSpec, Market
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -35,7 +35,7 @@ def _book(**rules: Any) -> Book:
 _ids = itertools.count(1)
 
 
-def _request(**fields: Any) -> OrderRequest:
+def _request(**fields: Any) -> BrokerRequest:
     values: dict[str, Any] = {
         "order_id": "ORD-1",
         "request_id": f"REQ-{next(_ids)}",
@@ -47,7 +47,7 @@ def _request(**fields: Any) -> OrderRequest:
         "time_in_force": TimeInForce.DAY,
     }
     values.update(fields)
-    return OrderRequest(**values)
+    return BrokerRequest(**values)
 
 
 def _types(reports: list[Report]) -> list[ExecType]:
@@ -60,7 +60,7 @@ def test_market_order_is_acknowledged_then_filled_at_the_reference_price() -> No
     reports = book.new_order(new, NOW)
     assert _types(reports) == [E.NEW, E.FILL]
     ack, fill = reports
-    assert (ack.cum_qty, ack.leaves_qty, ack.last_qty, ack.avg_px) == (0, 100, 0, None)
+    assert (ack.cum_qty, ack.leaves_qty, ack.last_qty, ack.avg_px) == (D(0), D(100), D(0), None)
     assert fill.last_qty == fill.cum_qty == fill.order_qty == D("100")
     assert fill.last_px == fill.avg_px == D("190.00")
     assert fill.leaves_qty == 0
@@ -160,7 +160,7 @@ def test_ioc_fills_what_is_marketable_now_and_cancels_the_rest() -> None:
 def test_ioc_that_is_not_marketable_is_canceled_without_a_fill() -> None:
     reports = _book().new_order(_request(type=OrderType.LIMIT, price=D("100.00"), time_in_force=TimeInForce.IOC), NOW)
     assert _types(reports) == [E.NEW, E.CANCELED]
-    assert (reports[1].cum_qty, reports[1].leaves_qty) == (0, 0)
+    assert (reports[1].cum_qty, reports[1].leaves_qty) == (D(0), D(0))
 
 
 def test_fok_fills_whole_in_one_execution_even_with_partial_fills() -> None:
@@ -216,7 +216,7 @@ def test_cancel_a_working_order() -> None:
     assert _types(reports) == [E.PENDING_CANCEL, E.CANCELED]
     assert [r.request_id for r in reports] == [cancel.request_id] * 2
     assert reports[0].leaves_qty == 100
-    assert (reports[1].leaves_qty, reports[1].cum_qty) == (0, 0)
+    assert (reports[1].leaves_qty, reports[1].cum_qty) == (D(0), D(0))
     assert book.on_tick(NOW) == []
 
 
@@ -301,7 +301,7 @@ def test_rejects(fields: dict[str, Any], reason: str) -> None:
     reports = book.new_order(_request(**fields), NOW)
     assert _types(reports) == [E.REJECTED]
     assert reports[0].reason == reason
-    assert (reports[0].cum_qty, reports[0].leaves_qty) == (0, 0)
+    assert (reports[0].cum_qty, reports[0].leaves_qty) == (D(0), D(0))
     assert book.order("ORD-1") is None
 
 

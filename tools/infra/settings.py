@@ -1,0 +1,153 @@
+"""Where the local servers live and answer: ports, folders, logins and URLs, read from the environment."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+PG_USER, PG_PASSWORD, PG_DATABASE = "oms", "oms", "oms"
+RABBIT_USER, RABBIT_PASSWORD = "guest", "guest"
+# A unix socket path longer than this (sun_path is 108 bytes) cannot be bound.
+MAX_SOCKET_PATH = 100
+
+
+class InfraError(RuntimeError):
+    """A server could not be installed, started, stopped or reached; the message says what to look at."""
+
+
+@dataclass(frozen=True)
+class InfraUrls:
+    """Where the servers answer."""
+
+    database_url: str
+    amqp_url: str
+    management_url: str
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """One server's state as ``status()`` reports it."""
+
+    name: str
+    running: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Ports and folders, read from the environment each time (tests may change it)."""
+
+    data_dir: Path
+    pg_port: int
+    amqp_port: int
+    management_port: int
+    dist_port: int
+    nodename: str
+    timeout: float
+
+    @classmethod
+    def from_env(cls) -> ServerSettings:
+        env = os.environ
+        return cls(
+            data_dir=_data_dir(env.get("OMS_DATA_DIR")),
+            pg_port=_env_number("OMS_PG_PORT", 54329),
+            amqp_port=_env_number("OMS_AMQP_PORT", 56729),
+            management_port=_env_number("OMS_RABBITMQ_MGMT_PORT", 15679),
+            dist_port=_env_number("OMS_RABBITMQ_DIST_PORT", 25679),
+            nodename=env.get("OMS_RABBITMQ_NODENAME", "oms-rabbit@localhost"),
+            timeout=float(_env_number("OMS_INFRA_TIMEOUT", 120)),
+        )
+
+    @property
+    def urls(self) -> InfraUrls:
+        return InfraUrls(
+            database_url=f"postgresql+psycopg://{PG_USER}:{PG_PASSWORD}@{HOST}:{self.pg_port}/{PG_DATABASE}",
+            amqp_url=f"amqp://{RABBIT_USER}:{RABBIT_PASSWORD}@{HOST}:{self.amqp_port}/",
+            management_url=f"http://{HOST}:{self.management_port}/",
+        )
+
+    # Postgres layout
+    @property
+    def pg_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @property
+    def pg_data(self) -> Path:
+        return self.pg_dir / "data"
+
+    @property
+    def pg_log(self) -> Path:
+        return self.pg_dir / "postgres.log"
+
+    @property
+    def pg_socket_dir(self) -> Path:
+        preferred = self.pg_dir / "run"
+        if len(str(preferred)) + len(f"/.s.PGSQL.{self.pg_port}") <= MAX_SOCKET_PATH:
+            return preferred
+        # A deep checkout would overflow sun_path; fall back to a short per-data-folder path.
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
+        # B108: a fixed name in /tmp for the local dev server only; postgres.py makes it the server user's,
+        # mode 0700, before the server starts (a folder pre-made by another user fails the chmod, as non-root).
+        return Path("/tmp") / f"oms-pg-{digest}"  # nosec B108
+
+    # RabbitMQ layout
+    @property
+    def rabbit_dir(self) -> Path:
+        return self.data_dir / "rabbitmq"
+
+    @property
+    def rabbit_log(self) -> Path:
+        return self.rabbit_dir / "log" / f"{self.nodename}.log"
+
+    @property
+    def rabbit_stdout(self) -> Path:
+        return self.rabbit_dir / "log" / "startup.log"
+
+    @property
+    def rabbit_pid_file(self) -> Path:
+        return self.rabbit_dir / "rabbitmq.pid"
+
+
+def _env_number(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit():
+        raise InfraError(f"{name}={value!r} is not a whole number")
+    return int(value)
+
+
+def _data_dir(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit).resolve()
+    default = ROOT / ".data"
+    if os.geteuid() != 0 or _others_can_traverse(ROOT):
+        return default
+    # The servers run as their own users (postgres, rabbitmq); they cannot reach a checkout under a private
+    # folder such as /root, so keep the data in a folder they can reach.
+    digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+    # B108: the local dev servers' data when root runs a checkout the service users cannot reach (a private
+    # home): tools/infra runs local development and CI servers only, never a deployment's.
+    return Path("/var/tmp") / f"oms-data-{digest}"  # nosec B108
+
+
+def _others_can_traverse(path: Path) -> bool:
+    return all(os.stat(p).st_mode & stat.S_IXOTH for p in [path, *path.parents])
+
+
+def with_path(url: str, path: str) -> str:
+    """``url`` with its path replaced: a database or a vhost on the same server."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def check_name(name: str) -> None:
+    """Refuse a database or vhost name that would need quoting anywhere (ValueError)."""
+    if not name or not name.replace("_", "").isalnum() or not name.isascii() or len(name) > 63:
+        raise ValueError(f"not a safe database/vhost name: {name!r} (letters, digits and _ only)")
