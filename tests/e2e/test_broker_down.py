@@ -61,6 +61,9 @@ def own_broker() -> Iterator[infra.ServerSettings]:
         dist_port=dist,
         nodename=f"oms-broker-down-{run}@localhost",
         timeout=default.timeout,
+        # The sandbox's processes log in with the machine's passwords (tools/sandbox.py), so the node keeps those
+        # users across its restart.
+        secrets_dir=rabbitmq.secrets_dir(default),
     )
     try:
         rabbitmq.start(settings)

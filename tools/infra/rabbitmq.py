@@ -128,7 +128,8 @@ def secrets_dir(settings: ServerSettings | None = None) -> Path:
     passwords to that other folder's, or every process of the instance is refused at its next login."""
     if os.environ.get("OMS_INFRA", "").lower() == "docker":
         return ROOT / "secrets"
-    return (settings or ServerSettings.from_env()).data_dir / "secrets"
+    settings = settings or ServerSettings.from_env()
+    return settings.secrets_dir or settings.data_dir / "secrets"
 
 
 def _users_definitions(settings: ServerSettings) -> str:

@@ -50,6 +50,9 @@ class ServerSettings:
     dist_port: int
     nodename: str
     timeout: float
+    # Where the processes of this instance keep the broker users' passwords; None: ``data_dir / "secrets"``.
+    # A node of a test's own that serves the machine's processes (a sandbox) takes the machine's folder.
+    secrets_dir: Path | None = None
 
     @classmethod
     def from_env(cls) -> ServerSettings:
