@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, String, any_, bindparam, select, tuple_
@@ -22,6 +21,7 @@ from common.domain import (
 from common.ids import new_id
 from common.messages.bodies import order_update_body, order_update_routing_key
 from common.messages.catalogue import ORDER_UPDATE
+from common.orders.order_updates import PublicView, announces, public_view
 from common.store import tables
 from common.store.bulk import bulk_insert, bulk_update, rows_parameter
 from common.store.event_chain import GENESIS, row_hash, to_bytea
@@ -196,11 +196,6 @@ def _log_state_change(order: Order, from_state: str | None, correlation_id: str 
         )
 
 
-def _public_view(order: Order) -> tuple[str, Decimal, Decimal, str]:
-    """What subscribers see change (status, filled and ordered quantity), then the internal state."""
-    return (order.status.value, order.filled_quantity, order.quantity, order.state.value)
-
-
 class OrderRepository:
     """Orders of one transaction: an identity map over the rows it read, writes buffered until ``flush``.
 
@@ -225,7 +220,7 @@ class OrderRepository:
         self._sequence: dict[str, int] = {}
         # order id -> the hash of its last event (the chain head): read with the order, advanced at flush.
         self._head: dict[str, bytes] = {}
-        self._seen: dict[str, tuple[str, Decimal, Decimal, str]] = {}
+        self._seen: dict[str, PublicView] = {}
         self._creation_terms: dict[str, dict[str, Any]] = {}
 
     def _remember(self, order: Order, last_sequence: int, head: bytes | None = None) -> Order:
@@ -235,7 +230,7 @@ class OrderRepository:
         self._sequence[order.id] = last_sequence
         if head is not None:
             self._head[order.id] = head
-        self._seen[order.id] = _public_view(order)
+        self._seen[order.id] = public_view(order)
         return order
 
     def _load(self, query: Any, parameters: Mapping[str, Any] | None = None) -> list[Order]:
@@ -340,11 +335,8 @@ class OrderRepository:
             self._dirty[order.id] = order
         self._write_events(order, correlation_id, message_id, user_id)
         before = self._seen.get(order.id)
-        after = _public_view(order)
-        # Subscribers are told of public changes only: a new status, or a fill (the filled quantity moves, or an
-        # execution is booked). The finer internal steps (APPROVED, ROUTED, PENDING_CANCEL...) are in the
-        # events; announcing each would cost a message per step and nobody outside asked for them.
-        if before is None or before[:3] != after[:3] or latest_execution is not None:
+        after = public_view(order)
+        if announces(before, after, latest_execution):
             self._announce(order, latest_execution)
         self._seen[order.id] = after
         if before is None or before[3] != after[3]:

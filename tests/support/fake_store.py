@@ -39,6 +39,7 @@ from common.domain import (
 from common.ids import new_id
 from common.messages.bodies import order_update_body, order_update_routing_key
 from common.messages.catalogue import ORDER_UPDATE
+from common.orders.order_updates import PublicView, announces, public_view
 from common.orders.ports import BufferedRepository, RepositorySlot, RepositoryT
 from common.orders.records import (
     FINAL_REQUEST_STATUSES,
@@ -309,11 +310,6 @@ class FakeOutbox:
         self._pending = []
 
 
-def _public_view(order: Order) -> tuple[str, Decimal, Decimal, str]:
-    """What subscribers see change (status, filled and ordered quantity), then the internal state."""
-    return (order.status.value, order.filled_quantity, order.quantity, order.state.value)
-
-
 class FakeOrderRepository:
     """``AbstractOrderRepository`` in memory."""
 
@@ -331,7 +327,7 @@ class FakeOrderRepository:
         self._dirty: dict[str, Order] = {}
         self._events: list[StoredEvent] = []
         self._sequence: dict[str, int] = {}
-        self._seen: dict[str, tuple[str, Decimal, Decimal, str]] = {}
+        self._seen: dict[str, PublicView] = {}
         self._creation_terms: dict[str, dict[str, Any]] = {}
 
     def _remember(self, order: Order, last_sequence: int) -> Order:
@@ -339,7 +335,7 @@ class FakeOrderRepository:
         if order.client_order_id is not None:
             self._by_client_key[(order.account_id, order.client_order_id)] = order.id
         self._sequence[order.id] = last_sequence
-        self._seen[order.id] = _public_view(order)
+        self._seen[order.id] = public_view(order)
         return order
 
     def _load(self, order_id: str) -> Order | None:
@@ -423,8 +419,8 @@ class FakeOrderRepository:
             self._dirty[order.id] = order
         self._write_events(order, correlation_id, message_id, user_id)
         before = self._seen.get(order.id)
-        after = _public_view(order)
-        if before is None or before[:3] != after[:3] or latest_execution is not None:
+        after = public_view(order)
+        if announces(before, after, latest_execution):
             self._announce(order, latest_execution)
         self._seen[order.id] = after
 
