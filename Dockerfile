@@ -17,7 +17,7 @@ COPY pyproject.toml requirements.lock ./
 RUN mkdir -p common services proto tools migrations \
     && pip install -c requirements.lock -e . \
     && useradd --system --home-dir /var/lib/oms --create-home oms \
-    && install -d -o oms -g oms /var/lib/oms/secrets
+    && install -d -o oms -g oms /var/lib/oms/secrets /var/lib/oms/keys
 COPY . .
 # proto/gen is generated, not committed (.gitignore) nor copied (.dockerignore): a clean clone has none, and
 # every gRPC import (`from proto.gen import order_pb2`) needs it. Generate it here, as root, before the image

@@ -37,7 +37,7 @@ def retention_engine(settings: Settings, workers: Engine) -> Engine:
 
 def worker_checks(settings: Settings, database: Engine | None, service: str) -> dict[str, Check]:
     """A worker's readiness: its database (when it has one) and its broker answer."""
-    return dependency_checks(database, settings.infra.amqp_url, service)
+    return dependency_checks(database, settings.infra.amqp_urls, service)
 
 
 def stage_worker(spec: StageSpec, settings: Settings) -> StageWorker:

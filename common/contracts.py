@@ -365,7 +365,7 @@ class RouteCancelSchema(CamelSchema):
 
     order_id = _id(max_length=36)
     request_id = _id(max_length=36, doc="the cancel request recorded by the order commands")
-    reason = _free_text()
+    reason = _free_text(doc="no longer sent (the reason is in the request row, encrypted at rest); accepted")
 
 
 class RouteReplaceSchema(CamelSchema):

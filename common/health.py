@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import Engine, text
 
-from common.messaging.connection import answers
+from common.messaging.connection import AmqpUrls, answers
 from common.settings import DEFAULT_BIND_HOST
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ def database_check(engine: Engine) -> Check:
     return check
 
 
-def broker_check(amqp_url: str, name: str = "oms.readiness") -> Check:
-    """A check that RabbitMQ accepts an AMQP connection and opens a channel on it."""
+def broker_check(amqp_url: AmqpUrls, name: str = "oms.readiness") -> Check:
+    """A check that RabbitMQ (a node of those ``amqp_url`` lists) accepts an AMQP connection and opens a channel on
+    it."""
 
     def check() -> None:
         # The HTTP server's thread has no event loop of its own: one per check (they are cached, see CachedChecks).
@@ -143,15 +145,21 @@ def serve_process_endpoints(
     service: str,
     checks: Mapping[str, Check] | None = None,
     host: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ProcessEndpoints | None:
     """Serve /metrics, /health/live and /health/ready on ``port`` in a daemon thread (0 means: do not serve).
 
-    ``host``: the address to bind (``settings.infra.metrics_host``); loopback when not given.
+    ``host``: the address to bind (``settings.infra.metrics_host``); loopback when not given. ``ssl_context``:
+    HTTPS only (``OMS_METRICS_TLS``).
     """
     if not port:
         return None
     address = host or DEFAULT_BIND_HOST
     server = ThreadingHTTPServer((address, port), _handler(service, CachedChecks(checks or {})))
+    if ssl_context is not None:
+        # The handshake runs in the request's own thread, at its first read, not in the accepting loop: a client
+        # that connects and stays silent holds one thread, never the whole server.
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name=f"{service}-endpoints", daemon=True)
     thread.start()
@@ -159,7 +167,7 @@ def serve_process_endpoints(
     return ProcessEndpoints(server, thread)
 
 
-def dependency_checks(engine: Engine | None, amqp_url: str | None, name: str) -> dict[str, Check]:
+def dependency_checks(engine: Engine | None, amqp_url: AmqpUrls | None, name: str) -> dict[str, Check]:
     """The usual readiness of a worker: its database and its broker."""
     checks: dict[str, Check] = {}
     if engine is not None:
@@ -169,17 +177,32 @@ def dependency_checks(engine: Engine | None, amqp_url: str | None, name: str) ->
     return checks
 
 
-def probe(url: str, timeout: float = 3.0) -> int:
-    """0 when ``url`` answers 200, else 1 (a container health check); only http(s) URLs are probed."""
+def probe(url: str, timeout: float = 3.0, context: ssl.SSLContext | None = None) -> int:
+    """0 when ``url`` answers 200, else 1 (a container health check); only http(s) URLs are probed, an https
+    one verified with ``context`` (default: the system's trust store)."""
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         return 1
+    verified: dict[str, Any] = {} if context is None else {"context": context}
     try:
         # The scheme is checked above, so file: and custom schemes never reach urlopen (B310).
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # nosec B310
+        with urllib.request.urlopen(url, timeout=timeout, **verified) as response:  # nosec B310
             return 0 if response.status == 200 else 1
     except (urllib.error.URLError, OSError):
         return 1
 
 
+def _main(argv: list[str]) -> int:
+    from common.settings import ConfigurationError, load_settings
+    from common.tls import client_context
+
+    url = argv[0] if argv else "http://127.0.0.1:9100/health/ready"
+    try:
+        context = client_context(load_settings().tls) if url.startswith("https:") else None
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return probe(url, context=context)  # an https endpoint is verified with OMS_TLS_CA_FILE
+
+
 if __name__ == "__main__":
-    sys.exit(probe(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:9100/health/ready"))
+    sys.exit(_main(sys.argv[1:]))

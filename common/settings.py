@@ -13,6 +13,7 @@ with plain defaults; only ``Settings()`` reads the environment, for the sections
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from datetime import date, time
 from decimal import Decimal
 from pathlib import Path
@@ -30,6 +31,7 @@ from pydantic import (
     ValidationInfo,
     field_serializer,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -97,6 +99,24 @@ def with_login(url: str, user: str | None, password: str | None) -> str:
     return urlunsplit((parts.scheme, f"{login}@{host}", parts.path, parts.query, parts.fragment))
 
 
+def amqp_node_urls(url: str, nodes: Iterable[str]) -> tuple[str, ...]:
+    """``url``, then ``url`` pointed at each of ``nodes`` (``host:port``) that is not its own node, in order, each
+    with the login, vhost, query (TLS options) of ``url``."""
+    parts = urlsplit(url)
+    login, at, _ = parts.netloc.rpartition("@")
+    default_port = 5671 if parts.scheme == "amqps" else 5672
+    seen = {(parts.hostname or "", parts.port or default_port)}
+    urls = [url]
+    for node in nodes:
+        place = urlsplit(f"//{node}")
+        key = (place.hostname or "", place.port or default_port)
+        if key in seen:
+            continue
+        seen.add(key)
+        urls.append(urlunsplit((parts.scheme, f"{login}{at}{node}", parts.path, parts.query, parts.fragment)))
+    return tuple(urls)
+
+
 def _env_names(field: FieldInfo) -> tuple[str, ...]:
     """The variables a field reads, in order of precedence."""
     alias = field.validation_alias
@@ -134,6 +154,26 @@ class InfraSettings(Section):
         description="File holding the database password, used instead of the one in `OMS_DATABASE_URL` (a secret).",
         json_schema_extra={"default_doc": "(the URL's)"},
     )
+    # The roles' passwords, from files as compose's secrets give them (docker-compose.yml); each applies to its
+    # URL below, set or inherited, so a deployment names the role in the URL and the password in a file.
+    worker_database_password_file: Path | None = Field(
+        default=None,
+        validation_alias="OMS_WORKER_DATABASE_PASSWORD_FILE",
+        description="File holding the password of `OMS_WORKER_DATABASE_URL`'s role (a secret).",
+        json_schema_extra={"default_doc": "(the URL's)"},
+    )
+    read_database_password_file: Path | None = Field(
+        default=None,
+        validation_alias="OMS_READ_DATABASE_PASSWORD_FILE",
+        description="File holding the password of `OMS_READ_DATABASE_URL`'s role (a secret).",
+        json_schema_extra={"default_doc": "(the URL's)"},
+    )
+    retention_database_password_file: Path | None = Field(
+        default=None,
+        validation_alias="OMS_RETENTION_DATABASE_PASSWORD_FILE",
+        description="File holding the password of `OMS_RETENTION_DATABASE_URL`'s role (a secret).",
+        json_schema_extra={"default_doc": "(the URL's)"},
+    )
     amqp_user: str | None = Field(
         default=None,
         validation_alias="OMS_AMQP_USER",
@@ -154,7 +194,8 @@ class InfraSettings(Section):
         default_factory=lambda data: f"postgresql+psycopg://oms:oms@127.0.0.1:{data.get('pg_port', 54329)}/oms",
         validation_alias="OMS_DATABASE_URL",
         min_length=1,
-        description="SQLAlchemy URL of the database.",
+        description="SQLAlchemy URL of the database; TLS: add `?sslmode=verify-full&sslrootcert=<CA file>` (libpq's "
+        "parameters pass through, and every URL made from this one keeps them).",
         json_schema_extra={"default_doc": "postgresql+psycopg://oms:oms@127.0.0.1:$OMS_PG_PORT/oms"},
         validate_default=True,  # the password file applies to the default URL too
     )
@@ -168,13 +209,19 @@ class InfraSettings(Section):
         description="SQLAlchemy URL the stage workers, relay, jobs, venue and the API connect with: a role that "
         "reads and writes the OMS's rows but may neither change the schema nor update or delete `order_events`.",
         json_schema_extra={"default_doc": "$OMS_DATABASE_URL"},
+        validate_default=True,  # its password file applies to the inherited URL too
     )
     read_database_url: str = Field(
         default_factory=lambda data: data.get("worker_database_url", ""),
         validation_alias="OMS_READ_DATABASE_URL",
         min_length=1,
-        description="SQLAlchemy URL of the read side (`./oms audit verify`): a role that may only SELECT.",
+        description=(
+            "SQLAlchemy URL of the read side: a role that may only SELECT (`./oms audit verify`), and the API's "
+            "order queries when it differs from `OMS_WORKER_DATABASE_URL` (a replica: docs/design.md, Reading "
+            "from a replica; libpq's multi-host form and `target_session_attrs` work: docs/operations.md)."
+        ),
         json_schema_extra={"default_doc": "$OMS_WORKER_DATABASE_URL"},
+        validate_default=True,
     )
     retention_database_url: str = Field(
         default_factory=lambda data: data.get("database_url", ""),
@@ -183,6 +230,7 @@ class InfraSettings(Section):
         description="SQLAlchemy URL the retention job deletes with: a role that may delete expired rows and "
         "whole `order_events` chains of closed orders (the workers' role may not).",
         json_schema_extra={"default_doc": "$OMS_DATABASE_URL"},
+        validate_default=True,
     )
     worker_role: str = Field(
         default="oms_worker",
@@ -206,9 +254,21 @@ class InfraSettings(Section):
         default_factory=lambda data: f"amqp://guest:guest@127.0.0.1:{data.get('amqp_port', 56729)}/",
         validation_alias="OMS_AMQP_URL",
         min_length=1,
-        description="AMQP URL of RabbitMQ (its path is the vhost); `guest` logs in from this machine only.",
+        description="AMQP URL of RabbitMQ (its path is the vhost); `guest` logs in from this machine only. TLS: "
+        "`amqps://...?cafile=<CA file>` (aio-pika reads the CA from the URL; dramatiq's pika is given it).",
         json_schema_extra={"default_doc": "amqp://guest:guest@127.0.0.1:$OMS_AMQP_PORT/"},
         validate_default=True,  # the user and password file apply to the default URL too
+    )
+    amqp_nodes: tuple[str, ...] = Field(
+        default=(),
+        validation_alias="OMS_AMQP_NODES",
+        description=(
+            "The RabbitMQ cluster's nodes as `host:port,host:port,...` (the URL's own may be among them). Every "
+            "AMQP client connects to the URL's node first, then to the next that answers, and moves on to another "
+            "node when its own is lost, resuming its consumers there; each with the URL's login, vhost and options."
+            " Empty: the URL's node alone (`./oms infra start --rabbit-nodes 3` and `./oms up` set it)."
+        ),
+        json_schema_extra={"default_doc": "(the URL's node alone)"},
     )
     amqp_declare_topology: bool = Field(
         default=True,
@@ -228,9 +288,10 @@ class InfraSettings(Section):
         default=REPO_ROOT / ".data" / "data-keys.json",
         validation_alias="OMS_DATA_KEYS_FILE",
         description=(
-            "Key ring (JSON, mode 600: AES-256 keys by `kid`, and the `current` one) that encrypts order notes at"
-            " rest; made at first use for local development; kept by `./oms data-keys rotate | reencrypt | remove"
-            " | status`, re-read by running processes when it changes. A secret: never commit it."
+            "Key ring (JSON, mode 600: AES-256 keys by `kid`, and the `current` one) that encrypts client text at"
+            " rest (order notes, cancel reasons); made at first use for local development; kept by"
+            " `./oms data-keys rotate | reencrypt | remove | status`, re-read by running processes when it changes."
+            " A secret: never commit it."
         ),
     )
     bind_host: str = Field(
@@ -255,7 +316,13 @@ class InfraSettings(Section):
 
     # The login a process is given apart from its URL (a compose secret, `./oms up`'s per-process users) is
     # written into the URL here, once, so everything that connects keeps using ``database_url``/``amqp_url``.
-    @field_validator("database_password_file", "amqp_password_file")
+    @field_validator(
+        "database_password_file",
+        "worker_database_password_file",
+        "read_database_password_file",
+        "retention_database_password_file",
+        "amqp_password_file",
+    )
     @classmethod
     def _readable_secret(cls, value: Path | None) -> Path | None:
         if value is not None:
@@ -268,11 +335,34 @@ class InfraSettings(Section):
         file = info.data.get("database_password_file")
         return with_login(value, None, None if file is None else read_secret_file(file))
 
+    @field_validator("worker_database_url", "read_database_url", "retention_database_url")
+    @classmethod
+    def _role_login(cls, value: str, info: ValidationInfo) -> str:
+        file = info.data.get(f"{str(info.field_name).removesuffix('_url')}_password_file")
+        return value if file is None else with_login(value, None, read_secret_file(file))
+
     @field_validator("amqp_url")
     @classmethod
     def _amqp_login(cls, value: str, info: ValidationInfo) -> str:
         file = info.data.get("amqp_password_file")
         return with_login(value, info.data.get("amqp_user"), None if file is None else read_secret_file(file))
+
+    @field_validator("amqp_nodes", mode="before")
+    @classmethod
+    def _node_list(cls, value: Any) -> Any:
+        listed = _comma_list(value)
+        if isinstance(listed, list | tuple):
+            for node in listed:
+                host, _, port = str(node).rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ValueError(f"{node!r} is not host:port")
+        return listed
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """Where an AMQP client may connect, in the order it tries: ``amqp_url``, then ``amqp_url`` with its host
+        and port replaced by each other node of ``amqp_nodes``."""
+        return amqp_node_urls(self.amqp_url, self.amqp_nodes)
 
     # check_fields=False: the database URLs of the roles are another part's; one renamed must not stop the start.
     @field_serializer(
@@ -394,6 +484,15 @@ class ApiSettings(Section):
         allow_inf_nan=False,
         description="Longest one SQL statement of the front end may run, lock waits included (Postgres "
         "`statement_timeout`), before it is answered 503 / UNAVAILABLE.",
+    )
+    read_pool_size: int = Field(
+        default=2,
+        validation_alias="OMS_API_READ_POOL_SIZE",
+        ge=1,
+        le=100,
+        description="Connections each front-end process keeps to `OMS_READ_DATABASE_URL` for the order queries "
+        "(as many more in a burst), when it differs from `OMS_WORKER_DATABASE_URL`; else the queries share the "
+        "primary's pool.",
     )
 
     @field_validator("rate_limit_subject", "rate_limit_account")
@@ -766,6 +865,67 @@ class LoggingSettings(Section):
         raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
 
 
+# The connections to Postgres and RabbitMQ are switched by their URLs, each on its own: `sslmode=verify-full&
+# sslrootcert=<ca>` in a database URL, `amqps://...?cafile=<ca>` for AMQP. `./oms up --tls` sets all of it.
+class TlsSettings(Section):
+    """TLS of the OMS's own listeners (REST, gRPC, /metrics) and the CA its clients trust (SECURITY.md, TLS)."""
+
+    ca_file: Path | None = Field(
+        default=None,
+        validation_alias="OMS_TLS_CA_FILE",
+        description="CA certificate (PEM) the OMS's gRPC and HTTPS clients trust: the tools, the tests, "
+        "`python -m common.health`; unset: the system's trust store.",
+        json_schema_extra={"default_doc": "(the system's)"},
+    )
+    cert_file: Path | None = Field(
+        default=None,
+        validation_alias="OMS_TLS_CERT_FILE",
+        description="Certificate chain (PEM) the REST, gRPC and /metrics servers present when their TLS is on.",
+        json_schema_extra={"default_doc": "(unset)"},
+    )
+    key_file: Path | None = Field(
+        default=None,
+        validation_alias="OMS_TLS_KEY_FILE",
+        description="Private key (PEM) of `OMS_TLS_CERT_FILE`, mode 600 (a secret: never commit it).",
+        json_schema_extra={"default_doc": "(unset)"},
+    )
+    rest: bool = Field(
+        default=False,
+        validation_alias="OMS_REST_TLS",
+        description="Serve REST over HTTPS only (gunicorn's certfile/keyfile); `false`: plain HTTP, for loopback "
+        "or behind a proxy that terminates TLS.",
+    )
+    grpc: bool = Field(
+        default=False,
+        validation_alias="OMS_GRPC_TLS",
+        description="Serve gRPC over TLS only (server credentials from the certificate and key).",
+    )
+    metrics: bool = Field(
+        default=False,
+        validation_alias="OMS_METRICS_TLS",
+        description="Serve each worker's /metrics and /health over HTTPS only (Prometheus then scrapes with "
+        "`scheme: https` and the CA).",
+    )
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                value.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _server_files(self) -> TlsSettings:
+        if (self.rest or self.grpc or self.metrics) and (self.cert_file is None or self.key_file is None):
+            raise ValueError(
+                "OMS_REST_TLS, OMS_GRPC_TLS and OMS_METRICS_TLS need OMS_TLS_CERT_FILE and OMS_TLS_KEY_FILE"
+            )
+        return self
+
+
 class _FlatEnvironment(PydanticBaseSettingsSource):
     """Each section's fields from their own variables (an empty variable counts as unset)."""
 
@@ -801,6 +961,7 @@ class Settings(BaseSettings):
     session: SessionSettings = Field(default_factory=SessionSettings, description="Trading session, settlement.")
     jobs: JobsSettings = Field(default_factory=JobsSettings, description="Background jobs and scheduler.")
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logs and their rotation.")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS of the OMS's own listeners, CA.")
 
     @classmethod
     def settings_customise_sources(

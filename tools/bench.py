@@ -46,6 +46,7 @@ from common.messaging.topology import declare_topology
 from common.store.outbox import OutboxMessage
 from tools import bench_history, bench_profile, infra
 from tools.bench_cpu import CpuSampler, cpu_deltas, pid_from_file, summarize
+from tools.infra import tls
 from tools.processes import ProcessSpec
 from tools.sandbox import Sandbox, sandbox
 
@@ -107,7 +108,7 @@ def _decisions(run: str, count: int) -> list[OutboxMessage]:
 def exchange_publishes(management_url: str, vhost: str) -> dict[str, int]:
     """publish_in per exchange of the vhost, from the management API (sampled every 5 s by the broker)."""
     url = f"{management_url.rstrip('/')}/api/exchanges/{urllib.parse.quote(vhost, safe='')}"
-    answer = requests.get(url, auth=("guest", "guest"), timeout=5)
+    answer = requests.get(url, auth=("guest", "guest"), timeout=5, verify=tls.verify_for(management_url))
     answer.raise_for_status()
     counts = {}
     for exchange in answer.json():

@@ -57,9 +57,30 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("tools.configdoc", "main", "the settings: show (this environment's), docs (docs/configuration.md)"),
     "secrets": ("tools.secrets", "main", "secrets init: make the secret files docker-compose.yml reads (./secrets)"),
     "audit": ("tools.audit", "main", "security checks: code (bandit), deps (pip-audit), verify (the event chains)"),
-    "data-keys": ("tools.data_keys", "main", "keys of notes encrypted at rest: status | rotate | reencrypt | remove"),
+    "data-keys": (
+        "tools.data_keys",
+        "main",
+        "keys of client text encrypted at rest (notes, cancel reasons): status | rotate | reencrypt | remove",
+    ),
+    "db-roles": ("tools.db_roles", "main", "make the database roles of the role URLs and grant them (compose)"),
+    "tls": ("tools.infra.tls", "main", "the local CA and certificate of `infra start --tls` / `up --tls`: init | show"),
     "version": ("tools.cli", "version", "print the version (also --version)"),
 }
+
+
+# The commands that connect to Postgres or RabbitMQ with the settings' URLs: against a local instance with TLS on
+# (`./oms up --tls`) they get its TLS URLs unless the environment names others (tools/infra/tls.py).
+SERVER_TOOLS = frozenset(
+    {"decision", "migrate", "seed", "dlq", "bench", "risk", "bench-risk", "check", "anomalies", "order", "audit"}
+    | {"data-keys", "config"}
+)
+
+
+def _tls_defaults() -> None:
+    from tools.infra.tls import tool_defaults  # here: it loads tools.infra, which the other commands do without
+
+    for variable, value in tool_defaults(os.environ).items():
+        os.environ[variable] = value
 
 
 def usage() -> str:
@@ -108,6 +129,8 @@ def _dispatch(args: list[str]) -> int:
         print(f"oms: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return EXIT_USAGE
     module_name, function, _ = COMMANDS[name]
+    if name in SERVER_TOOLS:
+        _tls_defaults()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 
 from common.domain.enums import TERMINAL_STATES
 from common.messages.catalogue import TRADE_DECISION
-from common.messaging.connection import connect
+from common.messaging.connection import AmqpUrls, connect
 from common.messaging.publisher import Publisher
 from common.messaging.topology import declare_topology
 from common.settings import load_settings
@@ -54,7 +54,7 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-async def publish_decision(amqp_url: str, body: dict[str, Any]) -> str:
+async def publish_decision(amqp_url: AmqpUrls, body: dict[str, Any]) -> str:
     """Publish one decision with confirm; returns its message id."""
     # A person is waiting: a few tries, then the error (exit 1), rather than a worker's endless retrying.
     connection = await connect(amqp_url, "oms.decision-cli", attempts=3)
@@ -142,7 +142,7 @@ def main(argv: list[str]) -> int:
         if value is not None:
             body[key] = value
     settings = load_settings()
-    message_id = asyncio.run(publish_decision(settings.infra.amqp_url, body))
+    message_id = asyncio.run(publish_decision(settings.infra.amqp_urls, body))
     print(f"decision {body['decisionId']} published (message id {message_id})", flush=True)
     if not args.wait:
         return 0

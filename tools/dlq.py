@@ -119,9 +119,9 @@ def _print_json(data: Any) -> None:
 
 
 @lru_cache(maxsize=1)
-def _amqp_url() -> str:
-    """The broker of this command's settings (read once per command)."""
-    return load_settings().infra.amqp_url
+def _amqp_url() -> tuple[str, ...]:
+    """The broker of this command's settings, every node of it (read once per command)."""
+    return load_settings().infra.amqp_urls
 
 
 @lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from common.settings import REPO_ROOT
 from common.store.db import make_engine
 from tools import infra, migrate
-from tools.infra import InfraUrls
+from tools.infra import InfraUrls, tls
 from tools.processes import STAGES, ProcessSpec, Supervisor, system
 from tools.seed import seed_demo
 
@@ -62,7 +62,9 @@ def consumers_ready(management_url: str, vhost: str, queues: list[str], timeout:
         for queue in missing:
             url = f"{management_url.rstrip('/')}/api/queues/{urllib.parse.quote(vhost, safe='')}/{queue}"
             try:
-                answer = requests.get(url, auth=_management_login(management_url), timeout=2)
+                answer = requests.get(
+                    url, auth=_management_login(management_url), timeout=2, verify=tls.verify_for(management_url)
+                )
                 ok = answer.status_code == 200 and answer.json().get("consumers", 0) > 0
             except requests.RequestException:
                 ok = False
@@ -72,6 +74,11 @@ def consumers_ready(management_url: str, vhost: str, queues: list[str], timeout:
         if missing:
             time.sleep(0.2)  # polling the broker, with a deadline
     return missing
+
+
+def _amqp_nodes(urls: infra.InfraUrls) -> dict[str, str]:
+    """``OMS_AMQP_NODES`` of the processes when the broker is a cluster (they fail over among its nodes)."""
+    return {"OMS_AMQP_NODES": urls.amqp_nodes} if urls.amqp_nodes else {}
 
 
 @contextlib.contextmanager
@@ -108,7 +115,7 @@ def sandbox(
         if url is not None
     }
     supervisor = Supervisor(
-        {"OMS_DATABASE_URL": database_url, "OMS_AMQP_URL": amqp_url, **roles, **(env or {})},
+        {"OMS_DATABASE_URL": database_url, "OMS_AMQP_URL": amqp_url, **_amqp_nodes(infra_urls), **roles, **(env or {})},
         REPO_ROOT / ".data" / "logs" / name,
         REPO_ROOT,
         die_with_parent=True,

@@ -5,10 +5,15 @@
 
 What it writes (each a random 32-byte URL-safe string on one line):
 
-- ``postgres-password.txt``: the database password (the postgres image's ``POSTGRES_PASSWORD_FILE``, the OMS
-  processes' ``OMS_DATABASE_PASSWORD_FILE``);
+- ``postgres-password.txt``: the schema owner's password (the postgres image's ``POSTGRES_PASSWORD_FILE``), which
+  only the one-shot ``migrate`` service gets;
+- ``postgres-<kind>-password.txt`` (worker, reader, retention): the least-privilege roles' passwords
+  (``OMS_WORKER_DATABASE_PASSWORD_FILE`` ...), which ``migrate`` gives the roles (``oms db-roles``) and each
+  service gets for its own role only;
 - ``jwt-secret.txt``: the token signing secret (``OMS_JWT_SECRET_FILE``);
 - ``grafana-admin-password.txt``: Grafana's ``admin`` password (the observability profile);
+- ``rabbitmq-erlang-cookie.txt``: the Erlang cookie every RabbitMQ node shares (the cluster profile's nodes
+  authenticate one another, and their CLI tools them, with it);
 - ``rabbitmq-<kind>.txt``: the password of each broker user (tools/infra/brokerusers.py), ``OMS_AMQP_PASSWORD_FILE``
   of its processes; ``rabbitmq-admin.txt`` is the operator's login to the management UI (user ``oms-admin``);
 - ``rabbitmq-users.json``: derived from those, rewritten at every run: the broker's users (password hashes),
@@ -34,7 +39,15 @@ from tools.infra.settings import HOST, InfraUrls, ServerSettings
 DEFAULT_FOLDER = REPO_ROOT / "secrets"
 # Read by containers running as other users: readable by all, kept private by the folder's 0700.
 FILE_MODE = 0o644
-PLAIN_SECRETS = ("postgres-password.txt", "jwt-secret.txt", "grafana-admin-password.txt")
+PLAIN_SECRETS = (
+    "postgres-password.txt",
+    "postgres-worker-password.txt",
+    "postgres-reader-password.txt",
+    "postgres-retention-password.txt",
+    "jwt-secret.txt",
+    "grafana-admin-password.txt",
+    "rabbitmq-erlang-cookie.txt",
+)
 USERS_DEFINITIONS = "rabbitmq-users.json"
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from common.settings import REPO_ROOT, Settings, load_settings
 from tools import infra, migrate, seed, supervise
-from tools.infra import brokerusers
+from tools.infra import brokerusers, tls
 from tools.processes import STAGES, ProcessSpec, Supervisor, system
 from tools.sandbox import consumers_ready
 
@@ -64,18 +64,21 @@ def _metrics_ports(specs: list[ProcessSpec]) -> str:
     return ", ".join(f"{s.name} {s.env['OMS_METRICS_PORT']}" for s in specs if s.name != "api")
 
 
-def _banner(settings: Settings, urls: infra.InfraUrls, specs: list[ProcessSpec]) -> str:
+def _banner(settings: Settings, urls: infra.InfraUrls, specs: list[ProcessSpec], tls_env: dict[str, str]) -> str:
     log_dir = settings.infra.data_dir / "logs"
+    web, grpc_tls = ("https", ", TLS") if tls_env else ("http", "")
+    ca = tls_env.get("OMS_TLS_CA_FILE")
+    tls_line = f"\n  TLS               every connection, plaintext refused; CA {ca} (./oms tls show)" if ca else ""
     return f"""
-OMS is up.
-  REST API          http://127.0.0.1:{settings.api.rest_port}/orders   (OpenAPI: /openapi.json, browse: /docs)
-  gRPC              127.0.0.1:{settings.api.grpc_port}   (package trading.order.v1, reflection on)
+OMS is up.{tls_line}
+  REST API          {web}://127.0.0.1:{settings.api.rest_port}/orders   (OpenAPI: /openapi.json, browse: /docs)
+  gRPC              127.0.0.1:{settings.api.grpc_port}   (package trading.order.v1, reflection on{grpc_tls})
   RabbitMQ UI       {urls.management_url}   (guest / guest, this machine only; oms-admin: {_admin_password()})
   Postgres          {urls.database_url}   (the owner: migrations, tools)
   Database roles    {_roles(urls.database_url)}   (passwords: {_password_files()})
   AMQP              {urls.amqp_url}
   Logs (JSON)       {log_dir}/<process>.log
-  Metrics           http://127.0.0.1:<port>/metrics: {_metrics_ports(specs)}, api on its REST port
+  Metrics           {web}://127.0.0.1:<port>/metrics: {_metrics_ports(specs)}, api on its REST port
   Processes         {", ".join(s.name for s in specs)}   (./oms ps)
 Send a trade decision:  ./oms decision --account ACC-001 --symbol AAPL --side BUY --type MARKET --quantity 100
 Mint a token:           ./oms token --sub me --accounts ACC-001 --scopes orders:read,orders:write
@@ -135,6 +138,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-api", action="store_true", help="do not start the REST/gRPC front end")
     parser.add_argument("--no-jobs", action="store_true", help="do not start the jobs worker and scheduler")
     parser.add_argument("--detach", action="store_true", help="supervise in the background and return (oms down)")
+    tls.add_tls_arguments(
+        parser, "TLS on every connection (servers, workers, REST, gRPC, /metrics), plaintext refused; remembered"
+    )
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -146,7 +152,11 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    urls = infra.ensure_started()
+    urls = infra.ensure_started(tls_on=args.tls)
+    servers = infra.ServerSettings.from_env()
+    # With TLS on (this start's --tls, or remembered): every process serves REST, gRPC and /metrics over TLS and
+    # trusts the CA; the database and AMQP URLs below carry their own TLS settings (sslmode, amqps).
+    tls_env = tls.client_env(servers.data_dir) if servers.tls else {}
     # The processes' broker users may not declare the topology: the node loaded it at boot, and importing it
     # again (idempotent) brings back whatever it lost since.
     infra.load_topology(urls.management_url, _vhost(urls.amqp_url))
@@ -156,13 +166,18 @@ def main(argv: list[str]) -> int:
     specs = _specs(args)
     if not args.no_venue:
         infra.prepare_venue_tables(urls.database_url)
-    env = {**database_env(urls.database_url), "OMS_AMQP_URL": urls.amqp_url}
+    env = {**database_env(urls.database_url), "OMS_AMQP_URL": urls.amqp_url, **tls_env}
+    if urls.amqp_nodes:
+        env["OMS_AMQP_NODES"] = urls.amqp_nodes  # a cluster (`infra start --rabbit-nodes 3`): fail over among its nodes
+    banner = _banner(settings, urls, specs, tls_env)
     if args.detach:
-        return _detach(settings, urls, env, specs)
-    return _foreground(settings, urls, env, specs)
+        return _detach(settings, urls, env, specs, banner)
+    return _foreground(settings, urls, env, specs, banner)
 
 
-def _foreground(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], specs: list[ProcessSpec]) -> int:
+def _foreground(
+    settings: Settings, urls: infra.InfraUrls, env: dict[str, str], specs: list[ProcessSpec], banner: str
+) -> int:
     supervisor = Supervisor(env, settings.infra.data_dir / "logs", REPO_ROOT)
     loop = supervise.SupervisionLoop(supervisor, specs, supervise.state_file(settings.infra.data_dir))
     stop = threading.Event()
@@ -185,7 +200,7 @@ def _foreground(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], 
             failed.append("not ready")
             stop.set()
             return
-        print(_banner(settings, urls, specs))
+        print(banner)
         print("Ctrl-C stops the processes (the servers keep running; ./oms infra stop stops them).")
 
     try:
@@ -197,7 +212,9 @@ def _foreground(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], 
     return 1 if failed else 0
 
 
-def _detach(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], specs: list[ProcessSpec]) -> int:
+def _detach(
+    settings: Settings, urls: infra.InfraUrls, env: dict[str, str], specs: list[ProcessSpec], banner: str
+) -> int:
     log_path = supervise.log_file(settings.infra.data_dir)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
@@ -221,7 +238,7 @@ def _detach(settings: Settings, urls: infra.InfraUrls, env: dict[str, str], spec
         print(f"!! the supervisor's log ({log_path}):\n{_tail(log_path)}")
         _stop_supervisor(settings.infra.data_dir, daemon.pid)
         return 1
-    print(_banner(settings, urls, specs))
+    print(banner)
     print(
         f"Supervised in the background (supervisor pid {daemon.pid}, log {log_path}); "
         "./oms ps lists the processes, ./oms down stops everything."

@@ -34,9 +34,11 @@ def route_new_body(order_id: str) -> dict[str, Any]:
     return {"orderId": order_id}
 
 
-def route_cancel_body(order_id: str, request_id: str, reason: str | None) -> dict[str, Any]:
-    """``RouteCancel``: send cancel request ``request_id``."""
-    return {"orderId": order_id, "requestId": request_id, "reason": reason}
+def route_cancel_body(order_id: str, request_id: str) -> dict[str, Any]:
+    """``RouteCancel``: send cancel request ``request_id``. Without the cancel's reason: the client's text would
+    sit in the outbox table (kept until retention) in clear, and the router needs only the request row, which
+    keeps the reason encrypted at rest."""
+    return {"orderId": order_id, "requestId": request_id}
 
 
 def route_replace_body(order_id: str, request_id: str) -> dict[str, Any]:

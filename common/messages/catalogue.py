@@ -392,8 +392,7 @@ ROUTE_CANCEL = MessageKind(
     internal=True,
     example="""{
   "orderId": "0193e7a2-5b1c-7d2e-9f00-1a2b3c4d5e6f",
-  "requestId": "0193e7a2-5b1d-7000-8000-0a1b2c3d4e5f",
-  "reason": "no longer wanted"
+  "requestId": "0193e7a2-5b1d-7000-8000-0a1b2c3d4e5f"
 }""",
 )
 

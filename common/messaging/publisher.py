@@ -2,6 +2,12 @@
 
 Every publisher of the system goes through ``Publisher``: the stages and the outbox relay (outbox rows), the
 simulated venue and the tools (``publish_json``), the dead-letter replay (``send``: messages as received).
+
+It publishes on aio-pika's channel but through the aiormq channel beneath it, with the AMQP properties built
+once and ``wait=False``: aio-pika's ``Exchange.publish`` builds a ``Message`` (whose every attribute write is
+guarded) and then the same properties again, and with ``wait=True`` each publish of a batch holds the channel
+lock until its frames are written to the socket, one event-loop turn per message. The broker's confirm is still
+awaited per message, which is what makes a publish count (docs/design.md, Speed).
 """
 
 from __future__ import annotations
@@ -10,10 +16,11 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from common.messages.exchanges import BROKER_EXCHANGE, DEAD_LETTER_EXCHANGE, OMS_EXCHANGE
 from common.store.outbox import OutboxMessage
@@ -25,15 +32,19 @@ log = logging.getLogger(__name__)
 MANDATORY_EXCHANGES = frozenset({OMS_EXCHANGE, BROKER_EXCHANGE, DEAD_LETTER_EXCHANGE})
 
 
-def build_message(message: OutboxMessage) -> aio_pika.Message:
-    """The AMQP message for an outbox row: JSON, persistent, with ids and type as properties."""
-    return aio_pika.Message(
-        body=message.body if isinstance(message.body, bytes) else message.body.encode(),
+_PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+
+
+def properties_of(message: OutboxMessage) -> aiormq.spec.Basic.Properties:
+    """The AMQP properties of an outbox row: JSON, persistent, with ids, type and time (what ``aio_pika.Message``
+    would make of them: tests/unit/test_publisher_properties.py)."""
+    return aiormq.spec.Basic.Properties(
         content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
+        delivery_mode=_PERSISTENT,
+        priority=0,
         correlation_id=message.correlation_id,
-        type=message.type,
+        message_id=message.message_id,
+        message_type=message.type,
         headers=dict(message.headers),
         timestamp=message.created_at,
     )
@@ -53,52 +64,64 @@ class Outgoing:
     mandatory: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: aiormq.spec.Basic.Properties
+    mandatory: bool
+
+
 class Publisher:
     """Publishes on one confirming channel of ``connection`` (robust or not), opened when first needed."""
 
     def __init__(self, connection: AbstractConnection) -> None:
         self._connection = connection
         self._channel: AbstractChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
         self._lock = asyncio.Lock()
 
     async def _channel_ready(self) -> AbstractChannel:
         if self._channel is None or self._channel.is_closed:
             self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._exchanges.clear()
         return self._channel
-
-    async def _exchange(self, name: str) -> AbstractExchange:
-        channel = await self._channel_ready()
-        if name not in self._exchanges:
-            self._exchanges[name] = (
-                channel.default_exchange if name == "" else await channel.get_exchange(name, ensure=False)
-            )
-        return self._exchanges[name]
 
     async def send(self, outgoing: Sequence[Outgoing], timeout: float = 30.0) -> list[BaseException | None]:
         """Publish all, confirms pipelined; per message, None (confirmed) or why not (a returned message, a nack,
         a timeout, no channel while the broker is away)."""
-        if not outgoing:
+        return await self._send(
+            [_Frame(o.exchange, o.routing_key, o.message.body, o.message.properties, o.mandatory) for o in outgoing],
+            timeout,
+        )
+
+    async def _send(self, frames: Sequence[_Frame], timeout: float) -> list[BaseException | None]:
+        if not frames:
             return []
         async with self._lock:
             try:
                 channel = await self._channel_ready()
-                exchanges = {o.exchange: await self._exchange(o.exchange) for o in outgoing}
+                # aiormq's own channel: its ``basic_publish`` takes ``wait``, which the abstract one does not name.
+                underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
             except Exception as exc:
                 # The robust connection reconnects meanwhile: nothing is confirmed, and every caller already
                 # treats an unconfirmed message as "try again later".
                 log.warning(
-                    "no publishing channel; nothing published", extra={"count": len(outgoing), "error": repr(exc)}
+                    "no publishing channel; nothing published", extra={"count": len(frames), "error": repr(exc)}
                 )
                 failure = NoChannel(repr(exc))
-                return [failure] * len(outgoing)
+                return [failure] * len(frames)
             results = await asyncio.gather(
                 *(
-                    exchanges[o.exchange].publish(
-                        o.message, routing_key=o.routing_key, mandatory=o.mandatory, timeout=timeout
+                    underlay.basic_publish(
+                        f.body,
+                        exchange=f.exchange,
+                        routing_key=f.routing_key,
+                        properties=f.properties,
+                        mandatory=f.mandatory,
+                        timeout=timeout,
+                        wait=False,
                     )
-                    for o in outgoing
+                    for f in frames
                 ),
                 return_exceptions=True,
             )
@@ -108,9 +131,15 @@ class Publisher:
 
     async def publish(self, messages: Sequence[OutboxMessage], timeout: float = 30.0) -> list[str]:
         """Publish all, confirms pipelined; returns the message ids the broker confirmed (failures are logged)."""
-        errors = await self.send(
+        errors = await self._send(
             [
-                Outgoing(m.exchange, m.routing_key, build_message(m), mandatory=m.exchange in MANDATORY_EXCHANGES)
+                _Frame(
+                    m.exchange,
+                    m.routing_key,
+                    m.body if isinstance(m.body, bytes) else m.body.encode(),
+                    properties_of(m),
+                    m.exchange in MANDATORY_EXCHANGES,
+                )
                 for m in messages
             ],
             timeout,

@@ -62,10 +62,23 @@ STAGE_QUEUES: dict[str, StageQueue] = {
 VENUE_QUEUE = VenueQueue("venue_sim", tuple(kind.routing_key for kind in BROKER_REQUESTS), BROKER_EXCHANGE)
 
 
+# Members a quorum queue starts with, one per node, on as many nodes as the cluster has up to this (a single
+# node: one). Two of three keep the queue available when one node is lost. An argument, so it is compared on
+# every declaration: a queue declared before it was set (a broker's older data) needs it declared the same way.
+QUORUM_GROUP_SIZE = 3
+
+
+def dead_letter_queue_arguments() -> Arguments:
+    """A dead-letter queue: quorum, replicated as the stage queues are."""
+    return {"x-queue-type": "quorum", "x-quorum-initial-group-size": QUORUM_GROUP_SIZE}
+
+
 def stage_queue_arguments(queue: StageQueue, delivery_limit: int) -> Arguments:
-    """Quorum queue with a poison-message limit and at-least-once dead-lettering (RabbitMQ's own guarantees)."""
+    """Quorum queue with a poison-message limit and at-least-once dead-lettering (RabbitMQ's own guarantees),
+    replicated on up to QUORUM_GROUP_SIZE nodes."""
     return {
         "x-queue-type": "quorum",
+        "x-quorum-initial-group-size": QUORUM_GROUP_SIZE,
         "x-delivery-limit": delivery_limit,
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": queue.dead_letter_name,
@@ -94,7 +107,9 @@ async def declare_stage_queue(
     if not declare:
         return await channel.declare_queue(queue.name, passive=True)
     exchanges = await declare_exchanges(channel)
-    dlq = await channel.declare_queue(queue.dead_letter_name, durable=True, arguments={"x-queue-type": "quorum"})
+    dlq = await channel.declare_queue(
+        queue.dead_letter_name, durable=True, arguments=cast("FieldTable", dead_letter_queue_arguments())
+    )
     await dlq.bind(exchanges[DEAD_LETTER_EXCHANGE], routing_key=queue.dead_letter_name)
     declared = await channel.declare_queue(
         queue.name, durable=True, arguments=cast("FieldTable", stage_queue_arguments(queue, delivery_limit))

@@ -158,7 +158,7 @@ def cancel_order(uow: AbstractUnitOfWork, order_id: str, *, reason: str | None, 
             now=now,
         )
         uow.orders.save(order, correlation_id=order.id, message_id=None, user_id=user_id)
-        body = route_cancel_body(order.id, request_id, reason)
+        body = route_cancel_body(order.id, request_id)
         ROUTE_CANCEL.send(uow.outbox, body, order.id, headers=user_headers(user_id))
         log.info("cancel requested", extra={"request_id": request_id})
     return order

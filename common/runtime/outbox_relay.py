@@ -104,7 +104,7 @@ class OutboxRelay:
             await asyncio.wait_for(self._stopping.wait(), seconds)  # back-off, ended early by stop()
 
     async def _connect_amqp(self) -> AbstractRobustConnection | None:
-        return await connect_unless_stopped(self.settings.infra.amqp_url, "oms.outbox_relay", self._stopping)
+        return await connect_unless_stopped(self.settings.infra.amqp_urls, "oms.outbox_relay", self._stopping)
 
     async def run(self) -> None:
         """Relay until stopped; broker and database outages are waited out with back-off, never fatal."""

@@ -63,7 +63,14 @@ def serve_endpoints(service: str, settings: Settings, checks: Mapping[str, Check
     """/metrics, /health/live and /health/ready (``checks`` answer) on the configured metrics host and port."""
     from common.health import serve_process_endpoints
 
-    return serve_process_endpoints(settings.infra.metrics_port, service, checks, host=settings.infra.metrics_host)
+    context = None
+    if settings.tls.metrics and settings.infra.metrics_port:
+        from common.tls import server_context
+
+        context = server_context(settings.tls)
+    return serve_process_endpoints(
+        settings.infra.metrics_port, service, checks, host=settings.infra.metrics_host, ssl_context=context
+    )
 
 
 def stop_on_signals(stop: Callable[[], None]) -> None:

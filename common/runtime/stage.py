@@ -38,6 +38,7 @@ from common.messaging.publisher import Publisher
 from common.messaging.topology import STAGE_QUEUES, StageQueue, declare_stage_queue, declare_topology
 from common.metrics import STAGE_BATCH_SIZE, STAGE_HANDLING_SECONDS, STAGE_MESSAGES
 from common.orders.ports import AbstractUnitOfWork
+from common.schema_loading import load
 from common.settings import Settings
 from common.store.inbox import claim_inbox, record_failure
 from common.store.outbox import OutboxMessage, mark_sent
@@ -221,7 +222,7 @@ def _decode(spec: StageSpec, message: _Source, delivery: _Delivery) -> None:
         delivery.error = "body is not a JSON object"
         return
     try:
-        loaded = schema.load(raw)
+        loaded = load(schema, raw)
     except ValidationError as exc:
         delivery.error = "invalid body: " + jsonutil.dumps(exc.messages)
         return
@@ -719,7 +720,7 @@ class StageWorker:
 
     async def _connect(self) -> AbstractRobustConnection | None:
         """Connect (waiting for the broker with back-off), unless stopped first."""
-        return await connect_unless_stopped(self.settings.infra.amqp_url, f"oms.{self.spec.stage}", self._stopping)
+        return await connect_unless_stopped(self.settings.infra.amqp_urls, f"oms.{self.spec.stage}", self._stopping)
 
     async def _consume(self) -> None:
         delay = 0.5

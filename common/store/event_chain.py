@@ -16,9 +16,15 @@ The canonical form must come out the same from the writer's values and from what
 is built from the payload's JSON text either way (the writer's serialisation, or ``payload::text``) with the
 differences JSONB makes smoothed out: keys sorted, whitespace dropped, every non-integer number in plain
 positional notation (JSONB prints ``1E+2`` as ``100`` and ``-0.0`` as ``0.0``). The timestamp enters as
-microseconds since the epoch (what ``timestamptz`` keeps). The form is versioned (``CANONICAL_TAG``): a new
-form gets a new tag, and rows keep verifying under the one they were written with only if the verifier keeps
-the old form too.
+microseconds since the epoch (what ``timestamptz`` keeps). A payload field encrypted as an envelope
+(``common.store.field_crypto``: the cancel reasons) enters as its ``chain_form``, the ciphertext without the
+key id and wrapped key: the hash covers what is stored, never the plaintext (a hash over a short plaintext would
+let whoever reads the table test guesses, and verifying would need the keys), and ``./oms data-keys reencrypt``
+re-wraps the value's key under a new ring key without changing a hash. Changing the ciphertext changes the hash;
+changing the wrapping makes the value fail to decrypt (AES-GCM), which a read reports (no row written before
+envelopes existed holds one, so the tag stayed). The form is versioned (``CANONICAL_TAG``): a new form gets a
+new tag, and rows keep verifying under the one they were written with only if the verifier keeps the old form
+too.
 
 What it does not do: someone who may write both ``order_events`` and ``orders`` (the schema owner, a superuser)
 can rebuild a chain that verifies; only a copy of the heads kept outside the database would show that.
@@ -36,6 +42,7 @@ from typing import Any
 import msgspec
 
 from common import jsonutil
+from common.store.field_crypto import ENVELOPE_PREFIX, chain_form
 
 GENESIS = bytes(32)
 HASH_BYTES = 32
@@ -56,6 +63,8 @@ def _plain_number(text: str) -> msgspec.Raw:
 # Integers stay ints (printed alike by both sides); every other number goes through _plain_number.
 _PAYLOAD_DECODER = msgspec.json.Decoder(float_hook=_plain_number)
 _CANONICAL_ENCODER = msgspec.json.Encoder(order="sorted")
+# The payload fields that may hold an envelope (field_crypto.ENVELOPE_PREFIX): one lookup per event.
+_ENVELOPED_FIELDS = ("reason",)
 
 
 def to_bytea(digest: bytes) -> str:
@@ -83,6 +92,11 @@ def canonical(
 ) -> bytes:
     """The bytes an event's hash covers (besides the previous hash)."""
     payload = _PAYLOAD_DECODER.decode(payload_json)
+    if isinstance(payload, dict):
+        for name in _ENVELOPED_FIELDS:
+            value = payload.get(name)
+            if isinstance(value, str) and value.startswith(ENVELOPE_PREFIX):
+                payload[name] = chain_form(value)
     return _CANONICAL_ENCODER.encode(
         [
             CANONICAL_TAG,

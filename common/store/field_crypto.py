@@ -1,9 +1,19 @@
-"""Encryption at rest of free text that may carry client data (an order's ``notes``).
+"""Encryption at rest of free text that may carry client data: an order's ``notes`` and its cancel reasons.
 
-A value is stored as ``enc:v1:<kid>:<base64(nonce | ciphertext | tag)>``: AES-256-GCM with a random 96-bit
-nonce, the key named by ``kid`` from a key ring, and the row's id as associated data, so a value copied onto
-another row does not decrypt. A stored value without the ``enc:v1:`` prefix is plaintext written before
-encryption existed, and reads as it is.
+Two forms, both AES-256-GCM with random 96-bit nonces, the key named by ``kid`` from a key ring, and the field
+and the row's id as associated data (a value copied onto another row, or into another field, does not decrypt):
+
+- ``enc:v1:<kid>:<base64(nonce | ciphertext | tag)>``: the value under the ring's key. For columns that a
+  re-encryption may rewrite (``orders.notes``, ``orders.pending_request``'s reason, ``order_requests.reason``)
+  and for the notes in ORDER_CREATED events (one encryption per order with notes, on the hot path).
+- ``enc:v2:<kid>:<base64(nonce | wrapped key | tag)>:<base64(nonce | ciphertext | tag)>`` (an envelope): the
+  value under a random key of its own, and that key wrapped by the ring's key. For the cancel reasons in
+  ``order_events`` payloads, which are hash-chained (``common.store.event_chain``): the chain covers the value's
+  ciphertext but not its wrapping (``chain_form``), so ``./oms data-keys reencrypt`` re-wraps the value's key
+  under the current ring key without changing a hash. Two encryptions per value instead of one: cancels are
+  rare, and the hot path (notes) keeps v1.
+
+A stored value without either prefix is plaintext written before encryption existed, and reads as it is.
 
 The key ring is a JSON file (``OMS_DATA_KEYS_FILE``, mode 600): ``{"keys": [{"kid": .., "key": base64(32
 bytes)}], "current": kid}``; every key decrypts, the current one encrypts. For local development it is made at
@@ -39,13 +49,18 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine
 
 PREFIX = "enc:v1:"
+ENVELOPE_PREFIX = "enc:v2:"
+_PREFIXES = (PREFIX, ENVELOPE_PREFIX)
 KEY_BYTES = 32
 NONCE_BYTES = 12
 KID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 RELOAD_SECONDS = 2.0
 EXECUTION_OPTION = "oms_data_keys"
-# Associated data: binds a value to its field and row (a notes value moved to another order does not open).
-_AAD_PREFIX = b"oms.notes\x00"
+# Associated data: binds a value to its field and row (a notes value moved to another order, or into a reason,
+# does not open). ``oms.<field>\x00<row id>``: notes keep the form they had before other fields were encrypted.
+NOTES, REASON = "notes", "reason"
+# The wrapped key of an envelope (v2) has associated data of its own: a wrapped key is never taken for a value.
+_WRAP_LABEL = b"oms.wrap\x00"
 # Bounded: the store reads and writes an order's row again at every message about it; reusing the value it
 # read (or last wrote) saves a decryption per read and, under the current key, an encryption per write.
 # Plaintext in this process's memory only.
@@ -57,16 +72,32 @@ class DataKeyError(ValueError):
     unknown kid."""
 
 
+def is_encrypted(stored: str | None) -> bool:
+    """Whether a stored value is in one of the encrypted forms (else plaintext, or nothing)."""
+    return stored is not None and stored.startswith(_PREFIXES)
+
+
 def kid_of(stored: str | None) -> str | None:
-    """The kid an encrypted value names; None for plaintext or no value."""
-    if not stored or not stored.startswith(PREFIX):
+    """The kid an encrypted value names (the key that encrypts it, or wraps its key); None for plaintext."""
+    if stored is None or not stored.startswith(_PREFIXES):
         return None
-    kid, sep, _ = stored[len(PREFIX) :].partition(":")
+    kid, sep, _ = stored[len(PREFIX) :].partition(":")  # both prefixes are 7 characters
     return kid if sep else None
 
 
-def _aad(row_id: str) -> bytes:
-    return _AAD_PREFIX + row_id.encode()
+def chain_form(stored: str) -> str:
+    """What the audit hash chain covers of a stored value: an envelope (v2) without its kid and wrapped key
+    (so re-wrapping under a new key changes no hash), anything else as it is. Only the ciphertext is covered,
+    never the plaintext: a hash over a short plaintext would let anyone who reads the table test guesses."""
+    if not stored.startswith(ENVELOPE_PREFIX):
+        return stored
+    parts = stored[len(ENVELOPE_PREFIX) :].split(":")
+    # Not a well-formed envelope (plaintext that looks like one): covered whole, as any other text.
+    return ENVELOPE_PREFIX + parts[2] if len(parts) == 3 else stored
+
+
+def _aad(row_id: str, field: str = NOTES) -> bytes:
+    return b"oms." + field.encode() + b"\x00" + row_id.encode()
 
 
 def new_kid() -> str:
@@ -128,26 +159,70 @@ class KeyRing:
             raise DataKeyError(f"no data key {kid!r}")
         return KeyRing({k: v for k, v in self.keys.items() if k != kid}, self.current)
 
-    def seal(self, plaintext: str, row_id: str) -> str:
-        """``plaintext`` encrypted with the current key, bound to ``row_id``."""
+    def seal(self, plaintext: str, row_id: str, field: str = NOTES) -> str:
+        """``plaintext`` encrypted with the current key (v1), bound to ``field`` of ``row_id``."""
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._ciphers[self.current].encrypt(nonce, plaintext.encode(), _aad(row_id))
+        sealed = self._ciphers[self.current].encrypt(nonce, plaintext.encode(), _aad(row_id, field))
         return f"{PREFIX}{self.current}:{base64.b64encode(nonce + sealed).decode()}"
 
-    def open(self, stored: str, row_id: str) -> str:
-        """The plaintext of a stored value (a value without the prefix is legacy plaintext, returned as is).
+    def seal_envelope(self, plaintext: str, row_id: str, field: str) -> str:
+        """``plaintext`` under a fresh key of its own, that key wrapped with the current key (v2)."""
+        value_key = AESGCM.generate_key(bit_length=8 * KEY_BYTES)
+        aad = _aad(row_id, field)
+        nonce = os.urandom(NONCE_BYTES)
+        body = nonce + AESGCM(value_key).encrypt(nonce, plaintext.encode(), aad)
+        return self._wrapped(value_key, aad) + ":" + base64.b64encode(body).decode()
 
-        Raises ``DataKeyError`` for an unknown kid, another row's value, a wrong key or a changed byte.
-        """
-        if not stored.startswith(PREFIX):
-            return stored
-        kid, sep, body = stored[len(PREFIX) :].partition(":")
+    def _wrapped(self, value_key: bytes, aad: bytes) -> str:
+        nonce = os.urandom(NONCE_BYTES)
+        wrapped = nonce + self._ciphers[self.current].encrypt(nonce, value_key, _WRAP_LABEL + aad)
+        return f"{ENVELOPE_PREFIX}{self.current}:{base64.b64encode(wrapped).decode()}"
+
+    def _cipher(self, kid: str, row_id: str) -> AESGCM:
         cipher = self._ciphers.get(kid)
-        if not sep or cipher is None:
+        if cipher is None:
             raise DataKeyError(f"value of row {row_id} names data key {kid!r}, which is not in the key ring")
+        return cipher
+
+    def _value_key(self, stored: str, row_id: str, field: str) -> tuple[bytes, str]:
+        """An envelope's own key (unwrapped) and its body."""
+        parts = stored[len(ENVELOPE_PREFIX) :].split(":")
+        if len(parts) != 3:
+            raise DataKeyError(f"value of row {row_id} is not an encrypted value (enc:v2)")
+        kid, wrapped, body = parts
+        cipher = self._cipher(kid, row_id)
+        try:
+            raw = base64.b64decode(wrapped, validate=True)
+            value_key = cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _WRAP_LABEL + _aad(row_id, field))
+        except (InvalidTag, ValueError, binascii.Error):
+            raise DataKeyError(f"value of row {row_id} does not decrypt with data key {kid!r}") from None
+        return value_key, body
+
+    def rewrap(self, stored: str, row_id: str, field: str) -> str:
+        """An envelope (v2) with its key wrapped by the current key instead: the same body, so the same
+        ``chain_form``. Raises ``DataKeyError`` like ``open``."""
+        value_key, body = self._value_key(stored, row_id, field)
+        return self._wrapped(value_key, _aad(row_id, field)) + ":" + body
+
+    def open(self, stored: str, row_id: str, field: str = NOTES) -> str:
+        """The plaintext of a stored value, either form (a value without a prefix is legacy plaintext, returned
+        as is).
+
+        Raises ``DataKeyError`` for an unknown kid, another row's or field's value, a wrong key or a changed byte.
+        """
+        if stored.startswith(ENVELOPE_PREFIX):
+            value_key, body = self._value_key(stored, row_id, field)
+            kid, cipher = kid_of(stored), AESGCM(value_key)
+        elif stored.startswith(PREFIX):
+            kid, sep, body = stored[len(PREFIX) :].partition(":")
+            if not sep:
+                raise DataKeyError(f"value of row {row_id} is not an encrypted value (enc:v1)")
+            cipher = self._cipher(kid, row_id)
+        else:
+            return stored
         try:
             raw = base64.b64decode(body, validate=True)
-            plaintext = cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(row_id))
+            plaintext = cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(row_id, field))
         except (InvalidTag, ValueError, binascii.Error):
             raise DataKeyError(f"value of row {row_id} does not decrypt with data key {kid!r}") from None
         return plaintext.decode()
@@ -203,8 +278,9 @@ class DataKeys:
         self._checked = 0.0
         # OrderedDict: evicting the oldest is O(1) (a plain dict's first key is found by a scan past the
         # slots of the keys already evicted).
-        self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._opened: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # Keyed by (field, row id, value).
+        self._cache: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._opened: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._ring = self._read()
 
     def _read(self) -> KeyRing:
@@ -224,37 +300,44 @@ class DataKeys:
                     self._ring = self._read()
         return self._ring
 
-    def _remember(self, row_id: str, plaintext: str, stored: str) -> None:
+    def _remember(self, field: str, row_id: str, plaintext: str, stored: str) -> None:
         for cache in (self._cache, self._opened):
             if len(cache) >= _CACHE_SIZE:
                 cache.popitem(last=False)
-        self._cache[(row_id, plaintext)] = stored
-        self._opened[(row_id, stored)] = plaintext
+        self._cache[(field, row_id, plaintext)] = stored
+        self._opened[(field, row_id, stored)] = plaintext
 
-    def seal(self, plaintext: str | None, row_id: str) -> str | None:
-        """The value to store for ``plaintext`` (None and "" stay as they are: nothing to protect)."""
+    def seal(self, plaintext: str | None, row_id: str, field: str = NOTES) -> str | None:
+        """The value to store for ``plaintext`` (v1; None and "" stay as they are: nothing to protect)."""
         if not plaintext:
             return plaintext
         ring = self.ring()
-        cached = self._cache.get((row_id, plaintext))
+        cached = self._cache.get((field, row_id, plaintext))
         if cached is not None and kid_of(cached) == ring.current:
             return cached
-        stored = ring.seal(plaintext, row_id)
-        self._remember(row_id, plaintext, stored)
+        stored = ring.seal(plaintext, row_id, field)
+        self._remember(field, row_id, plaintext, stored)
         return stored
 
-    def open(self, stored: str | None, row_id: str) -> str | None:
+    def seal_envelope(self, plaintext: str | None, row_id: str, field: str) -> str | None:
+        """The value to store for ``plaintext`` in a hash-chained row (v2, ``KeyRing.seal_envelope``); not
+        cached: written once (an event), and rare (a cancel)."""
+        if not plaintext:
+            return plaintext
+        return self.ring().seal_envelope(plaintext, row_id, field)
+
+    def open(self, stored: str | None, row_id: str, field: str = NOTES) -> str | None:
         """The plaintext of a stored value; raises ``DataKeyError`` if it does not decrypt."""
-        if not stored or not stored.startswith(PREFIX):
+        if stored is None or not stored.startswith(_PREFIXES):
             return stored
-        known = self._opened.get((row_id, stored))
+        known = self._opened.get((field, row_id, stored))
         if known is not None:  # read (or written) before by this process: a verified value
             return known
         ring = self.ring()
         if kid_of(stored) not in ring.keys:  # rotated since the last look: read the file now
             ring = self.ring(force=True)
-        plaintext = ring.open(stored, row_id)
-        self._remember(row_id, plaintext, stored)
+        plaintext = ring.open(stored, row_id, field)
+        self._remember(field, row_id, plaintext, stored)
         return plaintext
 
 
@@ -269,21 +352,34 @@ def data_keys_of(connection: Connection) -> DataKeys | None:
     return keys if isinstance(keys, DataKeys) else None
 
 
-def seal_for(connection: Connection, plaintext: str | None, row_id: str) -> str | None:
-    """What to store for ``plaintext`` on this connection: encrypted when its engine carries keys."""
+def seal_for(connection: Connection, plaintext: str | None, row_id: str, field: str = NOTES) -> str | None:
+    """What to store for ``plaintext`` on this connection: encrypted (v1) when its engine carries keys."""
     keys = data_keys_of(connection)
-    return plaintext if keys is None else keys.seal(plaintext, row_id)
+    return plaintext if keys is None else keys.seal(plaintext, row_id, field)
 
 
-def open_for(connection: Connection, stored: str | None, row_id: str) -> str | None:
+def envelope_for(connection: Connection, plaintext: str | None, row_id: str, field: str) -> str | None:
+    """What to store for ``plaintext`` in a hash-chained row: an envelope (v2) when the engine carries keys."""
+    keys = data_keys_of(connection)
+    return plaintext if keys is None else keys.seal_envelope(plaintext, row_id, field)
+
+
+def open_for(connection: Connection, stored: str | None, row_id: str, field: str = NOTES) -> str | None:
     """The plaintext of a stored value on this connection (as stored when its engine carries no keys)."""
     keys = data_keys_of(connection)
-    return stored if keys is None else keys.open(stored, row_id)
+    return stored if keys is None else keys.open(stored, row_id, field)
+
+
+# The fields of an ``order_events`` payload that may be stored encrypted: ORDER_CREATED's notes, and the
+# reason of CANCEL_REQUESTED and of a client's ORDER_CANCELED (``OrderRepository._stored_payload``).
+PAYLOAD_FIELDS = (NOTES, REASON)
 
 
 def open_payload(connection: Connection, payload: Mapping[str, Any], order_id: str) -> dict[str, Any]:
-    """An ``order_events`` payload as written by the domain: its ``notes`` (ORDER_CREATED) decrypted."""
+    """An ``order_events`` payload as written by the domain: its encrypted fields decrypted."""
     opened = dict(payload)
-    if opened.get("notes"):
-        opened["notes"] = open_for(connection, opened["notes"], order_id)
+    for name in PAYLOAD_FIELDS:
+        value = opened.get(name)
+        if isinstance(value, str) and is_encrypted(value):
+            opened[name] = open_for(connection, value, order_id, name)
     return opened

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, String, any_, bindparam, select, tuple_
@@ -25,10 +26,20 @@ from common.orders.order_updates import PublicView, announces, public_view
 from common.store import tables
 from common.store.bulk import bulk_insert, bulk_update, rows_parameter
 from common.store.event_chain import GENESIS, row_hash, to_bytea
-from common.store.field_crypto import open_for, open_payload, seal_for
+from common.store.field_crypto import REASON, envelope_for, open_for, open_payload, seal_for
 from common.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+
+def _client_reason(event_type: OrderEventType, payload: Mapping[str, Any]) -> bool:
+    """Whether the event's ``reason`` is the client's own text (a cancel's reason), encrypted at rest as an
+    envelope (common.store.field_crypto): CANCEL_REQUESTED's, and ORDER_CANCELED's when the OMS canceled before
+    routing (``at_venue`` false; the venue's cancels carry the venue's text). The rest the OMS or venue wrote."""
+    if event_type is OrderEventType.CANCEL_REQUESTED:
+        return True
+    return event_type is OrderEventType.ORDER_CANCELED and payload.get("at_venue") is False
+
 
 _EVENT_SEQ = (
     select(tables.order_events.c.sequence)
@@ -358,15 +369,27 @@ class OrderRepository:
         self._event_rows.clear()
 
     def _opened(self, order: Order) -> Order:
-        """The order read, its notes decrypted (``common.store.field_crypto``; legacy plaintext reads as is)."""
+        """The order read, its notes and a pending cancel's reason decrypted (``common.store.field_crypto``;
+        legacy plaintext reads as is)."""
         if order.notes:
             order.notes = open_for(self._connection, order.notes, order.id)
+        pending = order.pending_request
+        if pending is not None and pending.reason:
+            order.pending_request = replace(
+                pending, reason=open_for(self._connection, pending.reason, order.id, REASON)
+            )
         return order
 
     def _order_row(self, order: Order) -> dict[str, Any]:
         row = _order_row(order)
         # Encrypted at rest; the value read or last written is reused while the notes and the key stay the same.
         row["notes"] = seal_for(self._connection, order.notes, order.id)
+        pending = row["pending_request"]
+        if pending is not None and pending.get("reason"):  # only while a cancel with a reason is outstanding
+            row["pending_request"] = {
+                **pending,
+                "reason": seal_for(self._connection, pending["reason"], order.id, REASON),
+            }
         head = self._head.get(order.id)
         row["last_event_hash"] = None if head is None else to_bytea(head)
         return row
@@ -386,12 +409,19 @@ class OrderRepository:
             row["prev_hash"], row["hash"] = to_bytea(previous), to_bytea(digest)
             head[row["order_id"]] = digest
 
-    def _stored_payload(self, order_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """An event's payload as stored: its notes (ORDER_CREATED's terms) encrypted at rest. Before the chain
-        hashes the row, so the hash covers what is stored."""
+    def _stored_payload(self, order_id: str, event_type: OrderEventType, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """An event's payload as stored: its notes (ORDER_CREATED's terms) and a client's cancel reason encrypted
+        at rest. Before the chain hashes the row, so the hash covers what is stored.
+
+        The reason is an envelope (v2), whose key ``./oms data-keys reencrypt`` can re-wrap without changing the
+        row's hash; the notes stay v1 (one encryption, on the hot path of every order with notes). Cost: a dict
+        lookup per event; a cancel with a reason, two AES-GCM encryptions (a few µs).
+        """
         stored = dict(payload)
         if stored.get("notes"):
             stored["notes"] = seal_for(self._connection, stored["notes"], order_id)
+        if stored.get("reason") and _client_reason(event_type, stored):
+            stored["reason"] = envelope_for(self._connection, stored["reason"], order_id, REASON)
         return stored
 
     def _write_events(
@@ -410,7 +440,7 @@ class OrderRepository:
                     "id": new_id(),
                     "order_id": order.id,
                     "type": event.type.value,
-                    "payload": self._stored_payload(order.id, event.payload),
+                    "payload": self._stored_payload(order.id, event.type, event.payload),
                     "user_id": event.user_id or user_id,
                     "timestamp": event.timestamp,
                     "correlation_id": correlation_id or order.id,

@@ -4,6 +4,11 @@ Two ways in: ``RequestRepository`` (``uow.requests``), which buffers new rows an
 kind in one statement per batch, for the stages, the order commands and the jobs; and the functions below, which
 run at once on a connection, for tools and tests that set rows up. The statuses are
 ``common.orders.records``'s.
+
+``reason`` is encrypted at rest (``common.store.field_crypto``, v1, bound to the request id): a cancel's reason
+is the client's text. Whatever writes it (the client's cancel, a skip, a venue's refusal) goes through the same
+field, so the column holds one form; values are sealed as written and opened as read, on engines that carry
+the data keys (none: plaintext, as before). Cost: nothing for a request without a reason (every new order's).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from sqlalchemy import ARRAY, Connection, RowMapping, String, any_, bindparam, i
 from common.orders.records import FINAL_REQUEST_STATUSES, VenueRequest
 from common.store import tables
 from common.store.bulk import bulk_insert, rows_parameter
+from common.store.field_crypto import REASON, open_for, seal_for
 
 _INSERT_ONE = insert(tables.order_requests)
 _LOAD_ONE = (
@@ -47,7 +53,15 @@ def record_request(
     now: datetime,
 ) -> None:
     """Insert an ``order_requests`` row."""
-    connection.execute(_INSERT_ONE, _request_row(request_id, order_id, kind, terms, status, reason, created_by, now))
+    row = _request_row(request_id, order_id, kind, terms, status, reason, created_by, now)
+    connection.execute(_INSERT_ONE, _sealed(connection, row))
+
+
+def _sealed(connection: Connection, row: dict[str, Any]) -> dict[str, Any]:
+    """The row as stored: its reason encrypted (when the connection's engine carries the data keys)."""
+    if not row["reason"]:
+        return row
+    return {**row, "reason": seal_for(connection, row["reason"], row["request_id"], REASON)}
 
 
 def _request_row(
@@ -73,15 +87,16 @@ def _request_row(
     }
 
 
-def venue_request(row: RowMapping) -> VenueRequest:
-    """The request of an ``order_requests`` row."""
+def venue_request(row: RowMapping, connection: Connection) -> VenueRequest:
+    """The request of an ``order_requests`` row read on ``connection`` (its reason decrypted)."""
+    reason = row["reason"]
     return VenueRequest(
         request_id=row["request_id"],
         order_id=row["order_id"],
         kind=row["kind"],
         terms=row["terms"] or {},
         status=row["status"],
-        reason=row["reason"],
+        reason=open_for(connection, reason, row["request_id"], REASON) if reason else reason,
         created_by=row["created_by"],
     )
 
@@ -89,22 +104,24 @@ def venue_request(row: RowMapping) -> VenueRequest:
 def load_request(connection: Connection, request_id: str) -> VenueRequest | None:
     """The request row, locked for this transaction (the router updates it)."""
     row = connection.execute(_LOAD_ONE, {"request_id": request_id}).mappings().first()
-    return None if row is None else venue_request(row)
+    return None if row is None else venue_request(row, connection)
 
 
 def set_request_status(
     connection: Connection, request_id: str, status: str, now: datetime, reason: str | None = None
 ) -> None:
     """Move a request row to ``status`` (keeping its reason unless a new one is given)."""
-    connection.execute(_SET_STATUS, {"request_id": request_id, "status": status, "reason": reason, "now": now})
+    stored = seal_for(connection, reason, request_id, REASON)
+    connection.execute(_SET_STATUS, {"request_id": request_id, "status": status, "reason": stored, "now": now})
 
 
 def answer_request(
     connection: Connection, order_id: str, request_id: str, status: str, reason: str | None, now: datetime
 ) -> bool:
     """Move this order's ``order_requests`` row to ``status``; False if unknown or already final."""
+    stored = seal_for(connection, reason, request_id, REASON)
     result = connection.execute(
-        _ANSWER, {"request_id": request_id, "order_id": order_id, "status": status, "reason": reason, "now": now}
+        _ANSWER, {"request_id": request_id, "order_id": order_id, "status": status, "reason": stored, "now": now}
     )
     return result.first() is not None
 
@@ -221,14 +238,15 @@ class RequestRepository:
             request_id = row["request_id"]
             move = self._moves.get(request_id)
             status = self._seen(request_id, row["order_id"], row["status"])
-            reason = row["reason"]
+            request = venue_request(row, self._connection)
             if move is not None:
                 if move.guarded and row["status"] in FINAL_REQUEST_STATUSES:
                     del self._moves[request_id]  # an answer to a row already final: it would change nothing
                 else:
-                    reason = move.reason if move.reason is not None else reason
+                    if move.reason is not None:
+                        request = replace(request, reason=move.reason)
                     move.guarded = False  # the row is locked: the move is certain now
-            self._locked[request_id] = replace(venue_request(row), status=status, reason=reason)
+            self._locked[request_id] = replace(request, status=status)
         for request_id in ids:
             self._locked.setdefault(request_id, None)
             self._status.setdefault(request_id, None)
@@ -242,7 +260,7 @@ class RequestRepository:
         """The order's request of this kind written last (not locked), None if it has none."""
         self.flush()  # it may be this transaction's
         row = self._connection.execute(_LATEST_SQL, {"order_id": order_id, "kind": kind}).mappings().first()
-        return None if row is None else venue_request(row)
+        return None if row is None else venue_request(row, self._connection)
 
     # --- writes (buffered)
 
@@ -306,14 +324,16 @@ class RequestRepository:
     def flush(self) -> None:
         """Write the buffered rows and status moves: one statement each, whatever the batch size."""
         if self._inserts:
-            self._connection.execute(_INSERT_SQL, rows_parameter(self._inserts.values(), _REQUEST_COLUMNS))
+            rows = [_sealed(self._connection, row) for row in self._inserts.values()]
+            self._connection.execute(_INSERT_SQL, rows_parameter(rows, _REQUEST_COLUMNS))
             self._inserts.clear()
         if self._moves:
             moves = [
                 {
                     "request_id": rid,
                     "status": m.status,
-                    "reason": m.reason,
+                    # Most moves (a venue's answers) carry no reason: nothing to seal, no work.
+                    "reason": seal_for(self._connection, m.reason, rid, REASON) if m.reason else m.reason,
                     "updated_at": m.updated_at,
                     "guarded": m.guarded,
                 }

@@ -61,10 +61,11 @@ def _gunicorn_app(settings: Settings, options: dict[str, Any], on_exit: Any) -> 
         def load(self) -> Any:
             # In each worker, after the fork: its own engine (a pool must not cross a fork), the parent's settings.
             from services.api.app import create_app
-            from services.api.database import front_end_engine
+            from services.api.database import front_end_engine, query_engine
 
             configure_process("oms.api.rest", settings)
-            return create_app(settings, front_end_engine(settings))
+            engine = front_end_engine(settings)
+            return create_app(settings, engine, read_engine=query_engine(settings, engine))
 
     return RestApplication()
 
@@ -180,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         "logger_class": _json_logger_class(),
         "accesslog": "-",
     }
-    log.info("starting REST on %s:%s", args.host, args.rest_port)
+    if settings.tls.rest:  # HTTPS only: gunicorn's workers do the handshake (a plaintext request is dropped)
+        options.update(certfile=str(settings.tls.cert_file), keyfile=str(settings.tls.key_file))
+    log.info("starting REST (%s) on %s:%s", "https" if settings.tls.rest else "http", args.host, args.rest_port)
     _gunicorn_app(settings, options, on_exit).run()
     return 0
 

@@ -24,26 +24,28 @@ def create_app(
     tokens: TokenService | None = None,
     readiness: ReadinessProbe | None = None,
     limits: FrontEndLimits | None = None,
+    read_engine: Engine | None = None,
 ) -> Flask:
     """The REST application (the same WSGI app gunicorn serves and tests drive).
 
     ``limits``: the rate limits, by default those of ``settings.api``; a request that meets a database outage
-    is answered 503 (``answer_503_while_the_database_is_away``).
+    is answered 503 (``answer_503_while_the_database_is_away``). ``read_engine``: the order queries' engine
+    (``services.api.database.query_engine``), ``engine`` when None; writes and their answers use ``engine``.
     """
     limits = limits or FrontEndLimits.from_settings(settings.api)
     app = Flask("oms.api")
     app.json = DecimalJSONProvider(app)
     app.extensions[EXTENSION] = {
         "tokens": tokens or TokenService.from_settings(settings.api),
-        "service": OrderService(engine, limits),
-        "readiness": readiness or ReadinessProbe(engine, settings.infra.amqp_url),
+        "service": OrderService(engine, limits, read_engine),
+        "readiness": readiness or ReadinessProbe(engine, settings.infra.amqp_urls),
         "limits": limits,
     }
     api = create_api(app)
     api.register_blueprint(order_routes.blp)
     api.register_blueprint(health_routes.blp)
     risk_admin.register(app, api, engine)
-    events_routes.register(app, api, engine)
+    events_routes.register(app, api, read_engine or engine)
     install_error_handlers(app)
     answer_503_while_the_database_is_away(app)
     install_metrics(app)

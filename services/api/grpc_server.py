@@ -21,6 +21,7 @@ from common.messaging.connection import connect
 from common.messaging.topology import declare_topology
 from common.runtime.process import configure_process, stop_on_signals
 from common.settings import Settings
+from common.tls import grpc_server_credentials
 from proto.gen import order_pb2_grpc as pb_grpc
 from services.api.auth import TokenService
 from services.api.grpc_servicer import SERVICE_NAME, OrderServicer
@@ -45,13 +46,16 @@ class GrpcServer:
         host: str | None = None,
         port: int | None = None,
         limits: FrontEndLimits | None = None,
+        read_engine: Engine | None = None,
     ) -> None:
         self.settings = settings
         self._limits = limits or FrontEndLimits.from_settings(settings.api)
         host = settings.api.host if host is None else host
         self._engine = engine
+        # The order queries' engine (Get, List, GetOrderEvents): a replica's pool, or ``engine`` itself.
+        self._read_engine = read_engine or engine
         self._tokens = tokens or TokenService.from_settings(settings.api)
-        self._readiness = readiness or ReadinessProbe(engine, settings.infra.amqp_url)
+        self._readiness = readiness or ReadinessProbe(engine, settings.infra.amqp_urls)
         self._address = f"{host}:{settings.api.grpc_port if port is None else port}"
         self._server: grpc.aio.Server | None = None
         self._amqp: AbstractRobustConnection | None = None
@@ -62,7 +66,7 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Connect to the broker, declare the topology, bind and start serving; returns the bound port."""
-        self._amqp = await connect(self.settings.infra.amqp_url, "oms.api.grpc")
+        self._amqp = await connect(self.settings.infra.amqp_urls, "oms.api.grpc")
         channel = await self._amqp.channel()
         try:
             if self.settings.infra.amqp_declare_topology:  # else the broker's definitions own it
@@ -70,7 +74,11 @@ class GrpcServer:
         finally:
             await channel.close()
         self.servicer = OrderServicer(
-            OrderService(self._engine, self._limits), self._tokens, self._amqp, self._engine, self._limits
+            OrderService(self._engine, self._limits, self._read_engine),
+            self._tokens,
+            self._amqp,
+            self._read_engine,
+            self._limits,
         )
         server = grpc.aio.server()
         pb_grpc.add_OrderServiceServicer_to_server(self.servicer, server)
@@ -79,14 +87,17 @@ class GrpcServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        self.port = server.add_insecure_port(self._address)
+        if self.settings.tls.grpc:  # TLS only: a plaintext client's handshake fails, the call is UNAVAILABLE
+            self.port = server.add_secure_port(self._address, grpc_server_credentials(self.settings.tls))
+        else:
+            self.port = server.add_insecure_port(self._address)
         if self.port == 0:
             raise RuntimeError(f"gRPC server could not bind {self._address}")
         await server.start()
         self._server = server
         await self._report_health()
         self._health_task = asyncio.create_task(self._health_loop())
-        log.info("gRPC server listening", extra={"port": self.port})
+        log.info("gRPC server listening", extra={"port": self.port, "tls": self.settings.tls.grpc})
         return self.port
 
     async def _report_health(self) -> None:
@@ -121,9 +132,11 @@ class GrpcServer:
             await self._amqp.close()
 
 
-async def serve_forever(settings: Settings, engine: Engine, host: str, port: int) -> None:
+async def serve_forever(
+    settings: Settings, engine: Engine, host: str, port: int, read_engine: Engine | None = None
+) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
-    server = GrpcServer(settings, engine, host=host, port=port)
+    server = GrpcServer(settings, engine, host=host, port=port, read_engine=read_engine)
     await server.start()
     stopping = asyncio.Event()
     stop_on_signals(stopping.set)
@@ -135,7 +148,8 @@ async def serve_forever(settings: Settings, engine: Engine, host: str, port: int
 def run_in_child(settings: Settings, host: str, port: int) -> None:
     """Entry point of the gRPC child process that ``python -m services.api`` starts beside gunicorn (given the
     parent's settings)."""
-    from services.api.database import front_end_engine
+    from services.api.database import front_end_engine, query_engine
 
     configure_process("oms.api.grpc", settings)
-    asyncio.run(serve_forever(settings, front_end_engine(settings), host, port))
+    engine = front_end_engine(settings)
+    asyncio.run(serve_forever(settings, engine, host, port, query_engine(settings, engine)))

@@ -234,7 +234,8 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
         async def call() -> pb.OrderResponse:
             principal = self._principal(context)
             OrderService.require_scope(principal, SCOPE_OPERATIONS)
-            order = await asyncio.to_thread(self._service.visible_order, principal, request.order_id)
+            # On the primary: the report is built on the order's current figures, which a replica may lag.
+            order = await asyncio.to_thread(self._service.visible_order, principal, request.order_id, primary=True)
             body = build_report(order, request, datetime.now(UTC))
             with log_context(order_id=order["id"], correlation_id=order["id"]):
                 try:

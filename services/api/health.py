@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from common.health import UP, CachedChecks, dependency_checks
+from common.messaging.connection import AmqpUrls
 from services.api.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class Readiness:
 class ReadinessProbe:
     """Checks the database and the broker; the answer is cached briefly so a busy probe cannot flood them."""
 
-    def __init__(self, engine: Engine, amqp_url: str, cache_seconds: float = 1.0) -> None:
+    def __init__(self, engine: Engine, amqp_url: AmqpUrls, cache_seconds: float = 1.0) -> None:
         self._checks = CachedChecks(dependency_checks(engine, amqp_url, "oms.api"), cache_seconds)
 
     def check(self) -> Readiness:

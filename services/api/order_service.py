@@ -3,6 +3,13 @@
 Writes go through ``common.orders.commands`` in one unit of work each (the outbox rows they write are
 published by the outbox relay); reads come from the read model (``services.api.queries``). Every answer is
 the order as the read model shows it after the change. Errors are ``services.api.errors`` exceptions.
+
+Where each read goes (docs/design.md, Reading from a replica): the queries (``get``, ``list``, the events'
+``visible_order``) on the read engine, a replica's pool when there is one; an order the replica does not have
+(yet) is asked of the primary before it is called missing, so a GET right after its POST finds it. Everything
+that must see its own writes stays on the primary: the answer to a create, cancel or modify (read in the
+transaction that wrote it), idempotent replays, and the check that the order exists and is the caller's
+before a cancel or modify.
 """
 
 from __future__ import annotations
@@ -102,8 +109,10 @@ def _key_reused(exc: ConflictingDuplicate) -> IdempotencyConflict:
 class OrderService:
     """Order operations on behalf of an authenticated caller."""
 
-    def __init__(self, engine: Engine, limits: FrontEndLimits | None = None) -> None:
+    def __init__(self, engine: Engine, limits: FrontEndLimits | None = None, read_engine: Engine | None = None) -> None:
         self._engine = engine
+        # The order queries' engine: ``engine`` itself unless the read side has its own (services.api.database).
+        self.read_engine = read_engine or engine
         # Order writes count against the order's account (RateLimited when it is over); reads are counted by
         # the transports, against the token's subject.
         self._limits = limits or FrontEndLimits.unlimited()
@@ -127,21 +136,29 @@ class OrderService:
     def get(self, principal: Principal, order_id: str) -> dict[str, Any]:
         """The order with its execution reports; NotFound for an unknown id or another account's order."""
         self.require_scope(principal, SCOPE_READ)
-        return self._visible(principal, order_id)
+        return self._visible(principal, order_id, self.read_engine)
 
-    def _visible(self, principal: Principal, order_id: str) -> dict[str, Any]:
+    def _visible(self, principal: Principal, order_id: str, engine: Engine) -> dict[str, Any]:
         if not valid_order_id(order_id):
             raise NotFound(f"order {order_id} not found")
-        with self._engine.connect() as connection:
-            order = queries.get_order(connection, order_id)
+        order = self._query(engine, order_id)
+        if order is None and engine is not self._engine:
+            # Not on the replica (yet): created on the primary since the replica last replayed.
+            order = self._query(self._engine, order_id)
         # Another account's order is reported as missing: its existence is not the caller's business.
         if order is None or not principal.may_use(order["account_id"]):
             raise NotFound(f"order {order_id} not found")
         return order
 
-    def visible_order(self, principal: Principal, order_id: str) -> dict[str, Any]:
-        """The order if the caller may see it (no scope check: the caller has checked its own)."""
-        return self._visible(principal, order_id)
+    @staticmethod
+    def _query(engine: Engine, order_id: str) -> dict[str, Any] | None:
+        with engine.connect() as connection:
+            return queries.get_order(connection, order_id)
+
+    def visible_order(self, principal: Principal, order_id: str, *, primary: bool = False) -> dict[str, Any]:
+        """The order if the caller may see it (no scope check: the caller has checked its own): on the read
+        engine, or with ``primary`` on the primary (a write is to be built on it)."""
+        return self._visible(principal, order_id, self._engine if primary else self.read_engine)
 
     def list(self, principal: Principal, where: queries.OrderFilter, page: int, size: int) -> queries.OrderPage:
         """A page of the caller's orders matching ``where``."""
@@ -149,7 +166,7 @@ class OrderService:
         if where.account_id is not None:
             self.require_account(principal, where.account_id)
         where = replace(where, accounts=principal.account_filter())
-        with self._engine.connect() as connection:
+        with self.read_engine.connect() as connection:
             return queries.list_orders(connection, where, page, size)
 
     # ---- writes ---------------------------------------------------------------------------------------
@@ -216,7 +233,8 @@ class OrderService:
     def cancel(self, principal: Principal, order_id: str, reason: str | None) -> dict[str, Any]:
         """Cancel the order (at once if unrouted, else by a request to the venue)."""
         self.require_scope(principal, SCOPE_WRITE)
-        self._limits.write(self._visible(principal, order_id)["account_id"])
+        # On the primary: the caller may cancel an order it has just created, which a replica may not have yet.
+        self._limits.write(self._visible(principal, order_id, self._engine)["account_id"])
         return _retrying("cancel", lambda: self._cancel_once(principal, order_id, reason))
 
     def _cancel_once(self, principal: Principal, order_id: str, reason: str | None) -> dict[str, Any]:
@@ -242,7 +260,7 @@ class OrderService:
     ) -> dict[str, Any]:
         """Change the order's terms (values left None keep the current ones)."""
         self.require_scope(principal, SCOPE_WRITE)
-        self._limits.write(self._visible(principal, order_id)["account_id"])
+        self._limits.write(self._visible(principal, order_id, self._engine)["account_id"])  # primary, as cancel
         return _retrying(
             "modify",
             lambda: self._modify_once(

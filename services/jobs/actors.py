@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from common import bootstrap
 from common.runtime.process import settings_or_exit
 from common.settings import Settings
+from common.tls import pika_broker_options
 from services.jobs import deadletters, expiry, invariants, reconcile, retention, statistics
 from services.jobs.config import JOBS_QUEUE, session_calendar
 from services.jobs.middleware import JobsProcess
@@ -56,8 +57,9 @@ def _make_broker(settings: Settings) -> dramatiq.Broker:
     if settings.jobs.broker == "stub":
         broker: dramatiq.Broker = StubBroker()
     else:
-        # confirm_delivery: an enqueue returns only once RabbitMQ has the job.
-        broker = RabbitmqBroker(url=settings.infra.amqp_url, confirm_delivery=True)
+        # confirm_delivery: an enqueue returns only once RabbitMQ has the job. An amqps URL becomes pika
+        # parameters with the URL's CA (common.tls).
+        broker = RabbitmqBroker(confirm_delivery=True, **pika_broker_options(";".join(settings.infra.amqp_urls)))
     broker.add_middleware(JobsProcess(wiring))
     return broker
 
@@ -145,7 +147,7 @@ def replay_dead_letters(
 
     def work() -> dict[str, Any]:
         reports = [
-            asyncio.run(deadletters.replay(settings.infra.amqp_url, engine, queue, selection, actor=who)).as_dict()
+            asyncio.run(deadletters.replay(settings.infra.amqp_urls, engine, queue, selection, actor=who)).as_dict()
             for queue in queues
         ]
         return {"actor": who, "replayed": sum(r["done"] for r in reports), "queues": reports}

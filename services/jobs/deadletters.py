@@ -59,7 +59,7 @@ from common.messages.headers import (
     REPLAYED_AT_HEADER,
     STAGE_HEADER,
 )
-from common.messaging.connection import connect_once
+from common.messaging.connection import AmqpUrls, connect_once
 from common.messaging.deadletter import republishable
 from common.messaging.envelope import body_digest, message_id_of
 from common.messaging.publisher import Outgoing, Publisher
@@ -464,7 +464,7 @@ async def _take_described(
 
 
 async def show(
-    amqp_url: str, queue: str, selection: Selection, engine: Engine | None = None
+    amqp_url: AmqpUrls, queue: str, selection: Selection, engine: Engine | None = None
 ) -> tuple[int | None, list[DeadLetterMessage]]:
     """The queue's depth and its messages that match ``selection`` (nothing is removed)."""
     connection = await connect_once(amqp_url, CONNECTION_NAME)
@@ -900,7 +900,7 @@ async def resolve_unchecked(connection: AbstractConnection, engine: Engine, queu
 
 
 async def _run_pass(
-    amqp_url: str,
+    amqp_url: AmqpUrls,
     engine: Engine,
     queue: str,
     selection: Selection,
@@ -935,7 +935,7 @@ async def _run_pass(
 
 
 async def replay(
-    amqp_url: str,
+    amqp_url: AmqpUrls,
     engine: Engine,
     queue: str,
     selection: Selection = Selection(),
@@ -962,7 +962,7 @@ async def replay(
 
 
 async def purge(
-    amqp_url: str,
+    amqp_url: AmqpUrls,
     engine: Engine,
     queue: str,
     selection: Selection = Selection(),

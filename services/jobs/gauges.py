@@ -13,7 +13,7 @@ import threading
 from sqlalchemy import Engine, text
 
 from common.domain import OrderStatus
-from common.messaging.connection import connect_once
+from common.messaging.connection import AmqpUrls, connect_once
 from common.metrics import DEAD_LETTER_DEPTH, ORDERS_BY_STATUS
 from services.jobs.deadletters import CONNECTION_NAME, dead_letter_queues, queue_depths
 
@@ -31,7 +31,7 @@ def refresh_order_gauges(engine: Engine) -> dict[str, int]:
     return counts
 
 
-async def _depths(amqp_url: str) -> dict[str, int | None]:
+async def _depths(amqp_url: AmqpUrls) -> dict[str, int | None]:
     connection = await connect_once(amqp_url, CONNECTION_NAME)
     try:
         return await queue_depths(connection, dead_letter_queues())
@@ -39,7 +39,7 @@ async def _depths(amqp_url: str) -> dict[str, int | None]:
         await connection.close()
 
 
-def refresh_dead_letter_gauges(amqp_url: str) -> dict[str, int | None]:
+def refresh_dead_letter_gauges(amqp_url: AmqpUrls) -> dict[str, int | None]:
     """Set ``oms_dead_letter_depth{queue}`` for every dead-letter queue that exists."""
     depths = asyncio.run(_depths(amqp_url))
     for queue, depth in depths.items():
@@ -51,7 +51,7 @@ def refresh_dead_letter_gauges(amqp_url: str) -> dict[str, int | None]:
 class GaugeRefresher:
     """A daemon thread refreshing the gauges until stopped; a failed refresh is logged and retried next time."""
 
-    def __init__(self, engine: Engine, amqp_url: str, every_seconds: float) -> None:
+    def __init__(self, engine: Engine, amqp_url: AmqpUrls, every_seconds: float) -> None:
         self.engine = engine
         self.amqp_url = amqp_url
         self.every_seconds = every_seconds

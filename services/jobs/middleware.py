@@ -34,7 +34,7 @@ class JobsProcess(Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         settings, engine = self._wiring()
-        amqp_url = settings.infra.amqp_url
+        amqp_url = settings.infra.amqp_urls
         self._endpoints = serve_endpoints(SERVICE, settings, dependency_checks(engine, amqp_url, SERVICE))
         self._gauges = GaugeRefresher(engine, amqp_url, settings.jobs.gauges_every_seconds)
         self._gauges.start()

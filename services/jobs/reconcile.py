@@ -89,7 +89,7 @@ def _resend_request(uow: AbstractUnitOfWork, order: Order, actions: list[tuple[s
     if request.status == REQUEST_PENDING:
         # Never sent to the venue: hand it on again (the router sends it and marks it SENT).
         if cancel:
-            ROUTE_CANCEL.send(uow.outbox, route_cancel_body(order.id, request.request_id, request.reason), order.id)
+            ROUTE_CANCEL.send(uow.outbox, route_cancel_body(order.id, request.request_id), order.id)
         else:
             # A replace passes the risk gate before the router: ask the gate again (it checks it is still the
             # order's pending request, and the router ignores a request it already sent).

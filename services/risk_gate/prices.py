@@ -28,7 +28,7 @@ from sqlalchemy import Engine, text
 from common import jsonutil
 from common.domain.validation import plain
 from common.messages.catalogue import PRICE
-from common.messaging.connection import connect
+from common.messaging.connection import AmqpUrls, connect
 from common.messaging.topology import declare_subscription
 from common.settings import RiskSettings
 from services.risk_gate.rules import Quote
@@ -174,7 +174,7 @@ class ReferencePriceConsumer:
     only after that write, up to ``flush_seconds`` later; the staleness limit (30 s by default) dwarfs it.
     """
 
-    def __init__(self, engine: Engine, amqp_url: str, flush_seconds: float = 1.0) -> None:
+    def __init__(self, engine: Engine, amqp_url: AmqpUrls, flush_seconds: float = 1.0) -> None:
         self.engine = engine
         self.amqp_url = amqp_url
         self.flush_seconds = flush_seconds

@@ -20,7 +20,7 @@ from services.risk_gate.risk_service import RiskServiceClient, RiskServiceConfig
 
 def price_feed(settings: Settings, engine: Engine) -> ReferencePriceConsumer:
     """The stage's companion: the reference price feed consumer."""
-    return ReferencePriceConsumer(engine, settings.infra.amqp_url)
+    return ReferencePriceConsumer(engine, settings.infra.amqp_urls)
 
 
 SPEC = StageSpec(

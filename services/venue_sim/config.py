@@ -31,12 +31,15 @@ class VenueConfig:
     # services.venue_sim.journal) so that a restarted venue carries on where it stopped. None: when it reads its
     # instruments from the database (tests that give instruments run without one unless they ask).
     durable: bool | None = None
+    # Every node of the broker's cluster, amqp_url's first (OMS_AMQP_NODES), to fail over among; empty: amqp_url's.
+    amqp_urls: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VenueConfig:
         """The venue of these settings: ``OMS_VENUE_*``, on the configured broker and database."""
         return cls(
             amqp_url=settings.infra.amqp_url,
+            amqp_urls=settings.infra.amqp_urls,
             database_url=settings.infra.worker_database_url,
             venue=settings.venue,
             delivery_limit=settings.stage.delivery_limit,

@@ -65,6 +65,7 @@ from common.messaging.deadletter import dead_letter
 from common.messaging.envelope import message_id_of
 from common.messaging.publisher import Publisher
 from common.messaging.topology import VENUE_QUEUE, declare_stage_queue, declare_topology
+from common.schema_loading import load
 from common.store import tables
 from common.store.db import make_engine
 from common.store.outbox import OutboxMessage
@@ -138,7 +139,7 @@ def decode(message: AbstractIncomingMessage) -> Decoded:
     if not isinstance(raw, dict):
         return Decoded(message_id, routing_key, error="body is not a JSON object")
     try:
-        body = schema.load(raw)
+        body = load(schema, raw)
     except ValidationError as exc:
         return Decoded(message_id, routing_key, error="invalid body: " + jsonutil.dumps(exc.messages))
     return Decoded(message_id, routing_key, request=BrokerRequest.from_body(body))
@@ -287,7 +288,9 @@ class VenueSim:
 
     async def _connect(self) -> AbstractRobustConnection | None:
         """Connect, waiting for the broker with back-off; None if stopped first."""
-        return await connect_unless_stopped(self.config.amqp_url, "oms.venue_sim", self._stopping)
+        return await connect_unless_stopped(
+            self.config.amqp_urls or self.config.amqp_url, "oms.venue_sim", self._stopping
+        )
 
     # --- intake ------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -38,8 +39,10 @@ from common.messaging.topology import declare_topology
 from common.settings import REPO_ROOT
 from common.store import tables
 from common.store.db import make_engine
+from common.store.field_crypto import DataKeys, with_data_keys
 from common.store.outbox import OutboxMessage
 from common.store.tables import dlq_replays, job_runs
+from services.api.order_events import order_events
 from services.jobs.config import JOBS_QUEUE
 from services.jobs.session import SessionCalendar
 from tests.e2e.conftest import E2E_ENV, VENUE_ENV
@@ -88,6 +91,7 @@ class OpsSystem:
     supervisor: Supervisor
     ports: dict[str, int]  # process -> metrics port (the api: its REST port)
     management_url: str
+    data_keys_file: Path  # the processes' key ring (cancel reasons are stored encrypted)
 
     def url(self, process: str, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[process]}{path}"
@@ -120,6 +124,7 @@ def ops(infra_urls: InfraUrls, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "OMS_GRPC_PORT": str(grpc_port),
         "OMS_API_HOST": "127.0.0.1",
         "OMS_DATA_DIR": str(tmp_path_factory.mktemp("ops-data")),
+        "OMS_DATA_KEYS_FILE": str(tmp_path_factory.mktemp("ops-keys") / "data-keys.json"),
     }
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the front end makes its own
     supervisor = Supervisor(env, REPO_ROOT / ".data" / "logs" / name, REPO_ROOT, die_with_parent=True)
@@ -137,7 +142,16 @@ def ops(infra_urls: InfraUrls, tmp_path_factory: pytest.TempPathFactory) -> Iter
         if missing or supervisor.dead():
             logs = "\n".join(f"--- {r.spec.name}\n{supervisor.tail(r.spec.name)}" for r in supervisor.dead())
             pytest.fail(f"system did not start: no consumer on {missing}\n{logs}")
-        running = OpsSystem(database_url, amqp_url, name, engine, supervisor, ports, infra_urls.management_url)
+        running = OpsSystem(
+            database_url,
+            amqp_url,
+            name,
+            engine,
+            supervisor,
+            ports,
+            infra_urls.management_url,
+            Path(env["OMS_DATA_KEYS_FILE"]),
+        )
         wait_until(lambda: _status(running.url("api", "/health/ready")) == 200, timeout=60, message="api ready")
         yield running
     finally:
@@ -373,7 +387,9 @@ async def test_day_order_working_at_the_close_is_canceled_at_the_venue(
 
     row = await wait_for_state(ops.engine, order.id, "CANCELED", timeout=60)
     assert row.status == "CANCELED"
-    kinds = [(e.type, e.payload.get("reason")) for e in event_records(ops.engine, order.id)]
+    # As the API shows them: the cancel's reason is stored encrypted (common.store.field_crypto).
+    with with_data_keys(ops.engine, DataKeys(ops.data_keys_file)).connect() as connection:
+        kinds = [(e["type"], e["payload"].get("reason")) for e in order_events(connection, order.id)]
     assert ("CANCEL_REQUESTED", "DAY order expired at session close") in kinds
     assert (
         count(

@@ -19,7 +19,13 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from common.messages.exchanges import DEAD_LETTER_EXCHANGE, TOPIC_EXCHANGES
 from common.messaging.connection import connect
-from common.messaging.topology import STAGE_QUEUES, VENUE_QUEUE, declare_topology, stage_queue_arguments
+from common.messaging.topology import (
+    STAGE_QUEUES,
+    VENUE_QUEUE,
+    dead_letter_queue_arguments,
+    declare_topology,
+    stage_queue_arguments,
+)
 from common.settings import REPO_ROOT
 from services.jobs.config import JOBS_QUEUE
 from services.venue_sim.config import VenueConfig
@@ -43,7 +49,7 @@ def test_definitions_declare_every_queue_with_the_workers_arguments() -> None:
     queues = _queues()
     for stage_queue in [*STAGE_QUEUES.values(), VENUE_QUEUE]:
         assert queues[stage_queue.name]["arguments"] == stage_queue_arguments(stage_queue, DEFAULT_DELIVERY_LIMIT)
-        assert queues[stage_queue.dead_letter_name]["arguments"] == {"x-queue-type": "quorum"}
+        assert queues[stage_queue.dead_letter_name]["arguments"] == dead_letter_queue_arguments()
         source = stage_queue.exchange
         bound = {
             (b["source"], b["routing_key"]) for b in DEFINITIONS["bindings"] if b["destination"] == stage_queue.name

@@ -323,6 +323,6 @@ def test_compose_reads_every_secret_from_a_file_and_gives_each_service_its_user(
         assert secret in mounted and Path(compose["secrets"][secret]["file"]).name == brokerusers.password_file_name(
             user
         ), service_name
-        assert env["OMS_AMQP_DECLARE_TOPOLOGY"] == "false" and "postgres_password" in mounted, service_name
+        assert env["OMS_AMQP_DECLARE_TOPOLOGY"] == "false" and "postgres_worker_password" in mounted, service_name
         checked += 1
     assert checked == len(modules)

@@ -100,8 +100,10 @@ async def _no_unacked(rig: Rig) -> bool:
     # The management API's figure includes unacknowledged deliveries (the AMQP declare-ok does not).
     import requests
 
+    from tools.infra.tls import verify_for
+
     url = f"{rig.management_url.rstrip('/')}/api/queues/{outages.quote(rig.vhost)}/{rig.queue_def.name}"
-    answer = await asyncio.to_thread(requests.get, url, auth=outages.AUTH, timeout=5)
+    answer = await asyncio.to_thread(requests.get, url, auth=outages.AUTH, timeout=5, verify=verify_for(url))
     return answer.status_code == 200 and answer.json().get("messages_unacknowledged", 1) == 0
 
 

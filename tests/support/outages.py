@@ -17,6 +17,8 @@ import requests
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from tools.infra.tls import verify_for
+
 AUTH = ("guest", "guest")
 
 
@@ -33,7 +35,12 @@ def vhost_of(amqp_url: str) -> str:
 def connections(management_url: str, vhost: str, name: str) -> list[dict[str, Any]]:
     """The broker's connections on ``vhost`` whose client named itself ``name``."""
     base = management_url.rstrip("/")
-    answer = requests.get(f"{base}/api/vhosts/{urllib.parse.quote(vhost, safe='')}/connections", auth=AUTH, timeout=5)
+    answer = requests.get(
+        f"{base}/api/vhosts/{urllib.parse.quote(vhost, safe='')}/connections",
+        auth=AUTH,
+        timeout=5,
+        verify=verify_for(base),
+    )
     answer.raise_for_status()
     return [
         c
@@ -52,6 +59,7 @@ def kill_connections(management_url: str, vhost: str, name: str) -> list[str]:
             auth=AUTH,
             headers={"X-Reason": "test: simulated broker restart"},
             timeout=5,
+            verify=verify_for(base),
         )
         if answer.status_code in (200, 204, 404):
             closed.append(str(connection["name"]))
@@ -98,7 +106,9 @@ def kill_all_connections(management_url: str, vhost: str, keep: frozenset[str] =
     """Force-close every connection on the vhost but those whose client name is in ``keep``: a broker restart
     as the processes of a sandbox see it."""
     base = management_url.rstrip("/")
-    answer = requests.get(f"{base}/api/vhosts/{quote(vhost)}/connections", auth=AUTH, timeout=5)
+    answer = requests.get(
+        f"{base}/api/vhosts/{quote(vhost)}/connections", auth=AUTH, timeout=5, verify=verify_for(base)
+    )
     answer.raise_for_status()
     closed = []
     for connection in answer.json():
@@ -109,6 +119,7 @@ def kill_all_connections(management_url: str, vhost: str, keep: frozenset[str] =
             auth=AUTH,
             headers={"X-Reason": "test: simulated broker restart"},
             timeout=5,
+            verify=verify_for(base),
         )
         if response.status_code in (200, 204, 404):
             closed.append(str(connection["name"]))

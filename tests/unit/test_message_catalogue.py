@@ -104,7 +104,7 @@ def test_the_builders_make_bodies_their_kinds_load() -> None:
     _load(catalogue.RISK_CHECK, bodies.risk_check_body(order))
     assert _load(catalogue.RISK_CHECK, bodies.risk_check_body(order, request_id))["request_id"] == request_id
     _load(catalogue.ROUTE_NEW, bodies.route_new_body(order.id))
-    _load(catalogue.ROUTE_CANCEL, bodies.route_cancel_body(order.id, request_id, None))
+    _load(catalogue.ROUTE_CANCEL, bodies.route_cancel_body(order.id, request_id))
     _load(catalogue.ROUTE_REPLACE, bodies.route_replace_body(order.id, request_id))
     for kind in catalogue.BROKER_REQUESTS:
         _load(kind, bodies.broker_request_body(order, request_id))

@@ -8,6 +8,7 @@ them instead, on the same ports. The modules, by server and concern:
 - ``system``: commands, service users, owned files, ports and waiting, shared by both servers;
 - ``postgres``: the local cluster (initdb, pg_ctl, parameters, logins, the ``oms`` role) and databases;
 - ``rabbitmq``: the local node (config, plugins, definitions, start and stop), vhosts and the process users;
+- ``rabbit_cluster``: a local cluster of RabbitMQ nodes (``--rabbit-nodes 3``) and one node's faults (kill, start);
 - ``brokerusers``: the broker users, one per kind of process, and their permissions;
 - ``docker``: the docker compose path;
 - ``servers``: both servers together (:func:`ensure_started`, :func:`stop`, :func:`status`);

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from tools.infra import tls
 from tools.infra.settings import (
     HOST,
     PG_DATABASE,
@@ -68,6 +69,21 @@ host    all          all   ::1/128        scram-sha-256
 local   replication  all                  peer map={PG_IDENT_MAP}
 host    replication  all   127.0.0.1/32   scram-sha-256
 host    replication  all   ::1/128        scram-sha-256
+"""
+# With TLS on (`./oms infra start --tls`): TCP over TLS only. A plaintext TCP client meets a `reject` line
+# first, whatever its login, and is refused before it may try a password; the socket stays as above.
+PG_HBA_TLS = f"""# Written by tools/infra/postgres.py at every start (TLS on); change it there.
+# TYPE     DATABASE     USER  ADDRESS        METHOD
+local      all          all                  peer map={PG_IDENT_MAP}
+hostnossl  all          all   0.0.0.0/0      reject
+hostnossl  all          all   ::/0           reject
+hostssl    all          all   127.0.0.1/32   scram-sha-256
+hostssl    all          all   ::1/128        scram-sha-256
+local      replication  all                  peer map={PG_IDENT_MAP}
+hostnossl  replication  all   0.0.0.0/0      reject
+hostnossl  replication  all   ::/0           reject
+hostssl    replication  all   127.0.0.1/32   scram-sha-256
+hostssl    replication  all   ::1/128        scram-sha-256
 """
 PG_SOCKET_MODE = 0o700
 
@@ -171,13 +187,15 @@ def _secure_socket_dir(settings: ServerSettings) -> None:
 
 
 def _configure_auth(settings: ServerSettings, *, running: bool) -> None:
-    """Write pg_hba.conf / pg_ident.conf as PG_HBA says; a running server reloads them (never restarts).
+    """Write pg_hba.conf / pg_ident.conf as PG_HBA (PG_HBA_TLS) says; a running server reloads them (never
+    restarts).
 
     Before the reload the new files are checked by the server itself (pg_hba_file_rules), over the
     connection the old rules allow, and put back if it finds an error: a broken file would lock us out.
     """
     _secure_socket_dir(settings)
-    files = {settings.pg_data / "pg_hba.conf": PG_HBA, settings.pg_data / "pg_ident.conf": _ident()}
+    hba = PG_HBA_TLS if settings.tls else PG_HBA
+    files = {settings.pg_data / "pg_hba.conf": hba, settings.pg_data / "pg_ident.conf": _ident()}
     old = {path: path.read_text() if path.exists() else None for path in files}
     if all(old[path] == text for path, text in files.items()):
         return
@@ -185,7 +203,8 @@ def _configure_auth(settings: ServerSettings, *, running: bool) -> None:
         _replace_owned(path, text, _owner())
     if not running:
         return
-    print_progress("infra: postgres: socket logins by peer authentication only, TCP by password; reloading")
+    tcp = "TCP over TLS only, by password" if settings.tls else "TCP by password"
+    print_progress(f"infra: postgres: socket logins by peer authentication only, {tcp}; reloading")
     try:
         with superuser_connection(settings) as conn:
             errors = conn.execute("select line_number, error from pg_hba_file_rules where error is not null").fetchall()
@@ -333,10 +352,24 @@ def prepare_venue_tables(database_url: str, worker_role: str | None = None) -> N
             )
 
 
+def _install_tls(settings: ServerSettings) -> tuple[tls.TlsFiles, bool]:
+    """The server's own copy of the instance's certificate and key (owned by it, mode 600, as Postgres wants
+    the key); True when it changed (renewed)."""
+    return tls.install(tls.files(settings.data_dir), settings.pg_dir / "tls", _owner())
+
+
+def _ssl_on(settings: ServerSettings) -> bool:
+    """Whether the running server has TLS on (``SHOW ssl``, over the socket)."""
+    with superuser_connection(settings) as conn:
+        return bool(conn.execute("show ssl").fetchone()[0] == "on")
+
+
 def start(settings: ServerSettings) -> str:
-    """Start the local Postgres unless it runs (its login rules and the ``oms`` role made sure of either way)."""
+    """Start the local Postgres unless it runs (its login rules and the ``oms`` role made sure of either way);
+    with ``settings.tls``, TLS on and plaintext TCP refused (PG_HBA_TLS)."""
     binary("pg_ctl", install=True)
     _init(settings)
+    certificate, renewed = _install_tls(settings) if settings.tls else (None, False)
     if running(settings):
         wait_until(
             lambda: superuser_answers(settings),
@@ -345,6 +378,14 @@ def start(settings: ServerSettings) -> str:
             deadline=time.monotonic() + min(settings.timeout, 30),
             log=settings.pg_log,
         )
+        if _ssl_on(settings) != settings.tls:
+            raise InfraError(
+                f"postgres runs {'without' if settings.tls else 'with'} TLS, and this start asks for it "
+                f"{'on' if settings.tls else 'off'}: `./oms infra stop` first (TLS is set when a server starts)"
+            )
+        if renewed:
+            with superuser_connection(settings) as conn:
+                conn.execute("select pg_reload_conf()")  # a renewed certificate: Postgres re-reads it on reload
         _configure_auth(settings, running=True)
         # The reload is a signal: wait until the new rules let us in again.
         wait_until(
@@ -374,6 +415,8 @@ def start(settings: ServerSettings) -> str:
         # holds a million orders' hot index pages; a larger WAL between checkpoints spares a write burst.
         "-c shared_buffers=1GB -c max_wal_size=4GB"
     )
+    if certificate is not None:
+        options += f" -c ssl=on -c ssl_cert_file={certificate.server_cert} -c ssl_key_file={certificate.server_key}"
     log = settings.pg_log
     if is_root() and log.exists():
         shutil.chown(log, PG_SUPERUSER, PG_SUPERUSER)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from tools.infra import brokerusers
+from tools.infra import brokerusers, tls
 from tools.infra.settings import (
     HOST,
     RABBIT_PASSWORD,
@@ -83,11 +83,16 @@ def _script(name: str) -> str:
 
 def _env(settings: ServerSettings) -> dict[str, str]:
     base = settings.rabbit_dir
+    # The plaintext listener: these two variables would open it whatever the config file says, so with TLS on
+    # the listeners are the config file's alone (_config).
+    listener = {} if settings.tls else {"RABBITMQ_NODE_IP_ADDRESS": HOST, "RABBITMQ_NODE_PORT": str(settings.amqp_port)}
+    environment = {
+        key: value for key, value in os.environ.items() if key not in ("RABBITMQ_NODE_IP_ADDRESS", "RABBITMQ_NODE_PORT")
+    }
     return {
-        **os.environ,
+        **environment,
         "RABBITMQ_NODENAME": settings.nodename,
-        "RABBITMQ_NODE_IP_ADDRESS": HOST,
-        "RABBITMQ_NODE_PORT": str(settings.amqp_port),
+        **listener,
         "RABBITMQ_DIST_PORT": str(settings.dist_port),
         "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
         "RABBITMQ_LOG_BASE": str(base / "log"),
@@ -105,17 +110,61 @@ def _env(settings: ServerSettings) -> dict[str, str]:
     }
 
 
+def _tls_folder(settings: ServerSettings) -> Path:
+    """The node's own copy of the certificate and key (tools/infra/tls.py), owned by its user."""
+    return settings.rabbit_dir / "tls"
+
+
+def _listeners(settings: ServerSettings) -> list[str]:
+    if not settings.tls:
+        return [f"management.tcp.ip = {HOST}", f"management.tcp.port = {settings.management_port}"]
+    copy = tls.TlsFiles(_tls_folder(settings))
+    files = [f"cacertfile = {copy.ca_cert}", f"certfile = {copy.server_cert}", f"keyfile = {copy.server_key}"]
+    # AMQPS only: no plaintext listener at all, so a plaintext client finds nothing to speak AMQP to. The
+    # clients need no certificate of their own (they log in with a password); the management API is HTTPS only.
+    return [
+        "listeners.tcp = none",
+        f"listeners.ssl.local = {HOST}:{settings.amqp_port}",
+        *(f"ssl_options.{line}" for line in files),
+        "ssl_options.verify = verify_none",
+        "ssl_options.fail_if_no_peer_cert = false",
+        f"management.ssl.ip = {HOST}",
+        f"management.ssl.port = {settings.management_port}",
+        *(f"management.ssl.{line}" for line in files),
+    ]
+
+
 def _config(settings: ServerSettings) -> str:
     lines = [
         "# Written by tools/infra/rabbitmq.py at every start; change it there.",
-        f"management.tcp.ip = {HOST}",
-        f"management.tcp.port = {settings.management_port}",
+        *_listeners(settings),
         # RabbitMQ's default, said out loud: guest (local development only) logs in from this machine alone.
         "loopback_users.guest = true",
         # The node's own copies (see _prepare): the checkout may sit where its user cannot read.
         f"load_definitions = {settings.rabbit_dir / DEFINITIONS_FOLDER}",
+        *_cluster_config(settings),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _cluster_config(settings: ServerSettings) -> list[str]:
+    """A node of a local cluster (tools/infra/rabbit_cluster.py): classic-config peer discovery (a blank node
+    joins the first listed peer that answers) and quorum queue leaders placed on the node leading the fewest."""
+    if not settings.rabbit_peers:
+        return []
+    peers = (f"cluster_formation.classic_config.nodes.{i} = {name}" for i, name in enumerate(settings.rabbit_peers, 1))
+    return ["cluster_formation.peer_discovery_backend = classic_config", *peers, "queue_leader_locator = balanced"]
+
+
+def _boot_topology(settings: ServerSettings) -> str:
+    """The topology a node loads at boot: the definitions file; a cluster node's without its queues and their
+    bindings, which rabbit_cluster.start imports once every node has joined: a quorum queue declared while the
+    first node stood alone would have one member only."""
+    text = DEFINITIONS_FILE.read_text()
+    if not settings.rabbit_peers:
+        return text
+    document = {k: v for k, v in json.loads(text).items() if k not in ("queues", "bindings")}
+    return json.dumps(document, indent=2) + "\n"
 
 
 def secrets_dir(settings: ServerSettings | None = None) -> Path:
@@ -153,12 +202,18 @@ def _prepare(settings: ServerSettings) -> None:
     for folder in (base, base / "mnesia", base / "log"):
         prepare_dir(folder, owner)
     write_owned(base / "enabled_plugins", "[rabbitmq_management].\n", owner)
+    if settings.tls:
+        _, renewed = tls.install(tls.files(settings.data_dir), _tls_folder(settings), owner)
+        if renewed and pid_alive(settings.rabbit_pid_file, "beam") is not None:
+            # A running node caches the files it read: forget them, so new connections get the renewed ones.
+            ctl = [_script("rabbitmqctl"), "-n", settings.nodename, "eval", "ssl:clear_pem_cache()."]
+            run(ctl, env=_env(settings), check=False, timeout=60)
     # Copied into the node's folder at every start: a checkout in a private folder (mktemp -d, mode 0700) is out
     # of the rabbitmq user's reach, and the node refuses to start without its definitions.
     definitions = base / DEFINITIONS_FOLDER
     prepare_dir(definitions, owner)
     definitions.chmod(0o700)  # the users' password hashes
-    write_owned(definitions / TOPOLOGY_FILE, DEFINITIONS_FILE.read_text(), owner)
+    write_owned(definitions / TOPOLOGY_FILE, _boot_topology(settings), owner)
     write_owned(definitions / USERS_FILE, _users_definitions(settings), owner)
     (definitions / USERS_FILE).chmod(0o600)
     write_owned(base / "rabbitmq.conf", _config(settings), owner)
@@ -167,8 +222,12 @@ def _prepare(settings: ServerSettings) -> None:
 def _management_get(settings: ServerSettings, path: str, timeout: float = 2.0) -> Any:
     import requests
 
+    url = settings.urls.management_url
     response = requests.get(
-        settings.urls.management_url + path.lstrip("/"), auth=(RABBIT_USER, RABBIT_PASSWORD), timeout=timeout
+        url + path.lstrip("/"),
+        auth=(RABBIT_USER, RABBIT_PASSWORD),
+        timeout=timeout,
+        verify=tls.verify_for(url, settings),
     )
     response.raise_for_status()
     return response.json()
@@ -194,11 +253,24 @@ def start(settings: ServerSettings) -> str:
     """Start the local node unless it runs or boots already; wait until its management API names it; make sure
     it has the users of the processes (a node that booted before they existed gets them now)."""
     state = _start(settings)
-    ensure_process_users(settings.urls.management_url, folder=secrets_dir(settings))
+    url = settings.urls.management_url
+    ensure_process_users(url, folder=secrets_dir(settings), verify=tls.verify_for(url, settings))
     return state
 
 
+def _mode_mismatch(settings: ServerSettings) -> str | None:
+    """Why the node on our AMQP port cannot be this start's: it speaks TLS and none was asked, or the reverse."""
+    if not port_open(settings.amqp_port) or tls.speaks_tls(settings.amqp_port) == settings.tls:
+        return None
+    return (
+        f"the node on port {settings.amqp_port} runs {'without' if settings.tls else 'with'} TLS, and this start "
+        f"asks for it {'on' if settings.tls else 'off'}: `./oms infra stop` first (TLS is set when a node starts)"
+    )
+
+
 def _start(settings: ServerSettings) -> str:
+    if pid_alive(settings.rabbit_pid_file, "beam") and (problem := _mode_mismatch(settings)):
+        raise InfraError(f"rabbitmq: {problem}")
     _prepare(settings)
     started = time.monotonic()
     deadline = started + settings.timeout
@@ -206,7 +278,13 @@ def _start(settings: ServerSettings) -> str:
         return "already running"
     if pid_alive(settings.rabbit_pid_file, "beam"):
         # Booting (started by another process): wait for it rather than start a second node.
-        wait_until(lambda: _ready(settings), what="rabbitmq", deadline=deadline, log=settings.rabbit_log)
+        wait_until(
+            lambda: _ready(settings),
+            what="rabbitmq",
+            deadline=deadline,
+            log=settings.rabbit_log,
+            failed=lambda: _mode_mismatch(settings),
+        )
         return "already running"
     for port, name in (
         (settings.amqp_port, "OMS_AMQP_PORT"),
@@ -305,13 +383,14 @@ def create_vhost(name: str, management_url: str | None = None) -> None:
     check_name(name)
     base, auth = _management(management_url)
     vhost = quote(name, safe="")
-    response = requests.put(f"{base}api/vhosts/{vhost}", auth=auth, timeout=10)
+    response = requests.put(f"{base}api/vhosts/{vhost}", auth=auth, timeout=10, verify=tls.verify_for(base))
     response.raise_for_status()
     response = requests.put(
         f"{base}api/permissions/{vhost}/{quote(auth[0], safe='')}",
         json={"configure": ".*", "write": ".*", "read": ".*"},
         auth=auth,
         timeout=10,
+        verify=tls.verify_for(base),
     )
     response.raise_for_status()
 
@@ -322,7 +401,9 @@ def delete_vhost(name: str, management_url: str | None = None) -> None:
 
     check_name(name)
     base, auth = _management(management_url)
-    response = requests.delete(f"{base}api/vhosts/{quote(name, safe='')}", auth=auth, timeout=30)
+    response = requests.delete(
+        f"{base}api/vhosts/{quote(name, safe='')}", auth=auth, timeout=30, verify=tls.verify_for(base)
+    )
     if response.status_code != 404:
         response.raise_for_status()
 
@@ -359,25 +440,37 @@ def load_topology(management_url: str | None = None, vhost: str = "/") -> None:
     base, auth = _management(management_url)
     document = json.loads(DEFINITIONS_FILE.read_text())
     scoped = {key: document[key] for key in ("exchanges", "queues", "bindings", "policies")}
-    response = requests.post(f"{base}api/definitions/{quote(vhost, safe='')}", json=scoped, auth=auth, timeout=60)
+    response = requests.post(
+        f"{base}api/definitions/{quote(vhost, safe='')}",
+        json=scoped,
+        auth=auth,
+        timeout=60,
+        verify=tls.verify_for(base),
+    )
     response.raise_for_status()
 
 
 def ensure_process_users(
-    management_url: str | None = None, vhosts: Iterable[str] = ("/",), folder: Path | None = None
+    management_url: str | None = None,
+    vhosts: Iterable[str] = ("/",),
+    folder: Path | None = None,
+    verify: str | bool | None = None,
 ) -> None:
     """Make every broker user exist, with its password from ``folder`` (created there when missing), its tags,
     and its permissions and topic permissions on each of ``vhosts``, through a management API (the local node's
-    by default, whose URL may carry an administrator's login). Only what differs is changed."""
+    by default, whose URL may carry an administrator's login). Only what differs is changed. ``verify``: the CA
+    of an https management API (default: this environment's instance's, ``tls.verify_for``)."""
     import requests
 
     base, auth = _management(management_url)
     secrets = brokerusers.passwords(folder or secrets_dir())
     session = requests.Session()
     session.auth = auth
+    # Per request: a session's own `verify` loses to REQUESTS_CA_BUNDLE in the environment.
+    trusted = tls.verify_for(base) if verify is None else verify
 
     def call(method: str, path: str, body: Any = None) -> Any:
-        response = session.request(method, base + path, json=body, timeout=30)
+        response = session.request(method, base + path, json=body, timeout=30, verify=trusted)
         response.raise_for_status()
         return response.json() if method == "GET" else None
 

@@ -7,7 +7,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -15,6 +15,13 @@ PG_USER, PG_PASSWORD, PG_DATABASE = "oms", "oms", "oms"
 RABBIT_USER, RABBIT_PASSWORD = "guest", "guest"
 # A unix socket path longer than this (sun_path is 108 bytes) cannot be bound.
 MAX_SOCKET_PATH = 100
+# TLS (tools/infra/tls.py): the instance's certificates live in <data dir>/tls; the marker says TLS is on.
+TLS_FOLDER, TLS_CA_FILE, TLS_ENABLED_FILE = "tls", "ca.pem", "enabled"
+
+
+def tls_folder(data_dir: Path) -> Path:
+    """Where the instance of ``data_dir`` keeps its CA and server certificate (tools/infra/tls.py)."""
+    return data_dir / TLS_FOLDER
 
 
 class InfraError(RuntimeError):
@@ -28,6 +35,8 @@ class InfraUrls:
     database_url: str
     amqp_url: str
     management_url: str
+    # A cluster's nodes as ``host:port,...`` (``OMS_AMQP_NODES`` of its processes); empty: one node.
+    amqp_nodes: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,26 +62,42 @@ class ServerSettings:
     # Where the processes of this instance keep the broker users' passwords; None: ``data_dir / "secrets"``.
     # A node of a test's own that serves the machine's processes (a sandbox) takes the machine's folder.
     secrets_dir: Path | None = None
+    # The servers run with TLS only (`./oms infra start --tls`, remembered in the data folder), and ``urls``
+    # name them so: sslmode=verify-full, amqps, https, each trusting the instance's CA.
+    tls: bool = False
+    # A node of a local cluster (tools/infra/rabbit_cluster.py): its folder under ``data_dir`` and the names of
+    # every node of its cluster (its peers for classic-config discovery); a standalone node has none.
+    rabbit_dir_name: str = "rabbitmq"
+    rabbit_peers: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> ServerSettings:
         env = os.environ
+        data_dir = _data_dir(env.get("OMS_DATA_DIR"))
         return cls(
-            data_dir=_data_dir(env.get("OMS_DATA_DIR")),
+            data_dir=data_dir,
             pg_port=_env_number("OMS_PG_PORT", 54329),
             amqp_port=_env_number("OMS_AMQP_PORT", 56729),
             management_port=_env_number("OMS_RABBITMQ_MGMT_PORT", 15679),
             dist_port=_env_number("OMS_RABBITMQ_DIST_PORT", 25679),
             nodename=env.get("OMS_RABBITMQ_NODENAME", "oms-rabbit@localhost"),
             timeout=float(_env_number("OMS_INFRA_TIMEOUT", 120)),
+            tls=(tls_folder(data_dir) / TLS_ENABLED_FILE).exists(),
         )
 
     @property
     def urls(self) -> InfraUrls:
+        database = f"postgresql+psycopg://{PG_USER}:{PG_PASSWORD}@{HOST}:{self.pg_port}/{PG_DATABASE}"
+        amqp = f"amqp://{RABBIT_USER}:{RABBIT_PASSWORD}@{HOST}:{self.amqp_port}/"
+        if not self.tls:
+            return InfraUrls(database, amqp, f"http://{HOST}:{self.management_port}/")
+        # libpq checks the certificate against the CA and the host name (verify-full); aiormq takes the CA from
+        # the URL's cafile. Every URL built from these (with_path, with_login, role URLs) keeps the query.
+        ca = quote(str(tls_folder(self.data_dir) / TLS_CA_FILE), safe="/")
         return InfraUrls(
-            database_url=f"postgresql+psycopg://{PG_USER}:{PG_PASSWORD}@{HOST}:{self.pg_port}/{PG_DATABASE}",
-            amqp_url=f"amqp://{RABBIT_USER}:{RABBIT_PASSWORD}@{HOST}:{self.amqp_port}/",
-            management_url=f"http://{HOST}:{self.management_port}/",
+            database_url=f"{database}?sslmode=verify-full&sslrootcert={ca}",
+            amqp_url=f"amqps{amqp.removeprefix('amqp')}?cafile={ca}",
+            management_url=f"https://{HOST}:{self.management_port}/",
         )
 
     # Postgres layout
@@ -102,7 +127,7 @@ class ServerSettings:
     # RabbitMQ layout
     @property
     def rabbit_dir(self) -> Path:
-        return self.data_dir / "rabbitmq"
+        return self.data_dir / self.rabbit_dir_name
 
     @property
     def rabbit_log(self) -> Path:
