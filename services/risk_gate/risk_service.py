@@ -74,6 +74,8 @@ class RiskServiceConfig:
     # Back-off between retries: exponential from ``backoff_initial`` with jitter, at most ``backoff_max``.
     backoff_initial: float = 0.05
     backoff_max: float = 1.0
+    # The CA that an https service's certificate is checked against (OMS_TLS_CA_FILE); None: the system's.
+    ca_file: Path | None = None
 
     @property
     def assessments_url(self) -> str:
@@ -81,10 +83,11 @@ class RiskServiceConfig:
         return self.url.rstrip("/") + ASSESSMENTS_PATH
 
     @classmethod
-    def of(cls, risk: RiskSettings) -> RiskServiceConfig:
+    def of(cls, risk: RiskSettings, ca_file: Path | None = None) -> RiskServiceConfig:
         """From the settings; the token is read from ``OMS_RISK_SERVICE_TOKEN_FILE`` now (at start-up), and a
         file that cannot be read or is empty stops the start (``ConfigurationError``)."""
         return cls(
+            ca_file=ca_file,
             url=risk.service_url,
             timeout_seconds=risk.service_timeout_seconds,
             retries=risk.service_retries,
@@ -291,6 +294,8 @@ class RiskServiceClient:
         self.session = session or requests.Session()
         # Proxies, .netrc and CA bundles come from the configuration, not from whatever the environment holds.
         self.session.trust_env = False
+        if config.ca_file is not None:
+            self.session.verify = str(config.ca_file)
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if config.token is not None:
             headers["Authorization"] = f"Bearer {config.token}"

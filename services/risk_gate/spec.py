@@ -35,7 +35,7 @@ def risk_service_gate(settings: Settings) -> RiskServiceGate | None:
     """The Risk Analysis Service's client, when enabled (its token file is read now: a bad one stops the start)."""
     if not settings.risk.service_enabled:
         return None
-    return RiskServiceGate(RiskServiceClient(RiskServiceConfig.of(settings.risk)))
+    return RiskServiceGate(RiskServiceClient(RiskServiceConfig.of(settings.risk, settings.tls.ca_file)))
 
 
 def stage_spec(settings: Settings, risk_service: RiskServiceGate | None = None) -> StageSpec:

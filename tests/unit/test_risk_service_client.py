@@ -466,3 +466,13 @@ def test_a_missing_or_empty_token_file_stops_the_start(tmp_path: Path) -> None:
 def test_a_url_that_is_not_http_is_refused() -> None:
     with pytest.raises(ValueError, match="must start with http"):
         RiskSettings(service_url="ftp://risk")
+
+
+def test_an_https_service_is_checked_against_the_configured_ca(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA certificate")
+    client = RiskServiceClient(RiskServiceConfig(url="https://risk.internal:8443", ca_file=ca))
+    assert client.session.verify == str(ca)
+    # Without one, the system's trust store (requests' default), never the environment's REQUESTS_CA_BUNDLE.
+    plain = RiskServiceClient(RiskServiceConfig(url="https://risk.internal:8443"))
+    assert plain.session.verify is True and plain.session.trust_env is False
