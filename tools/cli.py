@@ -69,17 +69,20 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 # The commands that connect to Postgres or RabbitMQ with the settings' URLs: against a local instance with TLS on
-# (`./oms up --tls`) they get its TLS URLs unless the environment names others (tools/infra/tls.py).
+# (`./oms up --tls`) they get its TLS URLs unless the environment names others (tools/infra/tls.py), and against
+# a local cluster (`./oms infra start --rabbit-nodes 3`) its nodes (tools/infra/rabbit_cluster.py).
 SERVER_TOOLS = frozenset(
     {"decision", "migrate", "seed", "dlq", "bench", "risk", "bench-risk", "check", "anomalies", "order", "audit"}
     | {"data-keys", "config"}
 )
 
 
-def _tls_defaults() -> None:
-    from tools.infra.tls import tool_defaults  # here: it loads tools.infra, which the other commands do without
+def _instance_defaults() -> None:
+    # Imported here: they load tools.infra, which the other commands do without.
+    from tools.infra import rabbit_cluster, tls
 
-    for variable, value in tool_defaults(os.environ).items():
+    defaults = {**tls.tool_defaults(os.environ), **rabbit_cluster.tool_defaults(os.environ)}
+    for variable, value in defaults.items():
         os.environ[variable] = value
 
 
@@ -130,7 +133,7 @@ def _dispatch(args: list[str]) -> int:
         return EXIT_USAGE
     module_name, function, _ = COMMANDS[name]
     if name in SERVER_TOOLS:
-        _tls_defaults()
+        _instance_defaults()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

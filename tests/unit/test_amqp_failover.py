@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -188,3 +189,17 @@ def test_the_cluster_size_is_remembered_and_one_node_is_the_default(tmp_path: Pa
     assert rabbit_cluster.node_count(settings) == 1
     with pytest.raises(InfraError):
         rabbit_cluster.node_count(settings, 0)
+
+
+def test_a_tool_run_against_a_local_cluster_gets_its_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("OMS_AMQP_PORT", "31769")
+    for name in ("OMS_AMQP_NODES", "OMS_AMQP_URL", "OMS_INFRA"):
+        monkeypatch.delenv(name, raising=False)
+    assert rabbit_cluster.tool_defaults(os.environ) == {}  # one node: nothing to add
+    (tmp_path / rabbit_cluster.NODES_FILE).write_text("3\n")
+    expected = "127.0.0.1:31769,127.0.0.1:31770,127.0.0.1:31771"
+    assert rabbit_cluster.tool_defaults(os.environ) == {"OMS_AMQP_NODES": expected}
+    # What the environment says wins: its own nodes, or another broker altogether.
+    assert rabbit_cluster.tool_defaults({**os.environ, "OMS_AMQP_URL": "amqp://u:p@broker:5672/"}) == {}
+    assert rabbit_cluster.tool_defaults({**os.environ, "OMS_AMQP_NODES": "a:1,b:2"}) == {}

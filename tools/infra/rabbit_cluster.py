@@ -34,7 +34,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,6 +102,22 @@ def _remember(settings: ServerSettings, count: int) -> None:
 def amqp_nodes(settings: ServerSettings, count: int) -> str:
     """``OMS_AMQP_NODES`` of the cluster's processes: every node's AMQP address, node 1 first."""
     return ",".join(f"{HOST}:{node.amqp_port}" for node in nodes(settings, count))
+
+
+def tool_defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    """For an ``./oms`` tool run against a local instance whose broker is a cluster: ``OMS_AMQP_NODES``, so the
+    tool reaches a node that runs when node 1 is down, unless the environment names the nodes or another broker
+    itself. Empty for one node, and with docker compose."""
+    if environ.get("OMS_INFRA", "").lower() == "docker":
+        return {}
+    if environ.get("OMS_AMQP_NODES", "").strip() or environ.get("OMS_AMQP_URL", "").strip():
+        return {}
+    try:
+        settings = ServerSettings.from_env()
+    except InfraError:
+        return {}  # a bad port variable: the command itself reports it
+    count = node_count(settings)
+    return {"OMS_AMQP_NODES": amqp_nodes(settings, count)} if count > 1 else {}
 
 
 def urls(settings: ServerSettings, count: int) -> InfraUrls:
