@@ -6,11 +6,13 @@ simulated venue's queue the requests to the venue, a subscriber's queue the kind
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from aiormq.abc import FieldTable
 from pamqp.common import Arguments
@@ -66,6 +68,9 @@ VENUE_QUEUE = VenueQueue("venue_sim", tuple(kind.routing_key for kind in BROKER_
 # node: one). Two of three keep the queue available when one node is lost. An argument, so it is compared on
 # every declaration: a queue declared before it was set (a broker's older data) needs it declared the same way.
 QUORUM_GROUP_SIZE = 3
+_GROUP_SIZE = "x-quorum-initial-group-size"
+
+log = logging.getLogger(__name__)
 
 
 def dead_letter_queue_arguments() -> Arguments:
@@ -107,16 +112,35 @@ async def declare_stage_queue(
     if not declare:
         return await channel.declare_queue(queue.name, passive=True)
     exchanges = await declare_exchanges(channel)
-    dlq = await channel.declare_queue(
-        queue.dead_letter_name, durable=True, arguments=cast("FieldTable", dead_letter_queue_arguments())
-    )
+    dlq = await _declare_quorum(channel, queue.dead_letter_name, dead_letter_queue_arguments())
     await dlq.bind(exchanges[DEAD_LETTER_EXCHANGE], routing_key=queue.dead_letter_name)
-    declared = await channel.declare_queue(
-        queue.name, durable=True, arguments=cast("FieldTable", stage_queue_arguments(queue, delivery_limit))
-    )
+    declared = await _declare_quorum(channel, queue.name, stage_queue_arguments(queue, delivery_limit))
     for key in queue.routing_keys:
         await declared.bind(exchanges[queue.exchange], routing_key=key)
     return declared
+
+
+async def _declare_quorum(channel: AbstractChannel, name: str, arguments: Arguments) -> AbstractQueue:
+    """Declare a quorum queue; one declared before the initial group size was set (an upgrade) is taken as it is.
+
+    The group size only applies when a queue is created, but RabbitMQ still refuses a redeclaration that names
+    it where the queue has none (PRECONDITION_FAILED, which closes the channel): without this, every worker that
+    declares its topology would fail to start against a broker whose queues an older version declared. Every
+    other argument is still checked by the second declaration.
+    """
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=cast("FieldTable", arguments))
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        if _GROUP_SIZE not in str(exc):
+            raise
+        log.warning(
+            "quorum queue declared before its initial group size was set; taken as it is (on a cluster, give it "
+            "members on more nodes with `rabbitmq-queues grow`)",
+            extra={"queue": name, "error": str(exc)},
+        )
+    await channel.reopen()
+    rest = {key: value for key, value in (arguments or {}).items() if key != _GROUP_SIZE}
+    return await channel.declare_queue(name, durable=True, arguments=rest)
 
 
 async def declare_topology(channel: AbstractChannel, delivery_limit: int) -> None:
