@@ -151,7 +151,7 @@ def _check_for(field: fields.Field[Any]) -> Check:
     return _validated(field, convert)
 
 
-_Plan = tuple[tuple[str, str, bool, bool, Any, Check], ...]
+_Plan = tuple[tuple[str, str, bool, bool, Check], ...]
 
 
 class Loader:
@@ -183,7 +183,7 @@ class Loader:
             if field.load_default is not missing:
                 raise _Doubt
             key = field.data_key or name
-            plan.append((name, key, field.required, field.allow_none, field, _check_for(field)))
+            plan.append((name, key, field.required, field.allow_none, _check_for(field)))
         return tuple(plan), tuple(schema_checks)
 
     @property
@@ -197,7 +197,7 @@ class Loader:
             return None
         loaded: dict[str, Any] = {}
         try:
-            for name, key, required, allow_none, _, check in self._plan:
+            for name, key, required, allow_none, check in self._plan:
                 value = body.get(key, missing)
                 if value is missing:
                     if required:
