@@ -424,6 +424,28 @@ class StageSettings(Section):
         validation_alias="OMS_EVENT_LOOP",
         description="Event loop of the asyncio processes; `asyncio` lets a profiler see inside the loop.",
     )
+    replicas: int = Field(
+        default=1,
+        validation_alias="OMS_STAGE_REPLICAS",
+        ge=1,
+        description="How many replicas of this stage run: each consumes its share of the stage's partition "
+        "queues (`./oms up --replicas` sets it; a replica past the partition count is a standby).",
+    )
+    replica_index: int | None = Field(
+        default=None,
+        validation_alias="OMS_STAGE_REPLICA_INDEX",
+        ge=0,
+        description="Which replica this process is, from 0 (below `OMS_STAGE_REPLICAS`); unset: the first index "
+        "no live replica holds (a Postgres advisory lock), as under compose's `deploy.replicas`.",
+    )
+
+    @model_validator(mode="after")
+    def _replica_in_range(self) -> StageSettings:
+        if self.replica_index is not None and self.replica_index >= self.replicas:
+            raise ValueError(
+                f"OMS_STAGE_REPLICA_INDEX {self.replica_index} must be below OMS_STAGE_REPLICAS {self.replicas}"
+            )
+        return self
 
 
 class ApiSettings(Section):

@@ -40,14 +40,15 @@ from sqlalchemy import text
 
 from common import jsonutil
 from common.messages.catalogue import TRADE_DECISION
+from common.messages.headers import ACCOUNT_HEADER
 from common.messaging.connection import connect
 from common.messaging.publisher import Publisher
 from common.messaging.topology import declare_topology
 from common.store.outbox import OutboxMessage
 from tools import bench_history, bench_profile, infra
 from tools.bench_cpu import CpuSampler, cpu_deltas, pid_from_file, summarize
-from tools.infra import tls
-from tools.processes import ProcessSpec
+from tools.infra import rabbit_cluster, tls
+from tools.processes import ProcessSpec, parse_replicas
 from tools.sandbox import Sandbox, sandbox
 
 SHARED_NOTE = (
@@ -95,6 +96,7 @@ def _decision(run: str, i: int) -> OutboxMessage:
         TRADE_DECISION.type,
         decision_id,
         jsonutil.dumps(body),
+        {ACCOUNT_HEADER: body["accountId"]},
     )
 
 
@@ -135,12 +137,14 @@ class Window:
         settings = infra.ServerSettings.from_env()
         groups: dict[str, list[int]] = {name: [pid] for name, pid in box.pids().items()}
         postmaster = pid_from_file(settings.pg_data / "postmaster.pid")
-        beam = pid_from_file(settings.rabbit_pid_file)
-        self.servers = {"postgres": postmaster, "rabbitmq": beam}
+        # Every node of a local cluster (`infra start --rabbit-nodes 3`): the broker's CPU is all of theirs.
+        nodes = rabbit_cluster.nodes(settings) if rabbit_cluster.node_count(settings) > 1 else [settings]
+        beams = [pid for pid in (pid_from_file(n.rabbit_pid_file) for n in nodes) if pid]
+        self.servers: dict[str, Any] = {"postgres": postmaster, "rabbitmq": beams[0] if len(beams) == 1 else beams}
         if postmaster:
             groups["postgres"] = [postmaster]
-        if beam:
-            groups["rabbitmq"] = [beam]
+        if beams:
+            groups["rabbitmq"] = beams
         groups["bench client"] = [os.getpid()]
         # The bench's own tree would include the workers (its children): the client is this process alone.
         self.sampler = CpuSampler(groups)
@@ -371,7 +375,11 @@ def run_throughput(args: argparse.Namespace, batch: int, orders: int) -> dict[st
     """Throughput mode: ``orders`` decisions as fast as possible, repeated; the median run is reported."""
     runs = []
     with sandbox(
-        infra.ensure_started(), with_venue=True, env=_env(batch, args.venue_latency_ms), label="oms_bench"
+        infra.ensure_started(),
+        with_venue=True,
+        env=_env(batch, args.venue_latency_ms),
+        label="oms_bench",
+        replicas=args.replicas,
     ) as box:
         history = _history(box, args.history)
         _warm_up(box, args.timeout)
@@ -402,7 +410,11 @@ def run_throughput(args: argparse.Namespace, batch: int, orders: int) -> dict[st
 def run_rate(args: argparse.Namespace) -> dict[str, Any]:
     """Fixed-rate mode: decisions at ``--rate``/s for ``--seconds``; latency of every order to FILLED."""
     with sandbox(
-        infra.ensure_started(), with_venue=True, env=_env(args.batch, args.venue_latency_ms), label="oms_bench"
+        infra.ensure_started(),
+        with_venue=True,
+        env=_env(args.batch, args.venue_latency_ms),
+        label="oms_bench",
+        replicas=args.replicas,
     ) as box:
         history = _history(box, args.history)
         _warm_up(box, args.timeout)
@@ -511,7 +523,9 @@ def run_rest(args: argparse.Namespace) -> dict[str, Any]:
         {"OMS_JWT_SECRET": BENCH_SECRET, "OMS_JWT_ISSUER": "oms"},
     )
     env = _env(args.batch, args.venue_latency_ms)
-    with sandbox(infra.ensure_started(), with_venue=True, env=env, label="oms_bench", extra=[api]) as box:
+    with sandbox(
+        infra.ensure_started(), with_venue=True, env=env, label="oms_bench", replicas=args.replicas, extra=[api]
+    ) as box:
         base = f"http://127.0.0.1:{port}"
         _wait_http(f"{base}/health/live", 60, lambda: box.supervisor.running["api"].popen.poll() is None)
         history = _history(box, args.history)
@@ -668,6 +682,13 @@ def main(argv: list[str]) -> int:
         "--profile-nonblocking", action="store_true", help="py-spy without pausing the processes (less accurate)"
     )
     parser.add_argument("--profile-dir", help="where py-spy's collapsed stacks go (default .data/bench/profile-*)")
+    parser.add_argument(
+        "--replicas",
+        type=parse_replicas,
+        default={},
+        metavar="STAGE=N,...",
+        help="run N replicas of these stages (e.g. execution_handler=2,settlement=2; `all=2`: every stage)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two JSON results side by side")
     parser.add_argument("--timeout", type=float, default=600)

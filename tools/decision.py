@@ -21,6 +21,7 @@ from sqlalchemy import Engine, select
 
 from common.domain.enums import TERMINAL_STATES
 from common.messages.catalogue import TRADE_DECISION
+from common.messages.headers import ACCOUNT_HEADER
 from common.messaging.connection import AmqpUrls, connect
 from common.messaging.publisher import Publisher
 from common.messaging.topology import declare_topology
@@ -67,6 +68,7 @@ async def publish_decision(amqp_url: AmqpUrls, body: dict[str, Any]) -> str:
             TRADE_DECISION.type,
             body,
             correlation_id=body["decisionId"],
+            headers={ACCOUNT_HEADER: str(body["accountId"])},  # intake's partition: one account's decisions in order
         )
     finally:
         await connection.close()

@@ -18,9 +18,10 @@ from marshmallow import Schema, fields, validate
 
 from common.messages.catalogue import KINDS, RETIRED_KINDS, Direction, MessageKind
 from common.messages.exchanges import DIRECT_EXCHANGES, EXCHANGE_SUMMARIES, TOPIC_EXCHANGES
-from common.messages.headers import HEADER_SUMMARIES
+from common.messages.headers import ACCOUNT_HEADER, HEADER_SUMMARIES
+from common.messages.partitions import PARTITIONS
 from common.messaging.batch import CARRIER_TYPE
-from common.messaging.topology import STAGE_QUEUES, VENUE_QUEUE, StageQueue
+from common.messaging.topology import STAGE_QUEUES, VENUE_QUEUE, StageQueue, all_stage_queues
 from common.settings import REPO_ROOT
 from tools.generated import write_or_check
 
@@ -164,7 +165,18 @@ def _retired(exchange: str) -> list[str]:
 
 
 def _binding_cell(queue: StageQueue) -> str:
-    return f"{_code(queue.exchange)}: " + ", ".join(_code(key) for key in queue.routing_keys)
+    by_source: dict[str, list[str]] = {}
+    for source, key in queue.bindings():
+        by_source.setdefault(source, []).append(key)
+    cells = []
+    for source, keys in by_source.items():
+        if source == queue.hash_exchange:
+            hashed = ", ".join(_code(key) for key in queue.hashed_keys)
+            on = ", ".join(f"{k} `{v}`" for k, v in queue.hash_arguments.items())
+            cells.append(f"{hashed} through {_code(source)} (consistent hash, {on})")
+        else:
+            cells.append(f"{_code(source)}: " + ", ".join(_code(key) for key in keys))
+    return "; ".join(cells)
 
 
 def queues_section() -> list[str]:
@@ -175,9 +187,17 @@ def queues_section() -> list[str]:
         "| queue | takes | dead letters |",
         "| --- | --- | --- |",
     ]
-    for queue in (*STAGE_QUEUES.values(), VENUE_QUEUE):
+    for queue in (*all_stage_queues(), VENUE_QUEUE):
         lines.append(f"| {_code(queue.name)} | {_binding_cell(queue)} | {_code(queue.dead_letter_name)} |")
     lines += [
+        "",
+        f"Each stage's input is split into {PARTITIONS} partition queues (quorum, single active consumer), and "
+        "each replica of the stage consumes its share of them (`./oms up --replicas`): an order's messages, or an "
+        "account's, always land in the same partition, so one replica handles them, in order. The OMS's own "
+        "hand-overs name their partition in the routing key (`risk.check.2`; the bare key goes to partition 0); "
+        "messages from other services are spread by a consistent-hash exchange: an execution report by its "
+        f"correlation id (the order id), a decision by its `{ACCOUNT_HEADER}` header, the account (a decision "
+        "without one goes where every other such decision goes: one partition, in order).",
         "",
         f"`{VENUE_QUEUE.name}` is the simulated venue's; a real broker integration service binds its own queue to "
         "the same keys instead (`./oms up --no-venue`). Subscribers (the risk gate's price feed, the gRPC update "

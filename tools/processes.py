@@ -102,6 +102,46 @@ def system(
     return specs
 
 
+MAX_REPLICAS = 8  # of one stage on one host; past the partition count a replica is only a standby
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """``execution_handler=2,settlement=2`` -> replicas by stage (every stage not named runs once)."""
+    replicas: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        stage, _, count = part.partition("=")
+        if stage == "all":
+            replicas.update(parse_replicas(",".join(f"{s}={count}" for s in STAGES)))
+            continue
+        if stage not in STAGES:
+            raise ValueError(f"{stage!r} is not a stage (one of {', '.join(STAGES)})")
+        if not count.isdigit() or not 1 <= int(count) <= MAX_REPLICAS:
+            raise ValueError(f"{part!r}: the count must be 1 to {MAX_REPLICAS}")
+        replicas[stage] = int(count)
+    return replicas
+
+
+def kind_of(name: str) -> str:
+    """The kind of process a name is (``execution_handler-2`` -> ``execution_handler``)."""
+    return name.split("-", 1)[0]
+
+
+def with_replicas(specs: list[ProcessSpec], replicas: Mapping[str, int]) -> list[ProcessSpec]:
+    """``specs`` with each stage of ``replicas`` run that many times (``<stage>``, ``<stage>-2`` ...), each told
+    which replica it is, so it consumes its share of the stage's partition queues."""
+    out: list[ProcessSpec] = []
+    for spec in specs:
+        count = replicas.get(spec.name, 1)
+        if count == 1:
+            out.append(spec)
+            continue
+        for index in range(count):
+            env = {**spec.env, "OMS_STAGE_REPLICAS": str(count), "OMS_STAGE_REPLICA_INDEX": str(index)}
+            name = spec.name if index == 0 else f"{spec.name}-{index + 1}"
+            out.append(ProcessSpec(name, spec.module, spec.args, env))
+    return out
+
+
 @dataclass
 class Running:
     """A started process and its log."""

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import requests
 from sqlalchemy import Engine
 
+from common.messaging.topology import STAGE_QUEUES, all_stage_queues, replica_queues
 from common.settings import REPO_ROOT
 from common.store.db import make_engine
 from tools import infra, migrate
 from tools.infra import InfraUrls, tls
-from tools.processes import STAGES, ProcessSpec, Supervisor, system
+from tools.processes import STAGES, ProcessSpec, Supervisor, kind_of, system, with_replicas
 from tools.seed import seed_demo
 
 
@@ -34,9 +35,15 @@ class Sandbox:
 
     def restart(self, name: str) -> None:
         """Start a process again (after a test stopped or killed it) and wait until its queue has a consumer."""
-        self.supervisor.start(next(s for s in self.specs if s.name == name))
-        if name in STAGES:
-            missing = consumers_ready(self.management_url, self.vhost, [f"oms.{name}"], timeout=60)
+        spec = next(s for s in self.specs if s.name == name)
+        self.supervisor.start(spec)
+        if kind_of(name) in STAGES:
+            own = replica_queues(
+                STAGE_QUEUES[kind_of(name)],
+                int(spec.env.get("OMS_STAGE_REPLICA_INDEX", "0")),
+                int(spec.env.get("OMS_STAGE_REPLICAS", "1")),
+            )
+            missing = consumers_ready(self.management_url, self.vhost, [q.name for q in own], timeout=60)
             if missing:
                 raise RuntimeError(f"{name} did not come back:\n{self.supervisor.tail(name)}")
 
@@ -89,8 +96,10 @@ def sandbox(
     env: Mapping[str, str] | None = None,
     label: str = "oms_sbx",
     extra: Sequence[ProcessSpec] = (),
+    replicas: Mapping[str, int] | None = None,
 ) -> Iterator[Sandbox]:
-    """Create a database and vhost, migrate and seed, start every worker; tear it all down afterwards.
+    """Create a database and vhost, migrate and seed, start every worker (``replicas``: of a stage, by stage);
+    tear it all down afterwards.
 
     ``extra`` processes (``oms bench --rest`` adds the REST server) start after the pipeline; the caller waits
     for them to be ready.
@@ -127,11 +136,11 @@ def sandbox(
         if with_venue:
             infra.prepare_venue_tables(database_url)
         specs = [
-            ProcessSpec(s.name, s.module, s.args, {**s.env, **infra.process_env(s.name)})
-            for s in system(with_venue=with_venue, with_api=False, extra=extra)
+            ProcessSpec(s.name, s.module, s.args, {**s.env, **infra.process_env(kind_of(s.name))})
+            for s in with_replicas(system(with_venue=with_venue, with_api=False, extra=extra), replicas or {})
         ]
         supervisor.start_all(specs)
-        missing = consumers_ready(infra_urls.management_url, name, [f"oms.{s}" for s in STAGES], timeout=90)
+        missing = consumers_ready(infra_urls.management_url, name, [q.name for q in all_stage_queues()], timeout=90)
         if missing or supervisor.dead():
             logs = "\n".join(f"--- {r.spec.name}\n{supervisor.tail(r.spec.name)}" for r in supervisor.dead())
             raise RuntimeError(f"pipeline did not start: no consumer on {missing}\n{logs}")

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from common.messages.partitions import PARTITIONS
+from common.messaging.topology import all_stage_queues
 from common.settings import REPO_ROOT, Settings, load_settings
 from tools import infra, migrate, seed, supervise
 from tools.infra import brokerusers, tls
-from tools.processes import STAGES, ProcessSpec, Supervisor, system
+from tools.processes import ProcessSpec, Supervisor, kind_of, parse_replicas, system, with_replicas
 from tools.sandbox import consumers_ready
 
 FIRST_METRICS_PORT = 9101  # OMS_METRICS_PORT_BASE changes it (two instances on one host)
@@ -42,10 +44,21 @@ def metrics_port_base() -> int:
     return base
 
 
+def _replicas_argument(text: str) -> dict[str, int]:
+    try:
+        return parse_replicas(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _specs(args: argparse.Namespace) -> list[ProcessSpec]:
     specs = system(with_venue=not args.no_venue, with_api=not args.no_api, with_jobs=not args.no_jobs)
-    # Each process keeps its slot in the full list, so leaving one out (--no-venue) moves no other port.
-    slots = {spec.name: i for i, spec in enumerate(system(with_venue=True, with_api=True, with_jobs=True))}
+    specs = with_replicas(specs, args.replicas)
+    # Each process keeps its slot in the full list, so leaving one out (--no-venue) moves no other port; the
+    # extra replicas take the slots after it.
+    full = system(with_venue=True, with_api=True, with_jobs=True)
+    slots = {spec.name: i for i, spec in enumerate(full)}
+    extra = iter(range(len(full), len(full) + len(specs)))
     base = metrics_port_base()
     # Each process logs in to RabbitMQ as its kind's user (tools/infra/brokerusers.py), not as guest: the
     # user's name and password file, which `infra.ensure_started` wrote under the data folder.
@@ -54,9 +67,13 @@ def _specs(args: argparse.Namespace) -> list[ProcessSpec]:
             s.name,
             s.module,
             s.args,
-            {**s.env, "OMS_METRICS_PORT": str(base + slots.get(s.name, i)), **infra.process_env(s.name)},
+            {
+                **s.env,
+                "OMS_METRICS_PORT": str(base + (slots[s.name] if s.name in slots else next(extra))),
+                **infra.process_env(kind_of(s.name)),
+            },
         )
-        for i, s in enumerate(specs)
+        for s in specs
     ]
 
 
@@ -138,6 +155,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-api", action="store_true", help="do not start the REST/gRPC front end")
     parser.add_argument("--no-jobs", action="store_true", help="do not start the jobs worker and scheduler")
     parser.add_argument("--detach", action="store_true", help="supervise in the background and return (oms down)")
+    parser.add_argument(
+        "--replicas",
+        type=_replicas_argument,
+        default={},
+        metavar="STAGE=N,...",
+        help="run N replicas of a stage (e.g. execution_handler=2,settlement=2; all=2: every stage), each "
+        f"consuming its share of the stage's {PARTITIONS} partition queues",
+    )
     tls.add_tls_arguments(
         parser, "TLS on every connection (servers, workers, REST, gRPC, /metrics), plaintext refused; remembered"
     )
@@ -187,7 +212,7 @@ def _foreground(
 
     def announce() -> None:
         missing = consumers_ready(
-            urls.management_url, _vhost(urls.amqp_url), [f"oms.{s}" for s in STAGES], timeout=READY_SECONDS
+            urls.management_url, _vhost(urls.amqp_url), [q.name for q in all_stage_queues()], timeout=READY_SECONDS
         )
         if stop.is_set():
             return
@@ -231,7 +256,7 @@ def _detach(
     # Written here too (the daemon writes it as it starts): a second `oms up` right now must see it.
     supervise.write_pid_file(settings.infra.data_dir, daemon.pid)
     missing = consumers_ready(
-        urls.management_url, _vhost(urls.amqp_url), [f"oms.{s}" for s in STAGES], timeout=READY_SECONDS
+        urls.management_url, _vhost(urls.amqp_url), [q.name for q in all_stage_queues()], timeout=READY_SECONDS
     )
     if missing or daemon.poll() is not None:
         print(f"!! stage queues without a consumer: {', '.join(missing) or 'none'}")

@@ -39,6 +39,7 @@ from common.messages.exchanges import (
     ORDER_UPDATES_EXCHANGE,
     PORTFOLIO_EXCHANGE,
 )
+from common.messages.partitions import partitioned_key
 
 
 class Direction(StrEnum):
@@ -108,12 +109,17 @@ class MessageKind:
         *,
         headers: Mapping[str, Any] | None = None,
         routing_key: str | None = None,
+        partition_key: str | None = None,
     ) -> None:
-        """Queue one message of this kind (``routing_key``: the message's own, for a kind whose key varies)."""
+        """Queue one message of this kind (``routing_key``: the message's own, for a kind whose key varies). A
+        hand-over between stages goes to the partition of ``partition_key`` (default: the correlation id, the
+        order id), so one replica of the next stage handles an order's messages, in order."""
         if routing_key is None:
             if not self.fixed_key:
                 raise ValueError(f"a {self.type} needs its routing key ({self.routing_key})")
             routing_key = self.routing_key
+        if self.internal:
+            routing_key = partitioned_key(routing_key, partition_key or correlation_id)
         sink.add(self.exchange, routing_key, self.type, body, correlation_id, headers=headers)
 
 

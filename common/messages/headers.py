@@ -16,6 +16,10 @@ DEAD_LETTERED_AT_HEADER = "x-oms-dead-lettered-at"
 REPLAYED_AT_HEADER = "x-oms-replayed-at"
 REPLAY_RUN_HEADER = "x-oms-replay-run"
 
+# On a trade decision, set by its publisher: the account, which the broker hashes to pick the intake partition, so
+# that one account's decisions stay in order across intake replicas.
+ACCOUNT_HEADER = "x-account-id"
+
 # For docs/messages.md, in the order the page lists them.
 HEADER_SUMMARIES: dict[str, str] = {
     USER_HEADER: "the user a front-end request acts for (order commands, and every hand-over after them)",
@@ -27,6 +31,8 @@ HEADER_SUMMARIES: dict[str, str] = {
     DEAD_LETTERED_AT_HEADER: "on a dead letter: when (ISO 8601)",
     REPLAYED_AT_HEADER: "on a message `oms dlq replay` sent back: when",
     REPLAY_RUN_HEADER: "on a message `oms dlq replay` sent back: the replay run's id",
+    ACCOUNT_HEADER: "on a trade decision (optional, set by its publisher): the account, which picks the intake "
+    "partition; decisions without it all go to one partition",
 }
 
 

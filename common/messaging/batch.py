@@ -25,6 +25,7 @@ from common.ids import new_id
 from common.messages.catalogue import INTERNAL_KEYS
 from common.messages.exchanges import OMS_EXCHANGE
 from common.messages.headers import CARRIER_HEADER
+from common.messages.partitions import base_key
 from common.store.outbox import OutboxMessage
 
 CARRIER_TYPE = "oms.Batch"
@@ -67,7 +68,11 @@ def packable(message: OutboxMessage) -> bool:
     """Whether this outbox row may ride in a carrier (an internal hop with a JSON text body): the ``oms``
     exchange's other keys (decisions, execution reports) are published by other services, one message each, as
     their contracts say."""
-    return message.exchange == OMS_EXCHANGE and message.routing_key in INTERNAL_KEYS and isinstance(message.body, str)
+    return (
+        message.exchange == OMS_EXCHANGE
+        and base_key(message.routing_key) in INTERNAL_KEYS
+        and isinstance(message.body, str)
+    )
 
 
 def pack(messages: Sequence[OutboxMessage]) -> list[Carrier]:

@@ -13,6 +13,7 @@ awaited per message, which is what makes a publish count (docs/design.md, Speed)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ def properties_of(message: OutboxMessage) -> aiormq.spec.Basic.Properties:
         headers=dict(message.headers),
         timestamp=message.created_at,
     )
+
+
+def _nacked(result: object) -> bool:
+    """Whether a publish's result is the broker's nack (not a returned message, a timeout...)."""
+    return isinstance(result, aiormq.exceptions.DeliveryError) and isinstance(result.frame, aiormq.spec.Basic.Nack)
 
 
 class NoChannel(Exception):
@@ -125,8 +131,12 @@ class Publisher:
                 ),
                 return_exceptions=True,
             )
-            if channel.is_closed:
+            if channel.is_closed or any(_nacked(result) for result in results):
+                # After a nack, the next send opens a new channel: RabbitMQ 3.10 keeps nacking what a channel
+                # publishes to a quorum queue whose leader was lost as the channel first published to it.
                 self._channel = None
+                with contextlib.suppress(Exception):
+                    await channel.close()
             return [result if isinstance(result, BaseException) else None for result in results]
 
     async def publish(self, messages: Sequence[OutboxMessage], timeout: float = 30.0) -> list[str]:

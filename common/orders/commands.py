@@ -63,8 +63,15 @@ def _load(uow: AbstractUnitOfWork, order_id: str) -> Order:
 
 def ask_risk(uow: AbstractUnitOfWork, order: Order, user_id: str | None = None, request_id: str | None = None) -> None:
     """Hand the order, at its current version, to the risk gate; with ``request_id``, the new terms of that
-    replace request of an order at the venue."""
-    RISK_CHECK.send(uow.outbox, risk_check_body(order, request_id), order.id, headers=user_headers(user_id))
+    replace request of an order at the venue. Partitioned by account: one risk gate replica sees all of an
+    account's checks, in order, so replicas never contend for an account's exposure."""
+    RISK_CHECK.send(
+        uow.outbox,
+        risk_check_body(order, request_id),
+        order.id,
+        headers=user_headers(user_id),
+        partition_key=order.account_id,
+    )
 
 
 # --------------------------------------------------------------------------- commands

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelInvalidStateError
 from marshmallow import Schema, ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from common import jsonutil
@@ -30,18 +30,26 @@ from common.contracts import text_problem
 from common.logging import log_context
 from common.messages.catalogue import MessageKind
 from common.messages.headers import USER_HEADER
+from common.messages.partitions import base_key
 from common.messaging.batch import Record, is_carrier, pack, record_count, unpack
 from common.messaging.connection import connect_unless_stopped
 from common.messaging.deadletter import dead_letter
 from common.messaging.envelope import Envelope, body_digest, message_id_of
 from common.messaging.publisher import Publisher
-from common.messaging.topology import STAGE_QUEUES, StageQueue, declare_stage_queue, declare_topology
+from common.messaging.topology import (
+    STAGE_QUEUES,
+    StageQueue,
+    declare_stage_queue,
+    declare_topology,
+    replica_queues,
+)
 from common.metrics import STAGE_BATCH_SIZE, STAGE_HANDLING_SECONDS, STAGE_MESSAGES
 from common.orders.ports import AbstractUnitOfWork
 from common.schema_loading import load
 from common.settings import Settings
 from common.store.inbox import claim_inbox, record_failure
 from common.store.outbox import OutboxMessage, mark_sent
+from common.store.replicas import claim_replica_index
 from common.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -124,9 +132,19 @@ class StageSpec:
         """The kinds this stage consumes, by routing key."""
         return {kind.routing_key: kind for kind in self.handlers}
 
+    def kind_for(self, routing_key: str) -> MessageKind | None:
+        """The kind of a delivery with ``routing_key`` (a hand-over's key may carry its partition); None when the
+        stage takes no such key."""
+        kind = self.kinds.get(routing_key)
+        if kind is None:
+            kind = self.kinds.get(base_key(routing_key))
+            if kind is not None and not kind.internal:
+                return None  # only the OMS's own hand-overs carry a partition
+        return kind
+
     def schema_for(self, routing_key: str) -> Schema | None:
         """The schema that validates a delivery with ``routing_key``; None when the stage takes no such key."""
-        kind = self.kinds.get(routing_key)
+        kind = self.kind_for(routing_key)
         return None if kind is None else kind.schema
 
     def handle(self, uow: AbstractUnitOfWork, env: Envelope) -> None:
@@ -202,8 +220,9 @@ def _decode(spec: StageSpec, message: _Source, delivery: _Delivery) -> None:
         if problem is not None:
             delivery.error = f"invalid properties: {problem}"
             return
-    schema = spec.schema_for(message.routing_key or "")
-    if schema is None:
+    kind = spec.kind_for(message.routing_key or "")
+    schema = None if kind is None else kind.schema
+    if kind is None or schema is None:
         delivery.error = f"no schema for routing key {message.routing_key!r}"
         return
     body = message.body
@@ -228,7 +247,7 @@ def _decode(spec: StageSpec, message: _Source, delivery: _Delivery) -> None:
         return
     delivery.envelope = Envelope(
         message_id=delivery.message_id,
-        routing_key=message.routing_key or "",
+        routing_key=kind.routing_key,  # without its partition: handlers see the kind's key
         body=loaded,
         correlation_id=message.correlation_id,
         type=message.type,
@@ -313,6 +332,8 @@ class StageWorker:
         self._unmarked: list[str] = []
         self._marker: asyncio.Task[None] | None = None
         self._pending_work: set[asyncio.Future[None]] = set()
+        self._replica = settings.stage.replica_index or 0  # claimed in ``run`` when not configured
+        self._replica_lock: Connection | None = None
         # Read once: the test hook (see CRASH_AFTER_COMMIT_ENV) is decided when the process starts.
         stage, _, trigger = os.environ.get(CRASH_AFTER_COMMIT_ENV, "").partition(":")
         self._crash_after_commit = stage == spec.stage
@@ -707,8 +728,12 @@ class StageWorker:
         companion_tasks = [asyncio.create_task(self._keep_running(c)) for c in self._companions]
         self._marker = asyncio.create_task(self._mark_sent_loop())
         try:
+            await self._claim_replica()
             await self._consume()
         finally:
+            if self._replica_lock is not None:
+                with contextlib.suppress(Exception):
+                    self._replica_lock.close()
             for companion in self._companions:
                 companion.stop()
             self._stopping.set()
@@ -718,9 +743,31 @@ class StageWorker:
                     await asyncio.to_thread(self._mark_sent, self._unmarked)
                 self._unmarked = []
 
+    async def _claim_replica(self) -> None:
+        """Which replica this is: as configured, else the first index no live replica of the stage holds."""
+        stage = self.settings.stage
+        if stage.replica_index is not None or stage.replicas == 1:
+            self._replica = stage.replica_index or 0
+            return
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                self._replica, self._replica_lock = await asyncio.to_thread(
+                    claim_replica_index, self.engine, self.spec.stage, stage.replicas
+                )
+                return
+            except OperationalError as exc:  # the database is not up yet: as the consumer waits for the broker
+                log.warning("replica index not claimed; retrying", extra={"error": repr(exc), "delay": delay})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, 30.0)
+
     async def _connect(self) -> AbstractRobustConnection | None:
         """Connect (waiting for the broker with back-off), unless stopped first."""
-        return await connect_unless_stopped(self.settings.infra.amqp_urls, f"oms.{self.spec.stage}", self._stopping)
+        stage = self.settings.stage
+        # The connection's name shows in the management UI: which replica consumes which partition.
+        name = f"oms.{self.spec.stage}" + (f".r{self._replica + 1}" if stage.replicas > 1 else "")
+        return await connect_unless_stopped(self.settings.infra.amqp_urls, name, self._stopping)
 
     async def _consume(self) -> None:
         delay = 0.5
@@ -734,13 +781,16 @@ class StageWorker:
                 if self.spec.queue_override is None and declare:
                     # Every stage queue, so a hand-over to a stage that has not started yet is queued.
                     await declare_topology(channel, self.settings.stage.delivery_limit)
-                # Two batches' worth in flight: one being handled while the next arrives.
-                await channel.set_qos(prefetch_count=self.settings.stage.batch_size * 2)
-                queue = await declare_stage_queue(
-                    channel, self.spec.queue, self.settings.stage.delivery_limit, declare=declare
-                )
-                # The robust channel consumes again by itself after a reconnect; deliveries keep arriving here.
-                tag = await queue.consume(self._on_message)
+                own = replica_queues(self.spec.queue, self._replica, self.settings.stage.replicas)
+                # Two batches' worth in flight over the partitions consumed (the prefetch counts per consumer).
+                await channel.set_qos(prefetch_count=max(1, -(-self.settings.stage.batch_size * 2 // len(own))))
+                queues = [
+                    await declare_stage_queue(channel, queue, self.settings.stage.delivery_limit, declare=declare)
+                    for queue in own
+                ]
+                # The robust channel consumes again by itself after a reconnect; deliveries keep arriving here,
+                # from every partition: a key lives in one, so its messages still come in order.
+                tags = [(queue, await queue.consume(self._on_message)) for queue in queues]
                 break
             except Exception as exc:  # the broker went away again while we set up: start over
                 log.warning("stage setup failed; retrying", extra={"error": repr(exc), "delay": delay})
@@ -753,7 +803,14 @@ class StageWorker:
                 delay = min(delay * 2, 30.0)
         self._connection = connection
         self._publisher = Publisher(connection)
-        log.info("stage consuming", extra={"stage": self.spec.stage, "queue": queue.name})
+        log.info(
+            "stage consuming",
+            extra={
+                "stage": self.spec.stage,
+                "queue": ",".join(queue.name for queue, _ in tags),
+                "replica": f"{self._replica + 1}/{self.settings.stage.replicas}",
+            },
+        )
         try:
             while not self._stopping.is_set():
                 get_batch = asyncio.ensure_future(self._next_batch())
@@ -765,8 +822,9 @@ class StageWorker:
                 stop.cancel()
                 await self._run_batch(get_batch.result())
         finally:
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+            for queue, tag in tags:
+                with contextlib.suppress(Exception):
+                    await queue.cancel(tag)
             with contextlib.suppress(Exception):
                 await connection.close()
 

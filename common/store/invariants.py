@@ -66,7 +66,8 @@ _QUERIES: dict[str, str] = {
         ORDER BY id
         LIMIT :limit
     """,
-    # The stage a hand-over on the ``oms`` exchange went to, by routing key: the inbox row it leaves there.
+    # The stage a hand-over on the ``oms`` exchange went to, by routing key (a hand-over's ends with its
+    # partition, ``risk.check.2``): the inbox row it leaves there.
     "inbox_gaps": """
         SELECT o.message_id, o.routing_key, o.correlation_id, o.sent_at
         FROM outbox o
@@ -75,10 +76,10 @@ _QUERIES: dict[str, str] = {
           AND NOT EXISTS (
               SELECT 1 FROM inbox i WHERE i.message_id = o.message_id AND i.stage = CASE
                   WHEN o.routing_key = 'intake.decision' THEN 'intake'
-                  WHEN o.routing_key = 'risk.check' THEN 'risk_gate'
+                  WHEN o.routing_key ~ '^risk\\.check(\\.[0-9]+)?$' THEN 'risk_gate'
                   WHEN o.routing_key LIKE 'router.%' THEN 'router'
                   WHEN o.routing_key = 'execution.report' THEN 'execution_handler'
-                  WHEN o.routing_key = 'settlement.fill' THEN 'settlement'
+                  WHEN o.routing_key ~ '^settlement\\.fill(\\.[0-9]+)?$' THEN 'settlement'
               END
           )
         ORDER BY o.id

@@ -18,9 +18,16 @@ import uuid
 from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aio_pika
+from sqlalchemy import Engine, text
+
+from common import jsonutil
+from common.messages.catalogue import TRADE_DECISION
+from common.messages.headers import ACCOUNT_HEADER
 from common.settings import REPO_ROOT
 from tools import infra
 from tools.infra import postgres, rabbitmq
@@ -72,7 +79,9 @@ class Instance:
     log: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, extra: Mapping[str, str]) -> Instance:
+    def create(cls, extra: Mapping[str, str], metrics_ports: int = 12) -> Instance:
+        """An instance of its own; ``extra`` overrides its environment (fixed ports, a cluster's node name...),
+        ``metrics_ports`` is how many processes it may run (one metrics port each; more with ``--replicas``)."""
         run = uuid.uuid4().hex[:8]
         # Beside the machine's default data folder, which tools/infra/settings.py keeps where the servers' users
         # can reach (outside a private checkout such as a mktemp -d clone).
@@ -89,7 +98,7 @@ class Instance:
             "OMS_RABBITMQ_NODENAME": f"oms-fault-{run}@localhost",
             "OMS_REST_PORT": str(rest),
             "OMS_GRPC_PORT": str(grpc),
-            "OMS_METRICS_PORT_BASE": str(_port_block(12)),
+            "OMS_METRICS_PORT_BASE": str(_port_block(metrics_ports)),
             **extra,
         }
         for key in ("OMS_DATABASE_URL", "OMS_AMQP_URL", "OMS_TEST_DATABASE_URL", "OMS_TEST_AMQP_URL"):
@@ -124,8 +133,9 @@ class Instance:
             raise RuntimeError(f"oms {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
 
-    def up(self) -> None:
-        self.oms("up", "--detach")
+    def up(self, *args: str) -> None:
+        """``./oms up --detach ARGS`` (e.g. ``--replicas all=2``)."""
+        self.oms("up", "--detach", *args)
 
     def down(self) -> list[int]:
         """Stop everything; returns the pids of any process that outlived it (killed here, for the next run)."""
@@ -197,3 +207,39 @@ def outage(stop: Any, start: Any, seconds: float) -> float:
     length = time.monotonic() - down
     start()
     return length
+
+
+def decision(index: int, account: str, symbol: str, strategy: str) -> tuple[dict[str, Any], aio_pika.Message]:
+    """The ``index``-th MARKET decision of a stream, as the strategy service publishes it (its account in the
+    header that picks the intake partition): its body and the message."""
+    body: dict[str, Any] = {
+        "decisionId": str(uuid.uuid4()),
+        "accountId": account,
+        "symbol": symbol,
+        "side": "BUY" if index % 3 else "SELL",
+        "type": "MARKET",
+        "quantity": Decimal(10 + index % 40),
+        "timeInForce": "DAY",
+        "strategyId": strategy,
+    }
+    message = aio_pika.Message(
+        jsonutil.dumps(body).encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(uuid.uuid4()),
+        type=TRADE_DECISION.type,
+        headers={ACCOUNT_HEADER: account},
+    )
+    return body, message
+
+
+def scalar(engine: Engine, sql: str, **params: Any) -> Any:
+    """One value of a query."""
+    with engine.connect() as connection:
+        return connection.execute(text(sql), params).scalar()
+
+
+def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
+    """The rows of a query, as mappings."""
+    with engine.connect() as connection:
+        return list(connection.execute(text(sql), params).mappings())

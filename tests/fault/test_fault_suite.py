@@ -30,13 +30,13 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from common import jsonutil
 from common.messages.exchanges import OMS_EXCHANGE
 from common.messaging.connection import connect
 from common.store.db import make_engine
-from tests.fault.harness import Instance, outage
+from tests.fault.harness import Instance, decision, outage, rows, scalar
 from tests.support.invariants import assert_invariants_hold
 from tests.support.polling import async_wait_until
 from tools.processes import system
@@ -67,23 +67,7 @@ class Stream:
             if not self.running:
                 return
             account, symbol = BOOKS[index % len(BOOKS)]
-            body = {
-                "decisionId": str(uuid.uuid4()),
-                "accountId": account,
-                "symbol": symbol,
-                "side": "BUY" if index % 3 else "SELL",
-                "type": "MARKET",
-                "quantity": D(10 + index % 40),
-                "timeInForce": "DAY",
-                "strategyId": self.strategy,
-            }
-            message = aio_pika.Message(
-                jsonutil.dumps(body).encode(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=str(uuid.uuid4()),
-                type="TradeDecision",
-            )
+            body, message = decision(index, account, symbol, self.strategy)
             started = time.monotonic()
             delay = 0.2
             while True:  # as a strategy service must: the same decision again until the broker has it
@@ -110,16 +94,6 @@ class Faults:
     def add(self, name: str) -> None:
         self.injected.append(name)
         print(f"fault suite: injected {name}", flush=True)
-
-
-def scalar(engine: Engine, sql: str, **params: Any) -> Any:
-    with engine.connect() as connection:
-        return connection.execute(text(sql), params).scalar()
-
-
-def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
-    with engine.connect() as connection:
-        return list(connection.execute(text(sql), params).mappings())
 
 
 @pytest.fixture(scope="module")

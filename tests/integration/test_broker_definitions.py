@@ -10,18 +10,23 @@ import asyncio
 import json
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import aio_pika
 import pytest
 import requests
+from aio_pika.abc import AbstractIncomingMessage
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from common.messages.exchanges import DEAD_LETTER_EXCHANGE, TOPIC_EXCHANGES
+from common.messages.catalogue import EXECUTION_REPORT
+from common.messages.exchanges import DEAD_LETTER_EXCHANGE, OMS_EXCHANGE, TOPIC_EXCHANGES
 from common.messaging.connection import connect
 from common.messaging.topology import (
+    HASH_EXCHANGE_TYPE,
     STAGE_QUEUES,
     VENUE_QUEUE,
+    all_stage_queues,
     dead_letter_queue_arguments,
     declare_topology,
     stage_queue_arguments,
@@ -31,6 +36,7 @@ from services.jobs.config import JOBS_QUEUE
 from services.venue_sim.config import VenueConfig
 from services.venue_sim.venue import declare_venue_topology
 from tools import infra
+from tools.infra import definitions
 
 if TYPE_CHECKING:
     from tools.infra import InfraUrls
@@ -47,14 +53,13 @@ def _queues() -> dict[str, dict[str, Any]]:
 
 def test_definitions_declare_every_queue_with_the_workers_arguments() -> None:
     queues = _queues()
-    for stage_queue in [*STAGE_QUEUES.values(), VENUE_QUEUE]:
+    for stage_queue in [*all_stage_queues(), VENUE_QUEUE]:
         assert queues[stage_queue.name]["arguments"] == stage_queue_arguments(stage_queue, DEFAULT_DELIVERY_LIMIT)
         assert queues[stage_queue.dead_letter_name]["arguments"] == dead_letter_queue_arguments()
-        source = stage_queue.exchange
         bound = {
             (b["source"], b["routing_key"]) for b in DEFINITIONS["bindings"] if b["destination"] == stage_queue.name
         }
-        assert bound == {(source, key) for key in stage_queue.routing_keys}
+        assert bound == set(stage_queue.bindings())
         dlq_bound = {
             (b["source"], b["routing_key"])
             for b in DEFINITIONS["bindings"]
@@ -62,11 +67,63 @@ def test_definitions_declare_every_queue_with_the_workers_arguments() -> None:
         }
         assert dlq_bound == {(DEAD_LETTER_EXCHANGE, stage_queue.dead_letter_name)}
     exchanges = {e["name"]: e["type"] for e in DEFINITIONS["exchanges"]}
-    assert exchanges == {**dict.fromkeys(TOPIC_EXCHANGES, "topic"), DEAD_LETTER_EXCHANGE: "direct"}
+    hashed = {q.hash_exchange: HASH_EXCHANGE_TYPE for q in STAGE_QUEUES.values() if q.hashed_keys}
+    assert exchanges == {**dict.fromkeys(TOPIC_EXCHANGES, "topic"), DEAD_LETTER_EXCHANGE: "direct", **hashed}
     assert {JOBS_QUEUE, f"{JOBS_QUEUE}.DQ", f"{JOBS_QUEUE}.XQ"} <= set(queues)
     # No user and no password in the repository: the users come from a file of their own, generated with their
     # passwords (the local node's by tools/infra/rabbitmq.py, docker-compose.yml's by `./oms secrets init`).
     assert DEFINITIONS["users"] == [] and DEFINITIONS["permissions"] == []
+
+
+def test_the_definitions_file_is_generated_from_the_topology() -> None:
+    # `python -m tools.infra.definitions` rewrites it after a change to common/messaging/topology.py.
+    assert definitions.main(["--check"]) == 0
+
+
+def test_a_partition_is_routed_by_key_the_same_way_on_every_publish(infra_urls: InfraUrls, loaded_vhost: str) -> None:
+    """The broker spreads the public keys over a stage's partitions by what the topology says, and a key always
+    lands in the same one: reports by order id (correlation id), decisions by account header."""
+
+    async def run() -> dict[str, set[str]]:
+        amqp_url = infra.amqp_url_for_vhost(infra_urls.amqp_url, loaded_vhost)
+        connection = await connect(amqp_url, "oms.definitions-test")
+        landed: dict[str, set[str]] = {}
+        try:
+            channel = await connection.channel()
+            oms = await channel.get_exchange(OMS_EXCHANGE, ensure=False)
+            for i in range(40):
+                order = f"order-{i % 8}"
+                for _ in range(2):
+                    await oms.publish(
+                        aio_pika.Message(b"{}", correlation_id=order, message_id=str(uuid.uuid4())),
+                        routing_key=EXECUTION_REPORT.routing_key,
+                    )
+            done = asyncio.Event()
+            received = 0
+
+            def collector(name: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+                async def take(message: AbstractIncomingMessage) -> None:
+                    nonlocal received
+                    landed.setdefault(str(message.correlation_id), set()).add(name)
+                    await message.ack()
+                    received += 1
+                    if received == 80:
+                        done.set()
+
+                return take
+
+            for queue in STAGE_QUEUES["execution_handler"].partition_queues():
+                source = await channel.get_queue(queue.name, ensure=False)
+                await source.consume(collector(queue.name))
+            await asyncio.wait_for(done.wait(), timeout=30)
+        finally:
+            await connection.close()
+        return landed
+
+    landed = asyncio.run(run())
+    assert set(landed) == {f"order-{i}" for i in range(8)}  # every report arrived (nothing lost by hashing)
+    assert all(len(queues) == 1 for queues in landed.values()), landed  # one order, one partition
+    assert len({q for queues in landed.values() for q in queues}) >= 2  # and the orders are spread
 
 
 @pytest.fixture

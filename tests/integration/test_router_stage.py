@@ -19,6 +19,7 @@ from common.contracts import (
     RouteReplaceSchema,
 )
 from common.domain import ExecType
+from common.messages.partitions import base_key
 from common.orders.commands import cancel_order, modify_order
 from common.runtime.stage import DeadLetter
 from common.store import tables
@@ -62,7 +63,7 @@ VOD_STOP_LIMIT: dict[str, Any] = {
 
 def deliver(engine: Engine, row: dict[str, Any]) -> None:
     """Hand an outbox row to the router as the broker would: its body loaded through the route schema."""
-    handle(engine, ROUTER.handle, envelope_of(row, ROUTE_SCHEMAS[row["routing_key"]].load(row["body"])))
+    handle(engine, ROUTER.handle, envelope_of(row, ROUTE_SCHEMAS[base_key(row["routing_key"])].load(row["body"])))
 
 
 def pass_risk(engine: Engine, order_id: str) -> None:

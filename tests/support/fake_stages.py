@@ -42,11 +42,12 @@ def envelope(
 
 def delivered(spec: StageSpec, message: FakeMessage) -> Envelope:
     """What ``spec``'s stage receives for a message another stage sent (an outbox message)."""
-    schema = spec.schema_for(message.routing_key)
-    assert schema is not None, f"stage {spec.stage} does not take {message.routing_key}"
+    kind = spec.kind_for(message.routing_key)
+    assert kind is not None and kind.schema is not None, f"stage {spec.stage} does not take {message.routing_key}"
+    schema = kind.schema
     return Envelope(
         message_id=message.message_id,
-        routing_key=message.routing_key,
+        routing_key=kind.routing_key,
         body=schema.load(jsonutil.loads(message.body)),
         correlation_id=message.correlation_id,
         type=message.type,

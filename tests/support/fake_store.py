@@ -39,6 +39,7 @@ from common.domain import (
 from common.ids import new_id
 from common.messages.bodies import order_update_body, order_update_routing_key
 from common.messages.catalogue import ORDER_UPDATE
+from common.messages.partitions import base_key
 from common.orders.order_updates import PublicView, announces, public_view
 from common.orders.ports import BufferedRepository, RepositorySlot, RepositoryT
 from common.orders.records import (
@@ -254,8 +255,9 @@ class FakeStore:
         return [e.type for e in self.events_of(order_id)]
 
     def messages(self, routing_key: str | None = None) -> list[FakeMessage]:
-        """The committed outbox messages (of one routing key when given), in the order they were added."""
-        return [m for m in self.outbox if routing_key is None or m.routing_key == routing_key]
+        """The committed outbox messages (of one routing key when given, whatever its partition), in the order they
+        were added."""
+        return [m for m in self.outbox if routing_key is None or base_key(m.routing_key) == routing_key]
 
     def requests_of(self, order_id: str) -> list[VenueRequest]:
         """The order's committed venue requests, oldest first."""

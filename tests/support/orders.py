@@ -17,6 +17,7 @@ from sqlalchemy import Engine, Row, func, select
 
 from common import jsonutil
 from common.domain import ExecType, ExecutionReportData, Order, OrderTerms, OrderType, Side, TimeInForce
+from common.messages.partitions import base_key
 from common.messaging.envelope import Envelope
 from common.orders.commands import submit_order
 from common.orders.order_request import OrderRequest
@@ -170,13 +171,13 @@ def envelope_of(row: Mapping[str, Any], body: dict[str, Any], *, as_sent: bool =
     if not as_sent:
         return Envelope(
             message_id=row["message_id"],
-            routing_key=row["routing_key"],
+            routing_key=base_key(row["routing_key"]),
             body=body,
             correlation_id=row["correlation_id"],
         )
     return Envelope(
         message_id=row["message_id"],
-        routing_key=row["routing_key"],
+        routing_key=base_key(row["routing_key"]),
         body=body,
         correlation_id=row["correlation_id"],
         type=row["type"],
@@ -244,11 +245,13 @@ def outbox_of(engine: Engine, order_id: str, routing_key: str | None = None) -> 
     """The order's outbox rows (of one routing key when given) in order, their bodies decoded."""
     o = tables.outbox.c
     query = select(tables.outbox).where(o.correlation_id == order_id)
-    if routing_key is not None:
-        query = query.where(o.routing_key == routing_key)
     with engine.connect() as connection:
         rows = connection.execute(query.order_by(o.id))
-        return [{**dict(r), "body": jsonutil.loads(r["body"])} for r in rows.mappings()]
+        return [
+            {**dict(r), "body": jsonutil.loads(r["body"])}
+            for r in rows.mappings()
+            if routing_key is None or base_key(r["routing_key"]) == routing_key  # whatever its partition
+        ]
 
 
 def outbox_bodies(engine: Engine, order_id: str, routing_key: str) -> list[dict[str, Any]]:

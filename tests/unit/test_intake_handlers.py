@@ -14,6 +14,7 @@ import pytest
 
 from common.domain import OrderState
 from common.messages.catalogue import ORDER_UPDATE, RISK_CHECK, TRADE_DECISION
+from common.messages.partitions import partition_of
 from common.messaging.envelope import Envelope
 from common.orders.errors import ConflictingDuplicate
 from common.runtime.stage import DeadLetter
@@ -59,7 +60,9 @@ def test_a_valid_decision_makes_a_new_order_and_asks_risk(store: FakeStore) -> N
     [created] = store.events_of(order_id)
     assert (created.type, created.user_id, created.correlation_id) == ("ORDER_CREATED", "trader-7", body["decisionId"])
     [risk] = sent(messages, RISK_CHECK)
-    assert (risk.exchange, risk.routing_key, risk.correlation_id) == ("oms", "risk.check", order_id)
+    # To the risk gate partition of the account (one replica sees all of an account's checks, in order).
+    partition = partition_of(body["accountId"])
+    assert (risk.exchange, risk.routing_key, risk.correlation_id) == ("oms", f"risk.check.{partition}", order_id)
     assert risk.payload == {"orderId": order_id, "version": 1}
     assert dict(risk.headers) == {"x-oms-user": "trader-7"}
     [update] = sent(messages, ORDER_UPDATE)

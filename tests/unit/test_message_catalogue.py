@@ -76,7 +76,7 @@ def test_a_kind_whose_key_varies_has_a_binding_and_cannot_be_sent_without_its_ke
     catalogue.RISK_CHECK.send(Sink(), {"orderId": "o"}, "o", headers=headers.user_headers("alice"))
     assert sent == [
         ("marketdata", "prices.AAPL", "Price", {}, None, {"headers": None}),
-        ("oms", "risk.check", "RiskCheck", {"orderId": "o"}, "o", {"headers": {"x-oms-user": "alice"}}),
+        ("oms", "risk.check.0", "RiskCheck", {"orderId": "o"}, "o", {"headers": {"x-oms-user": "alice"}}),  # "o": 0
     ]
 
 

@@ -115,7 +115,8 @@ def consuming(*queues: str) -> Access:
 def key_pattern(kind: MessageKind) -> str:
     """The routing keys of ``kind`` as a regular expression: its key, or its binding's words as wildcards."""
     if kind.fixed_key:
-        return re.escape(kind.routing_key)
+        # A hand-over between stages goes to a partition: its key may end with the partition's number.
+        return re.escape(kind.routing_key) + (r"(\.[0-9]+)?" if kind.internal else "")
     words = []
     for word in kind.bound_key.split("."):
         words.append({"*": r"[^.]+", "#": ".*"}.get(word, re.escape(word)))
@@ -170,7 +171,7 @@ def _stage(stage: str, summary: str, publishes: tuple[MessageKind, ...], extra: 
         kind=stage,
         summary=summary,
         processes=(stage,),
-        access=DEAD_LETTERING + consuming(STAGE_QUEUES[stage].name) + extra,
+        access=DEAD_LETTERING + consuming(*(q.name for q in STAGE_QUEUES[stage].partition_queues())) + extra,
         publishes=(*publishes, ORDER_UPDATE),
     )
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from common.messaging.topology import STAGE_QUEUES
 from tools.infra import brokerusers, tls
 from tools.infra.settings import (
     HOST,
@@ -201,7 +202,7 @@ def _prepare(settings: ServerSettings) -> None:
     base = settings.rabbit_dir
     for folder in (base, base / "mnesia", base / "log"):
         prepare_dir(folder, owner)
-    write_owned(base / "enabled_plugins", "[rabbitmq_management].\n", owner)
+    write_owned(base / "enabled_plugins", "[rabbitmq_management,rabbitmq_consistent_hash_exchange].\n", owner)
     if settings.tls:
         _, renewed = tls.install(tls.files(settings.data_dir), _tls_folder(settings), owner)
         if renewed and pid_alive(settings.rabbit_pid_file, "beam") is not None:
@@ -448,6 +449,19 @@ def load_topology(management_url: str | None = None, vhost: str = "/") -> None:
         verify=tls.verify_for(base),
     )
     response.raise_for_status()
+    # An import only adds: a binding an unpartitioned version made (a public key straight to a stage's first
+    # queue) would copy every message the consistent-hash exchange routes too, so it goes.
+    for queue in STAGE_QUEUES.values():
+        for source, key in queue.obsolete_bindings():
+            vhost_, source_, queue_, key_ = (quote(part, safe="") for part in (vhost, source, queue.name, key))
+            gone = requests.delete(
+                f"{base}api/bindings/{vhost_}/e/{source_}/q/{queue_}/{key_}",
+                auth=auth,
+                timeout=30,
+                verify=tls.verify_for(base),
+            )
+            if gone.status_code != 404:
+                gone.raise_for_status()
 
 
 def ensure_process_users(
