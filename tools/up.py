@@ -260,6 +260,12 @@ def _detach(
     )
     if missing or daemon.poll() is not None:
         print(f"!! stage queues without a consumer: {', '.join(missing) or 'none'}")
+        # Why: the last lines of each process of a stage left without a consumer (its start-up error).
+        stages = {name.split(".")[1] for name in missing}
+        for spec in specs:
+            if kind_of(spec.name) in stages:
+                own = settings.infra.data_dir / "logs" / f"{spec.name}.log"
+                print(f"!! {spec.name}'s log ({own}):\n{_tail(own, 15)}")
         print(f"!! the supervisor's log ({log_path}):\n{_tail(log_path)}")
         _stop_supervisor(settings.infra.data_dir, daemon.pid)
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,35 +36,38 @@ from tools.infra import postgres, rabbitmq
 OMS = str(REPO_ROOT / "oms")
 
 
+# Below Linux's ephemeral range (32768-60999): a port picked there can be taken as the local end of some client's
+# connection before the server meant to listen on it starts (seen: a worker's metrics port, the worker exiting 1
+# at every restart). Above the ports the suites fix (dist 25xxx, AMQP 31xxx).
+_PORT_RANGE = range(20000, 25000)
+
+
+def _bindable(port: int) -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on now (bound and released at once; the suite starts its servers right after)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """Ports nothing listens on now, below the ephemeral range (the suite starts its servers right after)."""
+    chosen: list[int] = []
+    for _ in range(1000):
+        port = random.choice(_PORT_RANGE)  # nosec B311
+        if port not in chosen and _bindable(port):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError("no free ports")
 
 
 def _port_block(size: int) -> int:
     """The first of ``size`` consecutive free ports (the supervisor numbers metrics ports from a base)."""
-    for _ in range(50):
-        base = free_ports(1)[0]
-        if base + size >= 65535:
-            continue
-        ok = True
-        for port in range(base, base + size):
-            with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+    for _ in range(200):
+        base = random.randrange(_PORT_RANGE.start, _PORT_RANGE.stop - size)  # nosec B311
+        if all(_bindable(port) for port in range(base, base + size)):
             return base
     raise RuntimeError("no block of free ports")
 
