@@ -247,3 +247,18 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
     """The rows of a query, as mappings."""
     with engine.connect() as connection:
         return list(connection.execute(text(sql), params).mappings())
+
+
+def order_trail(engine: Engine, order_id: str) -> str:
+    """An order's events and outbox rows, to print for an order a fault test expected to be final."""
+    events = rows(
+        engine,
+        "SELECT sequence, type, timestamp, message_id FROM order_events WHERE order_id = :o ORDER BY sequence",
+        o=order_id,
+    )
+    outbox = rows(
+        engine,
+        "SELECT routing_key, created_at, sent_at, claimed FROM outbox WHERE correlation_id = :o ORDER BY id",
+        o=order_id,
+    )
+    return f"  events {[dict(e) for e in events]}\n  outbox {[dict(r) for r in outbox]}"

@@ -46,8 +46,7 @@ from common.messages.exchanges import OMS_EXCHANGE
 from common.messaging.connection import connect
 from common.messaging.topology import VENUE_QUEUE, all_stage_queues
 from common.settings import amqp_node_urls
-from common.store.db import make_engine
-from tests.fault.harness import Instance, decision, rows, scalar
+from tests.fault.harness import Instance, decision, order_trail, rows, scalar
 from tests.support.invariants import assert_invariants_hold
 from tests.support.polling import async_wait_until
 from tools.infra import rabbit_cluster
@@ -313,13 +312,6 @@ def _supervised(inst: Instance) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def engine(instance: Instance) -> Iterator[Engine]:
-    engine = make_engine(instance.urls.database_url, pool_size=2)
-    yield engine
-    engine.dispose()
-
-
 @pytest.fixture
 async def amqp(instance: Instance) -> AsyncIterator[AbstractRobustConnection]:
     """The strategy's connection, with every node's address (node 1 first): it fails over like the processes."""
@@ -434,17 +426,7 @@ def _explain_stuck(engine: Engine, strategy: str) -> None:
         "WHERE strategy_id = :s AND state <> 'FILLED' LIMIT 20",
         s=strategy,
     ):
-        events = rows(
-            engine,
-            "SELECT sequence, type, timestamp FROM order_events WHERE order_id = :o ORDER BY sequence",
-            o=order["id"],
-        )
-        outbox = rows(
-            engine,
-            "SELECT routing_key, created_at, sent_at FROM outbox WHERE correlation_id = :o ORDER BY id",
-            o=order["id"],
-        )
-        print(f"cluster failover: not filled {dict(order)}\n  events {[dict(e) for e in events]}\n  outbox {outbox}")
+        print(f"cluster failover: not filled {dict(order)}\n{order_trail(engine, order['id'])}")
 
 
 def _add_accounts(engine: Engine) -> None:

@@ -35,8 +35,7 @@ from sqlalchemy import Engine
 from common import jsonutil
 from common.messages.exchanges import OMS_EXCHANGE
 from common.messaging.connection import connect
-from common.store.db import make_engine
-from tests.fault.harness import Instance, decision, outage, rows, scalar
+from tests.fault.harness import Instance, decision, order_trail, outage, rows, scalar
 from tests.support.invariants import assert_invariants_hold
 from tests.support.polling import async_wait_until
 from tools.processes import system
@@ -118,13 +117,6 @@ def instance() -> Iterator[Instance]:
     finally:
         left = inst.down()
     assert not left, f"processes outlived ./oms down: {left}"
-
-
-@pytest.fixture(scope="module")
-def engine(instance: Instance) -> Iterator[Engine]:
-    engine = make_engine(instance.urls.database_url, pool_size=2)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
@@ -330,17 +322,7 @@ def _explain_stuck(engine: Engine, strategy: str) -> None:
         s=strategy,
         final=list(FINAL),
     ):
-        events = rows(
-            engine,
-            "SELECT sequence, type, timestamp, message_id FROM order_events WHERE order_id = :o ORDER BY sequence",
-            o=order["id"],
-        )
-        outbox = rows(
-            engine,
-            "SELECT routing_key, created_at, sent_at, claimed FROM outbox WHERE correlation_id = :o ORDER BY id",
-            o=order["id"],
-        )
-        print(f"fault suite: stuck {dict(order)}\n  events {[dict(e) for e in events]}\n  outbox {outbox}")
+        print(f"fault suite: stuck {dict(order)}\n{order_trail(engine, order['id'])}")
 
 
 def _settled(engine: Engine, timeout: float = 180.0) -> bool:
