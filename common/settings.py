@@ -492,7 +492,7 @@ class ApiSettings(Section):
         "and smooths the bursts a fixed window allows at its edges.",
     )
     db_timeout_seconds: float = Field(
-        default=0.8,
+        default=0.5,
         validation_alias="OMS_API_DB_TIMEOUT_SECONDS",
         gt=0,
         allow_inf_nan=False,

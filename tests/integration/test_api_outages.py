@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 # The promise: an answer within a second. The front end gives up on the database after
-# OMS_API_DB_TIMEOUT_SECONDS (0.8 s by default); the rest of the second is the margin for the answer itself.
+# OMS_API_DB_TIMEOUT_SECONDS (0.5 s by default); the rest of the second is the margin for the answer itself,
+# which a loaded CI machine was once seen to take 0.2 s of.
 ANSWER_WITHIN_SECONDS = 1.0
 
 
