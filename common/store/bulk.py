@@ -6,7 +6,8 @@ and SQLAlchemy builds nothing per call; an executemany of the same rows costs a 
 parse-bind-execute per row. One JSON text parameter rather than an array per column (``unnest``): msgspec writes
 the document in C, where psycopg quotes every element of a text array in Python with regular expressions, which
 was a tenth of a stage's CPU. Numbers stay exact (a JSON number becomes ``numeric`` without a float), times are
-ISO 8601 with their offset, JSONB columns take the nested object as it is.
+ISO 8601 with their offset, JSONB columns take the nested object as it is. The statements are hot
+(``common.store.hot_sql``): run them with ``hot_sql.execute``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import text
 
 from common import jsonutil
+from common.store.hot_sql import HotStatement, hot
 
 # (column, Postgres type). Identifiers come from these module-level specs, never from input.
 Columns = Sequence[tuple[str, str]]
@@ -27,16 +29,16 @@ def _recordset(columns: Columns) -> str:
     return f"json_to_recordset(CAST(:rows AS json)) AS r({definition})"
 
 
-def bulk_insert(table: str, columns: Columns, suffix: str = "") -> TextClause:
+def bulk_insert(table: str, columns: Columns, suffix: str = "") -> HotStatement:
     """``INSERT INTO table (columns) SELECT ... FROM json_to_recordset(:rows)``, then ``suffix`` (ON CONFLICT)."""
     names = ", ".join(name for name, _ in columns)
     select = ", ".join(f"r.{name}" for name, _ in columns)
     # Identifiers from the specs in code (Columns above); every value is bound (:rows): B608 does not apply.
     statement = f"INSERT INTO {table} ({names}) SELECT {select} FROM {_recordset(columns)} {suffix}"  # nosec B608  # noqa: S608
-    return text(statement.strip())
+    return hot(text(statement.strip()))
 
 
-def bulk_update(table: str, key: str, columns: Columns, where: str = "") -> TextClause:
+def bulk_update(table: str, key: str, columns: Columns, where: str = "") -> HotStatement:
     """``UPDATE table SET c = r.c ... FROM json_to_recordset(:rows) WHERE table.key = r.key`` (and ``where``).
 
     ``columns`` start with the key; ``where`` is an extra condition on ``t`` (the table) and ``r`` (the row).
@@ -51,7 +53,7 @@ def bulk_update(table: str, key: str, columns: Columns, where: str = "") -> Text
         f" AND ({where})" if where else ""
     )
     # Identifiers and ``where`` from code, as in bulk_insert; every value is bound (:rows, :keys): no B608.
-    return text(f"UPDATE {table} AS t SET {sets} FROM {_recordset(columns)} WHERE {condition}")  # nosec B608  # noqa: S608
+    return hot(text(f"UPDATE {table} AS t SET {sets} FROM {_recordset(columns)} WHERE {condition}"))  # nosec B608  # noqa: S608
 
 
 def rows_parameter(rows: Iterable[Mapping[str, Any]], columns: Columns) -> dict[str, Any]:

@@ -16,14 +16,17 @@ from sqlalchemy import Connection, text
 from common.domain import BookedExecution, ExecutionReportData, FillDelta
 from common.ids import new_id
 from common.orders.records import StoredReport
+from common.store import hot_sql
 from common.store.bulk import bulk_insert, rows_parameter
 
 _ZERO = Decimal(0)
 
 # Built once: a batch's reads and writes are one statement each, whatever its size.
-_KNOWN_SQL = text(
-    "SELECT execution_id, order_id, exec_type, last_qty, last_px, cum_qty, exec_ref_id FROM execution_reports "
-    "WHERE execution_id = ANY(CAST(:ids AS varchar[]))"
+_KNOWN_SQL = hot_sql.hot(
+    text(
+        "SELECT execution_id, order_id, exec_type, last_qty, last_px, cum_qty, exec_ref_id FROM execution_reports "
+        "WHERE execution_id = ANY(CAST(:ids AS varchar[]))"
+    )
 )
 # The columns ``record`` buffers, in the order of its row tuples; one INSERT for the batch.
 _INSERT_COLUMNS = (
@@ -81,10 +84,8 @@ class ExecutionReportRepository:
         """Find, in one round trip, which of these execution ids were recorded before, with their terms."""
         ids = set(execution_ids) - self._checked
         if ids:
-            for row in self._connection.execute(_KNOWN_SQL, {"ids": list(ids)}):
-                self._known[row.execution_id] = StoredReport(
-                    row.order_id, row.exec_type, row.last_qty, row.last_px, row.cum_qty, row.exec_ref_id
-                )
+            for execution_id, *stored in hot_sql.rows(self._connection, _KNOWN_SQL, {"ids": list(ids)}):
+                self._known[execution_id] = StoredReport(*stored)
             self._checked.update(ids)
 
     def known(self, execution_id: str) -> StoredReport | None:
@@ -136,7 +137,7 @@ class ExecutionReportRepository:
         """Write the buffered reports. A concurrent writer's duplicate fails the batch (unique execution id)."""
         if self._pending:
             rows = [dict(zip(_COLUMN_NAMES, row, strict=True)) for row in self._pending]
-            self._connection.execute(_INSERT_SQL, rows_parameter(rows, _INSERT_COLUMNS))
+            hot_sql.execute(self._connection, _INSERT_SQL, rows_parameter(rows, _INSERT_COLUMNS))
             self._pending.clear()
 
     def booked(self, order_id: str, execution_id: str) -> BookedExecution | None:

@@ -6,6 +6,20 @@ from collections.abc import Mapping
 
 from sqlalchemy import Connection, text
 
+from common.store import hot_sql
+
+_CLAIM = hot_sql.hot(
+    text(
+        "INSERT INTO inbox (stage, message_id, processed_at, digest) "
+        "SELECT :stage, m.id, now(), m.digest "
+        "FROM unnest(CAST(:ids AS varchar[]), CAST(:digests AS varchar[])) AS m(id, digest) "
+        "ON CONFLICT DO NOTHING RETURNING message_id"
+    )
+)
+_RECORDED = hot_sql.hot(
+    text("SELECT message_id, digest FROM inbox WHERE stage = :stage AND message_id = ANY(CAST(:ids AS varchar[]))")
+)
+
 
 def claim_inbox(
     connection: Connection, stage: str, messages: Mapping[str, str | None] | list[str]
@@ -20,24 +34,11 @@ def claim_inbox(
     if not digests:
         return set(), {}
     ids = list(digests)
-    rows = connection.execute(
-        text(
-            "INSERT INTO inbox (stage, message_id, processed_at, digest) "
-            "SELECT :stage, m.id, now(), m.digest "
-            "FROM unnest(CAST(:ids AS varchar[]), CAST(:digests AS varchar[])) AS m(id, digest) "
-            "ON CONFLICT DO NOTHING RETURNING message_id"
-        ),
-        {"stage": stage, "ids": ids, "digests": [digests[i] for i in ids]},
-    )
-    fresh = {row[0] for row in rows}
+    fresh = set(hot_sql.scalars(connection, _CLAIM, {"stage": stage, "ids": ids, "digests": [digests[i] for i in ids]}))
     seen = [i for i in ids if i not in fresh]
     previous: dict[str, str | None] = {}
     if seen:
-        recorded = connection.execute(
-            text("SELECT message_id, digest FROM inbox WHERE stage = :stage AND message_id = ANY(:ids)"),
-            {"stage": stage, "ids": seen},
-        )
-        previous = {r.message_id: r.digest for r in recorded}
+        previous = dict(hot_sql.rows(connection, _RECORDED, {"stage": stage, "ids": seen}))
     return fresh, previous
 
 

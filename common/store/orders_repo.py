@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, String, any_, bindparam, select, tuple_
+from sqlalchemy import Connection, String, any_, bindparam, column, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from common.domain import (
@@ -23,7 +23,7 @@ from common.ids import new_id
 from common.messages.bodies import order_update_body, order_update_routing_key
 from common.messages.catalogue import ORDER_UPDATE
 from common.orders.order_updates import PublicView, announces, public_view
-from common.store import tables
+from common.store import hot_sql, tables
 from common.store.bulk import bulk_insert, bulk_update, rows_parameter
 from common.store.event_chain import GENESIS, row_hash, to_bytea
 from common.store.field_crypto import REASON, envelope_for, open_for, open_payload, seal_for
@@ -41,29 +41,50 @@ def _client_reason(event_type: OrderEventType, payload: Mapping[str, Any]) -> bo
     return event_type is OrderEventType.ORDER_CANCELED and payload.get("at_venue") is False
 
 
-_EVENT_SEQ = (
-    select(tables.order_events.c.sequence)
-    .where(tables.order_events.c.order_id == tables.orders.c.id)
-    .order_by(tables.order_events.c.sequence.desc())
-    .limit(1)
-    .scalar_subquery()
-    .label("last_sequence")
-)
+def _of_last_event(column: Any, label: str) -> Any:
+    """A column of the order's last event, as a scalar subquery of a query on ``orders``."""
+    events = tables.order_events.c
+    return (
+        select(column)
+        .where(events.order_id == tables.orders.c.id)
+        .order_by(events.sequence.desc())
+        .limit(1)
+        .scalar_subquery()
+        .label(label)
+    )
+
+
+_EVENT_SEQ = _of_last_event(tables.order_events.c.sequence, "last_sequence")
 
 
 # Prebuilt, with the ids as one array parameter: the same SQL text for any number of orders, so neither
 # SQLAlchemy nor Postgres plans it again per batch.
 _IDS = bindparam("ids", type_=ARRAY(String()))
-_LOCK_BY_IDS = (
-    select(tables.orders.c.id)
+# The chain head this statement's snapshot sees: the order row's own ``last_event_hash`` unless another writer
+# committed events of the order while this statement waited for its lock (see ``OrderRepository.lock``).
+_SEEN_HEAD = _of_last_event(tables.order_events.c.hash, "seen_head")
+_LOCK_AND_LOAD = hot_sql.hot(
+    select(tables.orders, _EVENT_SEQ, _SEEN_HEAD)
     .where(tables.orders.c.id == any_(_IDS))
     .order_by(tables.orders.c.id)
     # NO KEY UPDATE: writers of an order still queue, but the foreign-key checks of rows that refer to it
     # (settlement's confirmations, in its own message order) take KEY SHARE, which this does not block; a plain
     # FOR UPDATE would, and two such lockers in different orders deadlock.
-    .with_for_update(key_share=True)
+    .with_for_update(of=tables.orders, key_share=True)
 )
-_LOAD_BY_IDS = select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id == any_(_IDS))
+LOAD_BY_IDS_QUERY = select(tables.orders, _EVENT_SEQ).where(tables.orders.c.id == any_(_IDS))
+_LOAD_BY_IDS = hot_sql.hot(LOAD_BY_IDS_QUERY)
+# Idempotency keys as two parallel arrays: one SQL text for any number of keys (an IN list of pairs is a new
+# statement, planned again, for every batch size).
+_LOAD_BY_CLIENT_KEYS = hot_sql.hot(
+    select(tables.orders, _EVENT_SEQ).where(
+        tuple_(tables.orders.c.account_id, tables.orders.c.client_order_id).in_(
+            text("SELECT * FROM unnest(CAST(:accounts AS varchar[]), CAST(:client_ids AS varchar[]))").columns(
+                column("account_id"), column("client_order_id")
+            )
+        )
+    )
+)
 
 
 def _pending_to_json(pending: PendingRequest | None) -> dict[str, Any] | None:
@@ -74,7 +95,7 @@ def _pending_from_json(data: Mapping[str, Any] | None) -> PendingRequest | None:
     return PendingRequest.from_dict(data) if data else None
 
 
-def order_from_row(row: RowMapping) -> Order:
+def order_from_row(row: Mapping[str, Any]) -> Order:
     """Rebuild the aggregate from an ``orders`` row."""
     return Order(
         id=row["id"],
@@ -244,26 +265,34 @@ class OrderRepository:
         self._seen[order.id] = public_view(order)
         return order
 
-    def _load(self, query: Any, parameters: Mapping[str, Any] | None = None) -> list[Order]:
+    def _load(self, query: hot_sql.HotStatement, parameters: Mapping[str, Any]) -> list[Order]:
         return [
             self._remember(self._opened(order_from_row(row)), row["last_sequence"] or 0, row["last_event_hash"])
-            for row in self._connection.execute(query, parameters or {}).mappings()
+            for row in hot_sql.mappings(self._connection, query, parameters)
         ]
 
     def lock(self, order_ids: Iterable[str]) -> None:
         """Lock and load orders in id order, so writers of overlapping batches queue instead of deadlocking.
 
-        Two statements, not one: in READ COMMITTED a ``SELECT ... FOR UPDATE`` that waited for another writer
-        returns that writer's version of the locked row, but every other table it reads (the last event
-        sequence) through the snapshot taken before the wait, so it would hand out a sequence the other writer
-        has just used. Loading after the locks are held reads everything they guard as committed.
+        One statement, and a second only for orders another writer changed while it waited. In READ COMMITTED a
+        ``SELECT ... FOR UPDATE`` that waited for another writer returns that writer's version of the locked row,
+        but reads every other table (the last event sequence) through the snapshot taken before the wait: it
+        would hand out a sequence the other writer has just used. The row carries its chain head
+        (``last_event_hash``, written with every event); where the head the snapshot sees differs, the order is
+        loaded again, now that the lock is held, and reads everything it guards as committed.
         """
         ids = sorted(set(order_ids) - self._locked - set(self._dirty))
-        if ids:
-            locked = list(self._connection.execute(_LOCK_BY_IDS, {"ids": ids}).scalars())
-            if locked:
-                self._load(_LOAD_BY_IDS, {"ids": locked})
-            self._locked.update(locked)
+        if not ids:
+            return
+        stale: list[str] = []
+        for row in hot_sql.mappings(self._connection, _LOCK_AND_LOAD, {"ids": ids}):
+            self._locked.add(row["id"])
+            if row["seen_head"] != row["last_event_hash"]:
+                stale.append(row["id"])
+            else:
+                self._remember(self._opened(order_from_row(row)), row["last_sequence"] or 0, row["last_event_hash"])
+        if stale:
+            self._load(_LOAD_BY_IDS, {"ids": stale})
 
     def get(self, order_id: str, for_update: bool = False) -> Order | None:
         """The order (locked when asked); the same object for every call in this transaction."""
@@ -281,9 +310,8 @@ class OrderRepository:
         wanted = {k for k in keys if k not in self._by_client_key}
         if not wanted:
             return
-        o = tables.orders.c
         pairs = sorted(wanted)
-        self._load(select(tables.orders, _EVENT_SEQ).where(tuple_(o.account_id, o.client_order_id).in_(pairs)))
+        self._load(_LOAD_BY_CLIENT_KEYS, {"accounts": [a for a, _ in pairs], "client_ids": [c for _, c in pairs]})
         for key in wanted:
             self._by_client_key.setdefault(key, None)  # looked up: no such order
 
@@ -358,12 +386,12 @@ class OrderRepository:
         self._chain_events()
         if self._new:
             rows = [self._order_row(o) for o in self._new.values()]
-            self._connection.execute(_INSERT_ORDERS, rows_parameter(rows, _ORDER_COLUMNS))
+            hot_sql.execute(self._connection, _INSERT_ORDERS, rows_parameter(rows, _ORDER_COLUMNS))
         if self._dirty:
             rows = [self._order_row(o) for o in self._dirty.values()]
-            self._connection.execute(_UPDATE_ORDERS, rows_parameter(rows, _ORDER_COLUMNS))
+            hot_sql.execute(self._connection, _UPDATE_ORDERS, rows_parameter(rows, _ORDER_COLUMNS))
         if self._event_rows:
-            self._connection.execute(_INSERT_EVENTS, rows_parameter(self._event_rows, _EVENT_COLUMNS))
+            hot_sql.execute(self._connection, _INSERT_EVENTS, rows_parameter(self._event_rows, _EVENT_COLUMNS))
         self._new.clear()
         self._dirty.clear()
         self._event_rows.clear()

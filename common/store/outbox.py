@@ -11,6 +11,7 @@ from sqlalchemy import Connection, text
 
 from common import jsonutil
 from common.ids import new_id
+from common.store import hot_sql
 from common.store.bulk import bulk_insert, rows_parameter
 
 
@@ -63,6 +64,9 @@ _OUTBOX_COLUMNS = (
     ("created_at", "timestamptz"),
 )
 _INSERT_OUTBOX = bulk_insert("outbox", _OUTBOX_COLUMNS)
+_MARK_SENT = hot_sql.hot(
+    text("UPDATE outbox SET sent_at = now() WHERE message_id = ANY(CAST(:ids AS varchar[])) AND sent_at IS NULL")
+)
 
 
 class Outbox:
@@ -109,7 +113,7 @@ class Outbox:
             }
             for m in self._pending
         ]
-        self._connection.execute(_INSERT_OUTBOX, rows_parameter(rows, _OUTBOX_COLUMNS))
+        hot_sql.execute(self._connection, _INSERT_OUTBOX, rows_parameter(rows, _OUTBOX_COLUMNS))
         if not self._claimed:
             # Wakes the relay at commit (NOTIFY is transactional), so API writes go out at once.
             self._connection.execute(text("NOTIFY oms_outbox"))
@@ -126,7 +130,4 @@ def mark_sent(connection: Connection, message_ids: Iterable[str]) -> None:
     """Record that these outbox rows were published and confirmed."""
     ids = list(message_ids)
     if ids:
-        connection.execute(
-            text("UPDATE outbox SET sent_at = now() WHERE message_id = ANY(:ids) AND sent_at IS NULL"),
-            {"ids": ids},
-        )
+        hot_sql.execute(connection, _MARK_SENT, {"ids": ids})

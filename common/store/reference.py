@@ -7,11 +7,13 @@ from collections.abc import Iterable
 from sqlalchemy import Connection, text
 
 from common.orders.records import Account, Instrument
+from common.store import hot_sql
 
 # Accounts and instruments in one statement, whatever the number asked for (built once; arrays, not IN lists).
-_REFERENCE = text(
-    " ".join(
-        """
+_REFERENCE = hot_sql.hot(
+    text(
+        " ".join(
+            """
         SELECT 'A' AS kind, CAST(a.id AS varchar) AS key, CAST(a.name AS varchar) AS name,
             CAST(a.account_type AS varchar) AS s1, CAST(a.base_currency AS varchar) AS s2,
             CAST(NULL AS varchar) AS s3, CAST(a.cash_balance AS numeric) AS n1, CAST(NULL AS numeric) AS n2,
@@ -25,6 +27,7 @@ _REFERENCE = text(
         FROM instruments AS i
         WHERE i.symbol = ANY(CAST(:symbols AS varchar[]))
         """.split()
+        )
     )
 )
 
@@ -51,7 +54,7 @@ class ReferenceData:
         instruments = sorted({s for s in symbols if s not in self._instruments})
         if not accounts and not instruments:
             return
-        rows = self._connection.execute(_REFERENCE, {"account_ids": accounts, "symbols": instruments}).all()
+        rows = hot_sql.rows(self._connection, _REFERENCE, {"account_ids": accounts, "symbols": instruments})
         self._accounts.update(dict.fromkeys(accounts))  # None: looked up, no such account (until found below)
         self._instruments.update(dict.fromkeys(instruments))
         for kind, key, name, s1, s2, s3, n1, n2, n3, b1, i1, t1, t2 in rows:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import ARRAY, Connection, RowMapping, String, any_, bindparam, insert, select, text
 
 from common.orders.records import FINAL_REQUEST_STATUSES, VenueRequest
-from common.store import tables
+from common.store import hot_sql, tables
 from common.store.bulk import bulk_insert, rows_parameter
 from common.store.field_crypto import REASON, open_for, seal_for
 
@@ -87,7 +87,7 @@ def _request_row(
     }
 
 
-def venue_request(row: RowMapping, connection: Connection) -> VenueRequest:
+def venue_request(row: Mapping[str, Any] | RowMapping, connection: Connection) -> VenueRequest:
     """The request of an ``order_requests`` row read on ``connection`` (its reason decrypted)."""
     reason = row["reason"]
     return VenueRequest(
@@ -129,7 +129,7 @@ def answer_request(
 # --------------------------------------------------------------------------- the buffered repository
 
 # Typed (not text): the JSON terms come back through the engine's Decimal-exact deserialiser.
-_LOCK_SQL = (
+_LOCK_SQL = hot_sql.hot(
     select(tables.order_requests)
     .where(tables.order_requests.c.request_id == any_(bindparam("ids", type_=ARRAY(String))))
     .order_by(tables.order_requests.c.request_id)
@@ -141,8 +141,8 @@ _LATEST_SQL = (
     .order_by(tables.order_requests.c.created_at.desc())
     .limit(1)
 )
-_STATUS_SQL = text(
-    "SELECT request_id, order_id, status FROM order_requests WHERE request_id = ANY(CAST(:ids AS varchar[]))"
+_STATUS_SQL = hot_sql.hot(
+    text("SELECT request_id, order_id, status FROM order_requests WHERE request_id = ANY(CAST(:ids AS varchar[]))")
 )
 _REQUEST_COLUMNS = (
     ("request_id", "varchar"),
@@ -164,13 +164,15 @@ _MOVE_COLUMNS = (
     ("guarded", "boolean"),
 )
 # A guarded move (a venue's answer) never moves a request already final, even one made final since it was read.
-_MOVE_SQL = text(
-    "UPDATE order_requests AS q "
-    "SET status = m.status, reason = COALESCE(m.reason, q.reason), updated_at = m.updated_at "
-    "FROM json_to_recordset(CAST(:rows AS json)) "
-    "AS m(request_id varchar, status varchar, reason text, updated_at timestamptz, guarded boolean) "
-    "WHERE q.request_id = m.request_id AND q.request_id = ANY(CAST(:keys AS varchar[])) "  # see bulk.bulk_update
-    "AND (NOT m.guarded OR q.status NOT IN ('DONE', 'REJECTED'))"  # FINAL_REQUEST_STATUSES
+_MOVE_SQL = hot_sql.hot(
+    text(
+        "UPDATE order_requests AS q "
+        "SET status = m.status, reason = COALESCE(m.reason, q.reason), updated_at = m.updated_at "
+        "FROM json_to_recordset(CAST(:rows AS json)) "
+        "AS m(request_id varchar, status varchar, reason text, updated_at timestamptz, guarded boolean) "
+        "WHERE q.request_id = m.request_id AND q.request_id = ANY(CAST(:keys AS varchar[])) "  # see bulk.bulk_update
+        "AND (NOT m.guarded OR q.status NOT IN ('DONE', 'REJECTED'))"  # FINAL_REQUEST_STATUSES
+    )
 )
 
 
@@ -224,8 +226,8 @@ class RequestRepository:
         ids = [i for i in set(request_ids) if i not in self._status]
         if not ids:
             return
-        for row in self._connection.execute(_STATUS_SQL, {"ids": ids}):
-            self._seen(row.request_id, row.order_id, row.status)
+        for request_id, order_id, status in hot_sql.rows(self._connection, _STATUS_SQL, {"ids": ids}):
+            self._seen(request_id, order_id, status)
         for request_id in ids:
             self._status.setdefault(request_id, None)
 
@@ -234,7 +236,7 @@ class RequestRepository:
         ids = sorted(i for i in set(request_ids) if i not in self._locked)
         if not ids:
             return
-        for row in self._connection.execute(_LOCK_SQL, {"ids": ids}).mappings():
+        for row in hot_sql.mappings(self._connection, _LOCK_SQL, {"ids": ids}):
             request_id = row["request_id"]
             move = self._moves.get(request_id)
             status = self._seen(request_id, row["order_id"], row["status"])
@@ -325,7 +327,7 @@ class RequestRepository:
         """Write the buffered rows and status moves: one statement each, whatever the batch size."""
         if self._inserts:
             rows = [_sealed(self._connection, row) for row in self._inserts.values()]
-            self._connection.execute(_INSERT_SQL, rows_parameter(rows, _REQUEST_COLUMNS))
+            hot_sql.execute(self._connection, _INSERT_SQL, rows_parameter(rows, _REQUEST_COLUMNS))
             self._inserts.clear()
         if self._moves:
             moves = [
@@ -339,5 +341,5 @@ class RequestRepository:
                 }
                 for rid, m in self._moves.items()
             ]
-            self._connection.execute(_MOVE_SQL, rows_parameter(moves, _MOVE_COLUMNS))
+            hot_sql.execute(self._connection, _MOVE_SQL, rows_parameter(moves, _MOVE_COLUMNS))
             self._moves.clear()

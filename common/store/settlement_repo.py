@@ -18,24 +18,29 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from common.orders.records import BookedTrade, Confirmation, Position, PositionKey, SettlementInstrument
+from common.store import hot_sql
 from common.store.bulk import bulk_insert, bulk_update, rows_parameter
 
 _TICK = timedelta(microseconds=1)
 
 # Missing positions are created flat, in the caller's (sorted) order, so overlapping batches queue.
-_CREATE_POSITIONS = text(
-    "INSERT INTO positions (account_id, symbol, quantity, average_cost, realized_pnl, updated_at) "
-    "SELECT k.account_id, k.symbol, 0, 0, 0, :now "
-    "FROM unnest(CAST(:accounts AS varchar[]), CAST(:symbols AS varchar[])) WITH ORDINALITY "
-    "AS k(account_id, symbol, n) ORDER BY k.n "
-    "ON CONFLICT (account_id, symbol) DO NOTHING"
+_CREATE_POSITIONS = hot_sql.hot(
+    text(
+        "INSERT INTO positions (account_id, symbol, quantity, average_cost, realized_pnl, updated_at) "
+        "SELECT k.account_id, k.symbol, 0, 0, 0, :now "
+        "FROM unnest(CAST(:accounts AS varchar[]), CAST(:symbols AS varchar[])) WITH ORDINALITY "
+        "AS k(account_id, symbol, n) ORDER BY k.n "
+        "ON CONFLICT (account_id, symbol) DO NOTHING"
+    )
 )
 # Locked in (account_id, symbol) order, byte-wise like Python's sort of the keys above.
-_LOCK_POSITIONS = text(
-    "SELECT p.account_id, p.symbol, p.quantity, p.average_cost, p.realized_pnl FROM positions p "
-    "JOIN unnest(CAST(:accounts AS varchar[]), CAST(:symbols AS varchar[])) AS k(account_id, symbol) "
-    "ON p.account_id = k.account_id AND p.symbol = k.symbol "
-    'ORDER BY p.account_id COLLATE "C", p.symbol COLLATE "C" FOR UPDATE OF p'
+_LOCK_POSITIONS = hot_sql.hot(
+    text(
+        "SELECT p.account_id, p.symbol, p.quantity, p.average_cost, p.realized_pnl FROM positions p "
+        "JOIN unnest(CAST(:accounts AS varchar[]), CAST(:symbols AS varchar[])) AS k(account_id, symbol) "
+        "ON p.account_id = k.account_id AND p.symbol = k.symbol "
+        'ORDER BY p.account_id COLLATE "C", p.symbol COLLATE "C" FOR UPDATE OF p'
+    )
 )
 _POSITION_COLUMNS = (
     ("account_id", "varchar"),
@@ -46,13 +51,17 @@ _POSITION_COLUMNS = (
     ("updated_at", "timestamptz"),
 )
 _SAVE_POSITIONS = bulk_update("positions", "account_id", _POSITION_COLUMNS, where="t.symbol = r.symbol")
-_INSTRUMENTS = text(
-    "SELECT symbol, asset_class, currency, settlement_days FROM instruments "
-    "WHERE symbol = ANY(CAST(:symbols AS varchar[]))"
+_INSTRUMENTS = hot_sql.hot(
+    text(
+        "SELECT symbol, asset_class, currency, settlement_days FROM instruments "
+        "WHERE symbol = ANY(CAST(:symbols AS varchar[]))"
+    )
 )
-_CONFIRMATIONS = text(
-    "SELECT id, execution_id, reversal, side, quantity, price, fees, trade_date, settlement_date "
-    "FROM trade_confirmations WHERE execution_id = ANY(CAST(:ids AS varchar[]))"
+_CONFIRMATIONS = hot_sql.hot(
+    text(
+        "SELECT id, execution_id, reversal, side, quantity, price, fees, trade_date, settlement_date "
+        "FROM trade_confirmations WHERE execution_id = ANY(CAST(:ids AS varchar[]))"
+    )
 )
 _CONFIRMATION_COLUMNS = (
     ("id", "varchar"),
@@ -127,10 +136,8 @@ class SettlementRepository:
             return
         for symbol in wanted:
             self._instruments[symbol] = None
-        for row in self._connection.execute(_INSTRUMENTS, {"symbols": wanted}):
-            self._instruments[row.symbol] = SettlementInstrument(
-                row.symbol, row.asset_class, row.currency, row.settlement_days
-            )
+        for row in hot_sql.rows(self._connection, _INSTRUMENTS, {"symbols": wanted}):
+            self._instruments[row[0]] = SettlementInstrument(*row)
 
     def lock_positions(self, keys: Iterable[PositionKey], now: datetime) -> None:
         """Lock these (account_id, symbol) positions, creating flat ones first, in sorted order so the writers of
@@ -143,9 +150,9 @@ class SettlementRepository:
         if not wanted:
             return
         params = {"accounts": [k[0] for k in wanted], "symbols": [k[1] for k in wanted]}
-        self._connection.execute(_CREATE_POSITIONS, {**params, "now": now})
-        for row in self._connection.execute(_LOCK_POSITIONS, params):
-            self._positions[(row.account_id, row.symbol)] = Position(row.quantity, row.average_cost, row.realized_pnl)
+        hot_sql.execute(self._connection, _CREATE_POSITIONS, {**params, "now": now})
+        for account_id, symbol, *position in hot_sql.rows(self._connection, _LOCK_POSITIONS, params):
+            self._positions[(account_id, symbol)] = Position(*position)
         missing = [k for k in wanted if k not in self._positions]
         if missing:  # created above or there before, and locked: cannot happen
             raise RuntimeError(f"positions not locked: {missing}")
@@ -155,17 +162,8 @@ class SettlementRepository:
         ids = sorted(set(execution_ids) - self._checked)
         if not ids:
             return
-        for row in self._connection.execute(_CONFIRMATIONS, {"ids": ids}):
-            self._confirmations[(row.execution_id, row.reversal)] = Confirmation(
-                row.id,
-                row.execution_id,
-                row.side,
-                row.quantity,
-                row.price,
-                row.fees,
-                row.trade_date,
-                row.settlement_date,
-            )
+        for row in hot_sql.mappings(self._connection, _CONFIRMATIONS, {"ids": ids}):
+            self._confirmations[(row["execution_id"], row["reversal"])] = Confirmation.of(row)
         self._checked.update(ids)
 
     # --- per message, in memory (reads what was not prepared) -----------------------------------------------
@@ -220,12 +218,14 @@ class SettlementRepository:
     def flush(self) -> None:
         """Write what is buffered: one statement per table."""
         if self._new_confirmations:
-            self._connection.execute(
-                _INSERT_CONFIRMATIONS, rows_parameter(self._new_confirmations, _CONFIRMATION_COLUMNS)
+            hot_sql.execute(
+                self._connection, _INSERT_CONFIRMATIONS, rows_parameter(self._new_confirmations, _CONFIRMATION_COLUMNS)
             )
             self._new_confirmations = []
         if self._new_instructions:
-            self._connection.execute(_INSERT_INSTRUCTIONS, rows_parameter(self._new_instructions, _INSTRUCTION_COLUMNS))
+            hot_sql.execute(
+                self._connection, _INSERT_INSTRUCTIONS, rows_parameter(self._new_instructions, _INSTRUCTION_COLUMNS)
+            )
             self._new_instructions = []
         if self._dirty:
             rows = [
@@ -239,7 +239,7 @@ class SettlementRepository:
                 }
                 for key, updated_at in self._dirty.items()
             ]
-            self._connection.execute(_SAVE_POSITIONS, rows_parameter(rows, _POSITION_COLUMNS))
+            hot_sql.execute(self._connection, _SAVE_POSITIONS, rows_parameter(rows, _POSITION_COLUMNS))
             self._dirty = {}
 
     # --- the rare path: replaying a position ----------------------------------------------------------------

@@ -13,10 +13,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 
 from common.domain.enums import TERMINAL_STATES, OrderState
-from common.store import tables
+from common.store import hot_sql, tables
 from common.store.field_crypto import open_for
 
 _ZERO = Decimal(0)
@@ -84,27 +84,52 @@ def _order_dict(row: Any, reports: list[dict[str, Any]], connection: Connection)
     return order
 
 
+_REPORT_ORDER = (
+    tables.execution_reports.c.order_id,
+    tables.execution_reports.c.timestamp,
+    tables.execution_reports.c.received_at,
+    tables.execution_reports.c.id,
+)
+# One order and its reports in one statement (a row per report, the order's columns on each): one snapshot, so
+# it needs no transaction around it. Per request, so hot (``common.store.hot_sql``).
+_REPORT_FIELDS = [c.name for c in _REPORT_COLUMNS if c.name != "order_id"]
+_SUMMARY_FIELDS = [c.name for c in _SUMMARY_COLUMNS]
+_ONE_ORDER = hot_sql.hot(
+    select(*_SUMMARY_COLUMNS, *(c.label(f"report_{c.name}") for c in _REPORT_COLUMNS if c.name != "order_id"))
+    .select_from(
+        tables.order_summary.outerjoin(
+            tables.execution_reports, tables.execution_reports.c.order_id == tables.order_summary.c.id
+        )
+    )
+    .where(tables.order_summary.c.id == bindparam("order_id"))
+    .order_by(*_REPORT_ORDER[1:])
+)
+
+
+def _report_dict(row: Any) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "order_id"}
+
+
 def _reports_for(connection: Connection, order_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     if not order_ids:
         return {}
     report = tables.execution_reports
     rows = connection.execute(
-        select(*_REPORT_COLUMNS)
-        .where(report.c.order_id.in_(list(order_ids)))
-        .order_by(report.c.order_id, report.c.timestamp, report.c.received_at, report.c.id)
+        select(*_REPORT_COLUMNS).where(report.c.order_id.in_(list(order_ids))).order_by(*_REPORT_ORDER)
     ).mappings()
     by_order: dict[str, list[dict[str, Any]]] = {order_id: [] for order_id in order_ids}
     for row in rows:
-        by_order[row["order_id"]].append({k: v for k, v in row.items() if k != "order_id"})
+        by_order[row["order_id"]].append(_report_dict(row))
     return by_order
 
 
 def get_order(connection: Connection, order_id: str) -> dict[str, Any] | None:
     """One order with its execution reports, or None."""
-    row = connection.execute(select(*_SUMMARY_COLUMNS).where(tables.order_summary.c.id == order_id)).mappings().first()
-    if row is None:
+    rows = hot_sql.mappings(connection, _ONE_ORDER, {"order_id": order_id})
+    if not rows:
         return None
-    return _order_dict(row, _reports_for(connection, [order_id])[order_id], connection)
+    reports = [{name: row[f"report_{name}"] for name in _REPORT_FIELDS} for row in rows if row["report_id"] is not None]
+    return _order_dict({name: rows[0][name] for name in _SUMMARY_FIELDS}, reports, connection)
 
 
 def _filtered(query: Select[Any], where: OrderFilter) -> Select[Any]:

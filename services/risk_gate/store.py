@@ -23,12 +23,13 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, TextClause, text
+from sqlalchemy import Connection, text
 
 from common.domain import OrderState, Side
 from common.orders.ports import BufferedRepository, RepositorySlot
 from common.risk.controls import Halt, Restriction
 from common.risk.limits import Limits, LimitValue, resolve
+from common.store import hot_sql
 from common.store.uow import UnitOfWork
 from services.risk_gate.prices import FeedPrice, PriceSettings, best_price, choose_quote
 from services.risk_gate.rules import (
@@ -60,7 +61,9 @@ OPEN_STATES: tuple[str, ...] = tuple(
 # Orders that passed the gate at some time (for the throttles and duplicates): all but NEW and REJECTED.
 NOT_PASSED_STATES: tuple[str, ...] = (OrderState.NEW.value, OrderState.REJECTED.value)
 
-_LOCK_SQL = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS t(k, n)")
+_LOCK_SQL = hot_sql.hot(
+    text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS t(k, n)")
+)
 
 
 @lru_cache(maxsize=65536)
@@ -75,7 +78,7 @@ def lock_scopes(connection: Connection, kind: str, identifiers: Iterable[str]) -
     first and its strategies second, each in key order: one global order, so no deadlock."""
     keys = sorted({lock_key(kind, i) for i in identifiers})
     if keys:
-        connection.execute(_LOCK_SQL, {"keys": keys})
+        hot_sql.execute(connection, _LOCK_SQL, {"keys": keys})
 
 
 @dataclass
@@ -234,10 +237,10 @@ class OrderMeta:
 # them on the server after a few runs). Arrays, never IN lists, so a batch of any size is the same statement.
 
 
-def _statement(sql: str) -> TextClause:
-    """A statement on one line: psycopg caches its parsing of statements up to 4 KB, and ``_LOAD`` fits once its
-    indentation is gone."""
-    return text(" ".join(sql.split()))
+def _statement(sql: str) -> hot_sql.HotStatement:
+    """A hot statement (``common.store.hot_sql``) on one line: psycopg caches its parsing of statements up to
+    4 KB, and ``_LOAD`` fits once its indentation is gone."""
+    return hot_sql.hot(text(" ".join(sql.split())))
 
 
 # The account locks, then the limits. One statement: the locks are taken before the limits are read (the outer
@@ -385,8 +388,8 @@ def prepare_batch(
     if not account_ids:
         return batch
     keys = sorted({lock_key("account", a) for a in account_ids})
-    rows = connection.execute(_LOCK_ACCOUNTS_AND_LIMITS, {"keys": keys, "account_ids": account_ids}).mappings()
-    batch.global_limits, batch.limits = resolve_limits((dict(r) for r in rows if r["id"] is not None), account_ids)
+    rows = hot_sql.mappings(connection, _LOCK_ACCOUNTS_AND_LIMITS, {"keys": keys, "account_ids": account_ids})
+    batch.global_limits, batch.limits = resolve_limits((r for r in rows if r["id"] is not None), account_ids)
     throttled = {
         m.strategy_id
         for m in metas.values()
@@ -402,7 +405,7 @@ def prepare_batch(
         "not_passed": _NOT_PASSED,
         **_recent_windows(batch, metas, throttled),
     }
-    fill_batch(batch, connection.execute(_LOAD, params), now)
+    fill_batch(batch, hot_sql.rows(connection, _LOAD, params), now)
     return batch
 
 

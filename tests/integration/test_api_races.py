@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select
 
 from common import jsonutil
 from common.contracts import ExecutionReportSchema
@@ -31,6 +31,7 @@ from common.store.uow import UnitOfWork
 from services.execution_handler.handlers import handle_execution_report as handle_report
 from services.risk_gate.handlers import handle_risk_check
 from tests.support.api import bearer, new_account
+from tests.support.db import waiting_for_a_lock
 from tests.support.orders import apply_report, create_order, handle, mark_routed, order_row, risk_check, store
 from tests.support.polling import wait_until
 
@@ -96,16 +97,6 @@ def _partial_fill(order_id: str) -> Envelope:
     return _report_envelope(order_id, "PARTIAL_FILL", "40", "40", "60")
 
 
-def _waiting_for_a_lock(engine: Engine) -> bool:
-    with engine.connect() as connection:
-        waiting = connection.execute(
-            text(
-                "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
-            )
-        ).scalar_one()
-    return int(waiting) > 0
-
-
 def _open_order(engine: Engine, account: str) -> str:
     """A LIMIT buy of 100 at 190 the venue has acknowledged (OPEN)."""
     order = mark_routed(create_order(account_id=account, price=D("190.00")), datetime.now(UTC))
@@ -144,7 +135,7 @@ def _hold_then_commit(
         work(uow)
         assert uow.connection is not None  # flushes the buffered writes: events now hold their sequences
         answer = pool.submit(request)
-        wait_until(lambda: _waiting_for_a_lock(engine), timeout=60, message="the front end waits for the lock")
+        wait_until(lambda: waiting_for_a_lock(engine), timeout=60, message="the front end waits for the lock")
         uow.commit()
         return answer.result(timeout=30)
 

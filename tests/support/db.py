@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 
 from common.store.db import make_engine
 from tools.seed import seed_demo
@@ -39,3 +39,14 @@ def statements(engine: Engine) -> Iterator[list[str]]:
         yield sent
     finally:
         event.remove(engine, "before_cursor_execute", count)
+
+
+def waiting_for_a_lock(engine: Engine) -> bool:
+    """Whether a session of ``engine``'s database is waiting for a lock (a writer queued behind another)."""
+    with engine.connect() as connection:
+        waiting = connection.execute(
+            text(
+                "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return int(waiting) > 0
