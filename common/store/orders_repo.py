@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, String, any_, bindparam, column, select, text, tuple_
+from sqlalchemy import Connection, RowMapping, String, any_, bindparam, column, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from common.domain import (
@@ -95,7 +95,7 @@ def _pending_from_json(data: Mapping[str, Any] | None) -> PendingRequest | None:
     return PendingRequest.from_dict(data) if data else None
 
 
-def order_from_row(row: Mapping[str, Any]) -> Order:
+def order_from_row(row: Mapping[str, Any] | RowMapping) -> Order:
     """Rebuild the aggregate from an ``orders`` row."""
     return Order(
         id=row["id"],
