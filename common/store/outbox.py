@@ -64,6 +64,12 @@ _OUTBOX_COLUMNS = (
     ("created_at", "timestamptz"),
 )
 _INSERT_OUTBOX = bulk_insert("outbox", _OUTBOX_COLUMNS)
+# Unclaimed rows (the API's) wake the relay at commit: pg_notify is queued with the transaction as NOTIFY is, and
+# rides in the insert's own round trip. Composed of the constant statement above, nothing from input.
+_INSERT_OUTBOX_AND_NOTIFY = hot_sql.HotStatement(
+    f"WITH written AS ({_INSERT_OUTBOX.sql} RETURNING 1) SELECT pg_notify('oms_outbox', '')",  # nosec B608
+    _INSERT_OUTBOX.fixed,
+)
 _MARK_SENT = hot_sql.hot(
     text("UPDATE outbox SET sent_at = now() WHERE message_id = ANY(CAST(:ids AS varchar[])) AND sent_at IS NULL")
 )
@@ -113,10 +119,9 @@ class Outbox:
             }
             for m in self._pending
         ]
-        hot_sql.execute(self._connection, _INSERT_OUTBOX, rows_parameter(rows, _OUTBOX_COLUMNS))
-        if not self._claimed:
-            # Wakes the relay at commit (NOTIFY is transactional), so API writes go out at once.
-            self._connection.execute(text("NOTIFY oms_outbox"))
+        # Unclaimed rows also wake the relay at commit, so the API's writes go out at once.
+        statement = _INSERT_OUTBOX if self._claimed else _INSERT_OUTBOX_AND_NOTIFY
+        hot_sql.execute(self._connection, statement, rows_parameter(rows, _OUTBOX_COLUMNS))
         self.written.extend(self._pending)
         self._pending.clear()
 

@@ -18,6 +18,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -492,6 +493,51 @@ async def test_outbox_relay_outlives_database_and_broker_outages(
         relay.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 20)
+        await connection.close()
+        engine.dispose()
+
+
+async def test_an_unclaimed_outbox_row_wakes_the_relay_at_commit(database_url: str, amqp_url: str) -> None:
+    """The API's rows (unclaimed) carry the relay's wake-up in their insert (pg_notify): they go out at once, not
+    at the next poll, which is set here far beyond the wait."""
+    from common.store.uow import UnitOfWork
+
+    engine = make_engine(database_url)
+    settings = Settings(
+        infra=InfraSettings(database_url=database_url, amqp_url=amqp_url), stage=StageSettings(outbox_poll_seconds=120)
+    )
+    relay = OutboxRelay(settings, engine)
+    task = asyncio.create_task(relay.run())
+    connection = await aio_pika.connect_robust(amqp_url)
+    routing_key = f"test.wake.{uuid.uuid4().hex[:8]}"
+    try:
+        channel = await connection.channel()
+        exchanges = await declare_exchanges(channel)
+        target = await channel.declare_queue(exclusive=True)
+        await target.bind(exchanges[OMS_EXCHANGE], routing_key)
+        received: set[str] = set()
+
+        async def arrived(mid: str) -> bool:
+            while (message := await target.get(no_ack=True, fail=False)) is not None:
+                received.add(str(message.message_id))
+            return mid in received
+
+        def write() -> str:
+            with UnitOfWork(engine) as uow:  # claim_outbox False: the API's kind of row
+                message = uow.outbox.add(OMS_EXCHANGE, routing_key, "Test", {"n": 1}, None)
+                uow.commit()
+            return message.message_id
+
+        # The first may go out with the relay's start-up sweep; by the second the relay waits on its LISTEN.
+        for _ in range(2):
+            mid = await asyncio.to_thread(write)
+            await async_wait_until(partial(arrived, mid), timeout=30, message="relayed without waiting for a poll")
+        assert not task.done()
+    finally:
+        relay.stop()
+        task.cancel()  # it would sleep out its long poll first
+        with contextlib.suppress(BaseException):
+            await task
         await connection.close()
         engine.dispose()
 
