@@ -21,18 +21,22 @@ from common.messaging.connection import connect_unless_stopped
 from common.messaging.publisher import Publisher
 from common.metrics import OUTBOX_LAG_SECONDS, OUTBOX_PUBLISHED
 from common.settings import Settings
+from common.store import hot_sql
 from common.store.outbox import OutboxMessage, mark_sent
 
 log = logging.getLogger(__name__)
 
-_DUE = text(
-    "SELECT message_id, exchange, routing_key, type, correlation_id, headers, body, created_at FROM outbox "
-    "WHERE sent_at IS NULL AND (NOT claimed OR created_at < now() - make_interval(secs => :grace)) "
-    "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+# Per round (a round per API write at a steady rate), so hot (common.store.hot_sql).
+_DUE = hot_sql.hot(
+    text(
+        "SELECT message_id, exchange, routing_key, type, correlation_id, headers, body, created_at FROM outbox "
+        "WHERE sent_at IS NULL AND (NOT claimed OR created_at < now() - make_interval(secs => :grace)) "
+        "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+    )
 )
 _FIRST_DELAY = 0.5
 _MAX_DELAY = 30.0
-_OLDEST = text("SELECT min(created_at) FROM outbox WHERE sent_at IS NULL")
+_OLDEST = hot_sql.hot(text("SELECT min(created_at) FROM outbox WHERE sent_at IS NULL"))
 
 
 def libpq_url(sqlalchemy_url: str) -> str:
@@ -50,42 +54,43 @@ class OutboxRelay:
         self.batch = batch
         self._stopping = asyncio.Event()
 
-    def _take(self, connection: Connection) -> list[OutboxMessage]:
-        rows = connection.execute(_DUE, {"grace": self.settings.stage.outbox_grace_seconds, "limit": self.batch})
-        return [
-            OutboxMessage(
-                message_id=r.message_id,
-                exchange=r.exchange,
-                routing_key=r.routing_key,
-                type=r.type,
-                correlation_id=r.correlation_id,
-                headers=r.headers,
-                body=r.body,
-                created_at=r.created_at,
+    def _take(self) -> tuple[Connection, list[OutboxMessage]]:
+        """Open a transaction and lock the due rows in it (one hop to a thread: connect, begin and select)."""
+        connection = self.engine.connect()
+        try:
+            rows = hot_sql.mappings(
+                connection, _DUE, {"grace": self.settings.stage.outbox_grace_seconds, "limit": self.batch}
             )
-            for r in rows
-        ]
+        except BaseException:
+            connection.close()
+            raise
+        return connection, [OutboxMessage(**row) for row in rows]
 
-    def _lag(self) -> float:
-        with self.engine.connect() as connection:
-            oldest = connection.execute(_OLDEST).scalar()
+    @staticmethod
+    def _finish(connection: Connection, confirmed: list[str]) -> float:
+        """Mark the confirmed rows sent and commit; returns the outbox lag, read in the same transaction (it sees
+        the rows just marked) rather than on a connection of its own."""
+        try:
+            mark_sent(connection, confirmed)
+            oldest = hot_sql.scalars(connection, _OLDEST)[0]
+            connection.commit()
+        finally:
+            with contextlib.suppress(Exception):  # a connection the database dropped cannot close cleanly
+                connection.close()
         return 0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds()
 
     async def relay_once(self, publisher: Publisher) -> int:
         """Publish one round of due rows; returns how many were confirmed."""
-        connection = await asyncio.to_thread(self.engine.connect)
+        connection, messages = await asyncio.to_thread(self._take)
         try:
-            await asyncio.to_thread(connection.begin)
-            messages = await asyncio.to_thread(self._take, connection)
             confirmed = await publisher.publish(messages) if messages else []
-            if confirmed:
-                await asyncio.to_thread(mark_sent, connection, confirmed)
-            await asyncio.to_thread(connection.commit)
-        finally:
-            with contextlib.suppress(Exception):  # a connection the database dropped cannot close cleanly
-                await asyncio.to_thread(connection.close)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(connection.close)  # rolls back: the rows are taken again next round
+            raise
+        lag = await asyncio.to_thread(self._finish, connection, confirmed)
         OUTBOX_PUBLISHED.inc(len(confirmed))
-        OUTBOX_LAG_SECONDS.set(await asyncio.to_thread(self._lag))
+        OUTBOX_LAG_SECONDS.set(lag)
         return len(confirmed)
 
     async def _listen(self) -> psycopg.AsyncConnection[Any]:
