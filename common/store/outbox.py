@@ -65,8 +65,9 @@ _OUTBOX_COLUMNS = (
 )
 _INSERT_OUTBOX = bulk_insert("outbox", _OUTBOX_COLUMNS)
 # Unclaimed rows (the API's) wake the relay at commit: pg_notify is queued with the transaction as NOTIFY is, and
-# rides in the insert's own round trip. Composed of the constant statement above, nothing from input.
+# rides in the insert's own round trip.
 _INSERT_OUTBOX_AND_NOTIFY = hot_sql.HotStatement(
+    # The constant statement above, every value bound (:rows): nothing from input, B608 does not apply.
     f"WITH written AS ({_INSERT_OUTBOX.sql} RETURNING 1) SELECT pg_notify('oms_outbox', '')",  # nosec B608
     _INSERT_OUTBOX.fixed,
 )

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -447,28 +447,31 @@ def _unclaimed_row(engine: Engine, routing_key: str) -> str:
     return mid
 
 
-async def test_outbox_relay_outlives_database_and_broker_outages(
-    database_url: str, amqp_url: str, management_url: str
-) -> None:
+@dataclass
+class _RelayRig:
+    engine: Engine
+    task: asyncio.Task[None]
+    routing_key: str
+    arrived: Callable[[str], Awaitable[bool]]  # whether a message id reached the rig's queue
+
+
+@contextlib.asynccontextmanager
+async def _running_relay(database_url: str, amqp_url: str, poll_seconds: float) -> AsyncIterator[_RelayRig]:
+    """A relay polling every ``poll_seconds``, and a queue of its own bound to a fresh routing key."""
     engine = make_engine(database_url)
     settings = Settings(
-        infra=InfraSettings(database_url=database_url, amqp_url=amqp_url), stage=StageSettings(outbox_poll_seconds=0.5)
+        infra=InfraSettings(database_url=database_url, amqp_url=amqp_url),
+        stage=StageSettings(outbox_poll_seconds=poll_seconds),
     )
     relay = OutboxRelay(settings, engine)
     task = asyncio.create_task(relay.run())
     connection = await aio_pika.connect_robust(amqp_url)
-    routing_key = f"test.relay.{uuid.uuid4().hex[:8]}"
     try:
         channel = await connection.channel()
         exchanges = await declare_exchanges(channel)
         target = await channel.declare_queue(exclusive=True)
+        routing_key = f"test.relay.{uuid.uuid4().hex[:8]}"
         await target.bind(exchanges[OMS_EXCHANGE], routing_key)
-        vhost = outages.vhost_of(amqp_url)
-        await async_wait_until(
-            lambda: asyncio.to_thread(outages.connections, management_url, vhost, "oms.outbox_relay"),
-            timeout=20,
-            message="the relay connected",
-        )
         received: set[str] = set()
 
         async def arrived(mid: str) -> bool:
@@ -476,25 +479,39 @@ async def test_outbox_relay_outlives_database_and_broker_outages(
                 received.add(str(message.message_id))
             return mid in received
 
-        first = await asyncio.to_thread(_unclaimed_row, engine, routing_key)
-        await async_wait_until(lambda: arrived(first), timeout=60, message="relayed before the outages")
+        yield _RelayRig(engine, task, routing_key, arrived)
+    finally:
+        relay.stop()
+        task.cancel()  # not waiting for it to sleep out its poll
+        with contextlib.suppress(BaseException):
+            await task
+        await connection.close()
+        engine.dispose()
+
+
+async def test_outbox_relay_outlives_database_and_broker_outages(
+    database_url: str, amqp_url: str, management_url: str
+) -> None:
+    async with _running_relay(database_url, amqp_url, poll_seconds=0.5) as rig:
+        vhost = outages.vhost_of(amqp_url)
+        await async_wait_until(
+            lambda: asyncio.to_thread(outages.connections, management_url, vhost, "oms.outbox_relay"),
+            timeout=20,
+            message="the relay connected",
+        )
+        first = await asyncio.to_thread(_unclaimed_row, rig.engine, rig.routing_key)
+        await async_wait_until(partial(rig.arrived, first), timeout=60, message="relayed before the outages")
 
         with outages.database_down(database_url):  # the LISTEN connection and the pool die
             await asyncio.sleep(1.5)  # the length of the outage (not a wait for state)
-            assert not task.done(), repr(task.exception() if task.done() else None)
-        second = await asyncio.to_thread(_unclaimed_row, engine, routing_key)
-        await async_wait_until(lambda: arrived(second), timeout=40, message="relayed after the database outage")
+            assert not rig.task.done(), repr(rig.task.exception() if rig.task.done() else None)
+        second = await asyncio.to_thread(_unclaimed_row, rig.engine, rig.routing_key)
+        await async_wait_until(partial(rig.arrived, second), timeout=40, message="relayed after the database outage")
 
         await _kill(management_url, vhost, "oms.outbox_relay")
-        third = await asyncio.to_thread(_unclaimed_row, engine, routing_key)
-        await async_wait_until(lambda: arrived(third), timeout=40, message="relayed after the broker outage")
-        assert not task.done()
-    finally:
-        relay.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
-        await connection.close()
-        engine.dispose()
+        third = await asyncio.to_thread(_unclaimed_row, rig.engine, rig.routing_key)
+        await async_wait_until(partial(rig.arrived, third), timeout=40, message="relayed after the broker outage")
+        assert not rig.task.done()
 
 
 async def test_an_unclaimed_outbox_row_wakes_the_relay_at_commit(database_url: str, amqp_url: str) -> None:
@@ -502,44 +519,19 @@ async def test_an_unclaimed_outbox_row_wakes_the_relay_at_commit(database_url: s
     at the next poll, which is set here far beyond the wait."""
     from common.store.uow import UnitOfWork
 
-    engine = make_engine(database_url)
-    settings = Settings(
-        infra=InfraSettings(database_url=database_url, amqp_url=amqp_url), stage=StageSettings(outbox_poll_seconds=120)
-    )
-    relay = OutboxRelay(settings, engine)
-    task = asyncio.create_task(relay.run())
-    connection = await aio_pika.connect_robust(amqp_url)
-    routing_key = f"test.wake.{uuid.uuid4().hex[:8]}"
-    try:
-        channel = await connection.channel()
-        exchanges = await declare_exchanges(channel)
-        target = await channel.declare_queue(exclusive=True)
-        await target.bind(exchanges[OMS_EXCHANGE], routing_key)
-        received: set[str] = set()
-
-        async def arrived(mid: str) -> bool:
-            while (message := await target.get(no_ack=True, fail=False)) is not None:
-                received.add(str(message.message_id))
-            return mid in received
+    async with _running_relay(database_url, amqp_url, poll_seconds=120) as rig:
 
         def write() -> str:
-            with UnitOfWork(engine) as uow:  # claim_outbox False: the API's kind of row
-                message = uow.outbox.add(OMS_EXCHANGE, routing_key, "Test", {"n": 1}, None)
+            with UnitOfWork(rig.engine) as uow:  # claim_outbox False: the API's kind of row
+                message = uow.outbox.add(OMS_EXCHANGE, rig.routing_key, "Test", {"n": 1}, None)
                 uow.commit()
             return message.message_id
 
         # The first may go out with the relay's start-up sweep; by the second the relay waits on its LISTEN.
         for _ in range(2):
             mid = await asyncio.to_thread(write)
-            await async_wait_until(partial(arrived, mid), timeout=30, message="relayed without waiting for a poll")
-        assert not task.done()
-    finally:
-        relay.stop()
-        task.cancel()  # it would sleep out its long poll first
-        with contextlib.suppress(BaseException):
-            await task
-        await connection.close()
-        engine.dispose()
+            await async_wait_until(partial(rig.arrived, mid), timeout=30, message="relayed without waiting for a poll")
+        assert not rig.task.done()
 
 
 # ------------------------------------------------------------------------------------------------ crash hook
