@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelInvalidStateError
-from marshmallow import Schema, ValidationError
+from marshmallow import ValidationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -141,11 +141,6 @@ class StageSpec:
             if kind is not None and not kind.internal:
                 return None  # only the OMS's own hand-overs carry a partition
         return kind
-
-    def schema_for(self, routing_key: str) -> Schema | None:
-        """The schema that validates a delivery with ``routing_key``; None when the stage takes no such key."""
-        kind = self.kind_for(routing_key)
-        return None if kind is None else kind.schema
 
     def handle(self, uow: AbstractUnitOfWork, env: Envelope) -> None:
         """Run the handler of the envelope's kind (``DeadLetter`` for a key the stage does not take)."""
@@ -747,8 +742,7 @@ class StageWorker:
         """Which replica this is: as configured, else the first index no live replica of the stage holds."""
         stage = self.settings.stage
         if stage.replica_index is not None or stage.replicas == 1:
-            self._replica = stage.replica_index or 0
-            return
+            return  # the index set in __init__
         delay = 0.5
         while not self._stopping.is_set():
             try:

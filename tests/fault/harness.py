@@ -6,6 +6,7 @@ the outages the suite injects touch nothing else on the machine, and ``./oms dow
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -30,6 +31,7 @@ from common import jsonutil
 from common.messages.catalogue import TRADE_DECISION
 from common.messages.headers import ACCOUNT_HEADER
 from common.settings import REPO_ROOT
+from tests.support.polling import async_wait_until
 from tools import infra
 from tools.infra import postgres, rabbitmq
 
@@ -247,6 +249,38 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
     """The rows of a query, as mappings."""
     with engine.connect() as connection:
         return list(connection.execute(text(sql), params).mappings())
+
+
+def filled(engine: Engine, strategy: str) -> int:
+    """How many orders of the stream ``strategy`` are FILLED."""
+    return int(scalar(engine, "SELECT count(*) FROM orders WHERE strategy_id = :s AND state = 'FILLED'", s=strategy))
+
+
+async def progress(engine: Engine, strategy: str, more: int, timeout: float) -> float:
+    """Wait until ``more`` orders of the stream have been filled since now: the system is flowing; returns how
+    long that took."""
+    began = time.monotonic()
+    target = await asyncio.to_thread(filled, engine, strategy) + more
+    await async_wait_until(
+        lambda: filled(engine, strategy) >= target,
+        timeout=timeout,
+        interval=0.2,
+        message=lambda: f"{filled(engine, strategy)}/{target} filled",
+    )
+    return time.monotonic() - began
+
+
+async def kill_and_await_restart(instance: Instance, name: str, timeout: float) -> None:
+    """kill -9 the supervised process ``name`` and wait until the supervisor has started it again."""
+    pid = await asyncio.to_thread(instance.pid, name)
+    assert pid, f"{name} is not running"
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted() -> bool:
+        now = instance.pid(name)
+        return now is not None and now != pid
+
+    await async_wait_until(restarted, timeout=timeout, interval=0.2, message=f"{name} restarted")
 
 
 def order_trail(engine: Engine, order_id: str) -> str:

@@ -46,7 +46,7 @@ from common.messages.exchanges import OMS_EXCHANGE
 from common.messaging.connection import connect
 from common.messaging.topology import VENUE_QUEUE, all_stage_queues
 from common.settings import amqp_node_urls
-from tests.fault.harness import Instance, decision, order_trail, rows, scalar
+from tests.fault.harness import Instance, decision, filled, kill_and_await_restart, order_trail, progress, rows, scalar
 from tests.support.invariants import assert_invariants_hold
 from tests.support.polling import async_wait_until
 from tools.infra import rabbit_cluster
@@ -325,22 +325,8 @@ async def amqp(instance: Instance) -> AsyncIterator[AbstractRobustConnection]:
 # ------------------------------------------------------------------------------------------------- the test
 
 
-def _filled(engine: Engine, strategy: str) -> int:
-    return int(scalar(engine, "SELECT count(*) FROM orders WHERE strategy_id = :s AND state = 'FILLED'", s=strategy))
-
-
 async def _progress(engine: Engine, strategy: str, more: int, timeout: float = FLOW_SECONDS) -> float:
-    """Wait until ``more`` orders of the stream have been filled since now: the system is flowing; returns how
-    long that took."""
-    began = time.monotonic()
-    target = await asyncio.to_thread(_filled, engine, strategy) + more
-    await async_wait_until(
-        lambda: _filled(engine, strategy) >= target,
-        timeout=timeout,
-        interval=0.2,
-        message=lambda: f"{_filled(engine, strategy)}/{target} filled",
-    )
-    return time.monotonic() - began
+    return await progress(engine, strategy, more, timeout)
 
 
 async def _kill_leader_node(instance: Instance, engine: Engine, strategy: str, faults: Faults) -> int:
@@ -386,16 +372,8 @@ async def _kill_replicas(instance: Instance, engine: Engine, strategy: str, faul
     """kill -9 the second replica of each stage in turn; the supervisor restarts it and the flow goes on."""
     for stage in STAGES:
         name = f"{stage}-{REPLICAS}"
-        pid = await asyncio.to_thread(instance.pid, name)
-        assert pid, f"{name} is not running"
-        os.kill(pid, signal.SIGKILL)
+        await kill_and_await_restart(instance, name, timeout=FLOW_SECONDS)
         faults.add(f"kill -9 of {name}")
-
-        def restarted(name: str = name, pid: int = pid) -> bool:
-            now = instance.pid(name)
-            return now is not None and now != pid
-
-        await async_wait_until(restarted, timeout=FLOW_SECONDS, interval=0.2, message=f"{name} restarted")
         await _progress(engine, strategy, 10)
 
 
@@ -465,14 +443,14 @@ async def test_a_lost_node_and_lost_replicas_lose_and_double_nothing(
     sent = set(stream.sent)
 
     def filled_all() -> bool:
-        return _filled(engine, strategy) >= len(sent)
+        return filled(engine, strategy) >= len(sent)
 
     try:
         await async_wait_until(
             filled_all,
             timeout=DRAIN_SECONDS,
             interval=0.5,
-            message=lambda: f"{_filled(engine, strategy)}/{len(sent)} orders filled",
+            message=lambda: f"{filled(engine, strategy)}/{len(sent)} orders filled",
         )
     except AssertionError as exc:
         print(f"cluster failover: {exc}\n{_queue_picture(settings)}", flush=True)

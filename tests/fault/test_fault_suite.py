@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import signal
 import time
 import uuid
 from collections import Counter
@@ -35,7 +33,7 @@ from sqlalchemy import Engine
 from common import jsonutil
 from common.messages.exchanges import OMS_EXCHANGE
 from common.messaging.connection import connect
-from tests.fault.harness import Instance, decision, order_trail, outage, rows, scalar
+from tests.fault.harness import Instance, decision, kill_and_await_restart, order_trail, outage, progress, rows, scalar
 from tests.support.invariants import assert_invariants_hold
 from tests.support.polling import async_wait_until
 from tools.processes import system
@@ -127,17 +125,7 @@ async def amqp(instance: Instance) -> AsyncIterator[AbstractRobustConnection]:
 
 
 async def _progress(engine: Engine, strategy: str, more: int, timeout: float = 120) -> None:
-    """Wait until ``more`` orders of the stream have been filled since now: the system is flowing."""
-
-    def filled() -> int:
-        return int(
-            scalar(engine, "SELECT count(*) FROM orders WHERE strategy_id = :s AND state = 'FILLED'", s=strategy)
-        )
-
-    target = await asyncio.to_thread(filled) + more
-    await async_wait_until(
-        lambda: filled() >= target, timeout=timeout, interval=0.2, message=lambda: f"{filled()}/{target} filled"
-    )
+    await progress(engine, strategy, more, timeout)
 
 
 async def _poison(connection: AbstractRobustConnection, faults: Faults) -> dict[str, str]:
@@ -202,16 +190,8 @@ async def _dead_letters(connection: AbstractRobustConnection, queue_name: str) -
 
 async def _kill_each(instance: Instance, engine: Engine, strategy: str, faults: Faults) -> None:
     for name in PROCESSES:
-        pid = await asyncio.to_thread(instance.pid, name)
-        assert pid, f"{name} is not running"
-        os.kill(pid, signal.SIGKILL)
+        await kill_and_await_restart(instance, name, timeout=60)
         faults.add(f"SIGKILL {name}")
-
-        def restarted(name: str = name, pid: int = pid) -> bool:
-            now = instance.pid(name)
-            return now is not None and now != pid
-
-        await async_wait_until(restarted, timeout=60, interval=0.2, message=f"{name} restarted")
         await _progress(engine, strategy, 10)
 
 
