@@ -14,6 +14,7 @@ gunicorn arbiter must not import before it has named its multiprocess metrics fo
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -55,8 +56,23 @@ def settings_or_exit() -> Settings:
 
 
 def configure_process(service: str, settings: Settings) -> None:
-    """JSON log lines naming ``service``, at the configured level."""
+    """JSON log lines naming ``service``, at the configured level; the garbage collector tuned."""
     configure_logging(service, settings.logging.level)
+    tune_garbage_collector(settings.stage.gc_threshold)
+
+
+def tune_garbage_collector(threshold: int) -> None:
+    """Fewer and cheaper cyclic collections (docs/design.md, Speed, session 8).
+
+    What the process holds now (modules, schemas, the SQLAlchemy metadata) is moved out of the collector's
+    sight with ``gc.freeze``: it lives as long as the process, and a full collection walked all of it. The
+    youngest generation is collected after ``threshold`` net allocations instead of 700: a batch's short-lived
+    objects (most freed by reference counting anyway) crossed 700 several times per batch, and each collection
+    walked the whole batch. 0 keeps Python's threshold. ``run_service`` freezes again once its service is built.
+    """
+    gc.freeze()
+    if threshold:
+        gc.set_threshold(threshold)
 
 
 def serve_endpoints(service: str, settings: Settings, checks: Mapping[str, Check]) -> ProcessEndpoints | None:
@@ -82,6 +98,7 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
 
 async def _until_stopped(build: Callable[[], Service]) -> None:
     service = build()  # in the loop: a service may make loop-bound objects (events, queues) as it is built
+    gc.freeze()  # what building made lives as long as the process too (tune_garbage_collector)
     stop_on_signals(service.stop)
     await service.run()
 

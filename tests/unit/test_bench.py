@@ -101,6 +101,16 @@ def test_pid_from_file(tmp_path: Path) -> None:
     assert bench_cpu.pid_from_file(tmp_path / "missing") is None
 
 
+def test_the_settled_poll_waits_half_the_time_left_and_is_frequent_only_near_the_end() -> None:
+    assert bench._next_poll(left=3000, settled_since=0, seconds_since=0.1) == bench._POLL_IDLE_SECONDS
+    assert bench._next_poll(left=2000, settled_since=100, seconds_since=0.25) == bench._POLL_CEILING_SECONDS
+    assert bench._next_poll(left=80, settled_since=100, seconds_since=0.25) == pytest.approx(0.1)  # 0.2 s left
+    assert bench._next_poll(left=5, settled_since=100, seconds_since=0.25) == bench._POLL_FLOOR_SECONDS
+    # never past the end the recent rate predicts, so the window closes within a floor of the end
+    for left in range(1, 400):
+        assert bench._next_poll(left, 100, 0.25) <= max(bench._POLL_FLOOR_SECONDS, left * 0.0025)
+
+
 def test_history_chunks_cover_every_order_once() -> None:
     assert bench_history.chunks(250_001, 100_000) == [(1, 100_000), (100_001, 200_000), (200_001, 250_001)]
     assert bench_history.chunks(5, 100_000) == [(1, 5)]

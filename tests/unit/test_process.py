@@ -63,3 +63,28 @@ def test_a_signal_drains_the_work_at_hand_then_exits_0(kind: str, sig: signal.Si
     assert process.returncode == 0, err
     assert out.strip() == "drained"
     assert '"message": "stopped"' in err  # the JSON log line of run_service
+
+
+GC = """
+import gc, sys
+from common.runtime.process import configure_process
+from common.settings import load_settings
+
+before = gc.get_freeze_count()
+configure_process("oms.test", load_settings())
+print(gc.get_threshold()[0], gc.get_freeze_count() > before)
+"""
+
+
+@pytest.mark.parametrize(("setting", "threshold"), [(None, 20_000), ("5000", 5000), ("0", 700)])
+def test_a_process_freezes_what_it_holds_and_collects_its_youngest_objects_less_often(
+    setting: str | None, threshold: int
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("OMS_GC_THRESHOLD", None)
+    if setting is not None:
+        env["OMS_GC_THRESHOLD"] = setting
+    done = subprocess.run(
+        [sys.executable, "-c", GC], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == [str(threshold), "True"]
