@@ -19,11 +19,16 @@ So a pass never takes an ack's word for it. After each batch of acks it makes a 
 same channel (``basic.qos``: the channel has then handled every ack); at the end it hands back what it held,
 asks the broker to requeue anything the channel still holds (``basic.recover``: an ack that never took
 effect), closes the channel, waits until the queue's depth settles (a quorum queue requeues asynchronously),
-and reads the whole queue again. Only a message whose id is no longer there counts as removed: its row
-becomes PURGED or REPLAYED. One still there is reported as not removed; its row is deleted (a purge did
-nothing) or says why it failed (a replay did republish it; the copy left in the dead-letter queue is absorbed
-by the stage's inbox if replayed again). A copy that this very replay sent back and its stage dead-lettered
-again carries this run's ``x-oms-replay-run`` header and is not mistaken for the original.
+and reads the whole queue again. Where the acks went: a quorum queue's client in the channel stashes settlements
+once 32 of its commands await the queue's answer, and sends them when answers come; the channel closing first
+drops the stash, and the queue hands those messages back. So the check acks again, in the channel it reads the
+queue with, every copy the pass acked that is still there: at most ``REACK_LIMIT`` per read, below the stash's
+threshold, so those acks reach the queue before that channel closes. It reads again after each such round, at
+most ``CHECK_READS`` times. Only a message whose id is no longer there counts as removed: its row
+becomes PURGED or REPLAYED. One still there after the last read is reported as not removed; its row is deleted
+(a purge did nothing) or says why it failed (a replay did republish it; the copy left in the dead-letter queue
+is absorbed by the stage's inbox if replayed again). A copy that this very replay sent back and its stage
+dead-lettered again carries this run's ``x-oms-replay-run`` header and is not mistaken for the original.
 
 The row written before the ack is a FAILED row whose detail is ``UNCHECKED`` (the table's CHECK allows
 REPLAYED, PURGED and FAILED only): one left like that is a pass killed between its ack and its check, which
@@ -625,6 +630,11 @@ def replay_message(message: AbstractIncomingMessage, run_id: str) -> aio_pika.Me
 SETTLE_TIMEOUT = 10.0
 SETTLE_INTERVAL = 0.1
 SETTLE_READS = 3
+# The check's re-acks per read of the queue: below the 32 unanswered commands after which a quorum queue's client
+# stashes settlements instead of sending them (rabbit_fifo_client's soft limit), so none is stashed and dropped.
+REACK_LIMIT = 24
+# Reads of the queue the check makes at most: after each but the last, it acks again what is still there.
+CHECK_READS = 4
 # The row of a message about to be acked, until the check says what happened (module doc).
 UNCHECKED = "acked; not yet checked that it left the queue (the pass stopped before its check if this stays)"
 
@@ -772,14 +782,35 @@ class _Pass:
     async def _check(self) -> None:
         """Read the queue again; count as done only the acked messages that are gone, and audit only those."""
         report = self.report
-        left = await _remaining_ids(self.connection, report.queue, report.run_id, report.depth - len(self.acked))
         acked_per_id = Counter(a.item.message_id for a in self.acked)
-        # Copies of an id the pass did not take (arrived meanwhile) are not held against it; a copy it acked and
-        # that is still there is, whichever physical copy it is.
-        still_there = {
-            message_id: min(count, max(0, left[message_id] - (self.seen[message_id] - count)))
-            for message_id, count in acked_per_id.items()
-        }
+        floor = report.depth - len(self.acked)
+        reacked = 0
+
+        def still_there_in(left: Counter[str]) -> Counter[str]:
+            # Copies of an id the pass did not take (arrived meanwhile) are not held against it; a copy it acked
+            # and that is still there is, whichever physical copy it is.
+            return Counter(
+                {
+                    message_id: min(count, max(0, left[message_id] - (self.seen[message_id] - count)))
+                    for message_id, count in acked_per_id.items()
+                }
+            )
+
+        for read in range(1, CHECK_READS + 1):
+            last = read == CHECK_READS
+            left, taken = await _remaining_ids(
+                self.connection, report.queue, report.run_id, floor, None if last else still_there_in
+            )
+            still_there = still_there_in(left)
+            if not taken:  # so this read found none of them still there, or it was the last
+                break
+            reacked += taken.total()
+            floor -= taken.total()
+        if reacked:
+            log.info(
+                "dead letters acked again: the broker had handed them back",
+                extra={"queue": report.queue, "run_id": report.run_id, "reacked": reacked},
+            )
         removed: dict[int, str] = {}
         kept: dict[int, str | None] = {}
         for acked in reversed(self.acked):  # the last copies acked are the ones reported not removed
@@ -824,9 +855,19 @@ async def _settled_depth(connection: AbstractConnection, queue: str, floor: int)
         await asyncio.sleep(SETTLE_INTERVAL)  # polling the broker: there is no event to wait for
 
 
-async def _queued(connection: AbstractConnection, queue: str, floor: int) -> Counter[tuple[str, str]]:
-    """What ``queue`` holds now: (message id, the ``x-oms-replay-run`` it carries or "") with how many copies.
-    Every message is read and handed back (nothing is removed).
+def _key(message: AbstractIncomingMessage) -> tuple[str, str]:
+    return message_id_of(message), _text((message.headers or {}).get(REPLAY_RUN_HEADER, ""))
+
+
+async def _queued(
+    connection: AbstractConnection,
+    queue: str,
+    floor: int,
+    to_remove: Callable[[Counter[tuple[str, str]]], Counter[tuple[str, str]]] | None = None,
+) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]]]:
+    """What ``queue`` holds now: (message id, the ``x-oms-replay-run`` it carries or "") with how many copies;
+    and what of it was acked here: ``to_remove`` is given what was found and says which copies to ack (at most
+    ``REACK_LIMIT`` are). Every other message is handed back.
 
     ``floor``: what the queue holds at least once everything a pass handed back is in it again (its depth at
     the start less what it acked, unless someone else takes messages meanwhile)."""
@@ -834,27 +875,59 @@ async def _queued(connection: AbstractConnection, queue: str, floor: int) -> Cou
     channel = await connection.channel()
     held: list[AbstractIncomingMessage] = []
     found: Counter[tuple[str, str]] = Counter()
+    acked: Counter[tuple[str, str]] = Counter()
     try:
         source = await channel.get_queue(queue, ensure=False)
         while (message := await source.get(no_ack=False, fail=False, timeout=30)) is not None:
             held.append(message)
-            found[(message_id_of(message), _text((message.headers or {}).get(REPLAY_RUN_HEADER, "")))] += 1
-        return found
+            found[_key(message)] += 1
+        wanted = to_remove(found) if to_remove is not None else Counter()
+        kept: list[AbstractIncomingMessage] = []
+        for message in held:
+            key = _key(message)
+            if acked[key] < wanted[key] and acked.total() < REACK_LIMIT:
+                await message.ack()
+                acked[key] += 1
+            else:
+                kept.append(message)
+        held = kept
+        return found, acked
     finally:
         if not channel.is_closed:
             await _release(held)
-            await channel.set_qos(prefetch_count=0)  # the nack handled before the close
+            await channel.set_qos(prefetch_count=0)  # the acks and the nack handled before the close
             await channel.close()
 
 
-async def _remaining_ids(connection: AbstractConnection, queue: str, run_id: str, floor: int) -> Counter[str]:
+async def _remaining_ids(
+    connection: AbstractConnection,
+    queue: str,
+    run_id: str,
+    floor: int,
+    to_remove: Callable[[Counter[str]], Counter[str]] | None = None,
+) -> tuple[Counter[str], Counter[str]]:
     """Ids of the messages in ``queue`` now (how many copies of each), leaving out copies this replay run sent
-    back that were dead-lettered again."""
-    ids: Counter[str] = Counter()
-    for (message_id, run), count in (await _queued(connection, queue, floor)).items():
-        if run != run_id:
-            ids[message_id] += count
-    return ids
+    back that were dead-lettered again; and the copies of them acked here (``to_remove``, as in ``_queued``)."""
+
+    def ids_of(counts: Counter[tuple[str, str]]) -> Counter[str]:
+        ids: Counter[str] = Counter()
+        for (message_id, run), count in counts.items():
+            if run != run_id:
+                ids[message_id] += count
+        return ids
+
+    def by_key(found: Counter[tuple[str, str]]) -> Counter[tuple[str, str]]:
+        assert to_remove is not None
+        wanted = to_remove(ids_of(found))
+        chosen: Counter[tuple[str, str]] = Counter()
+        for (message_id, run), count in found.items():
+            if run != run_id and wanted[message_id] > 0:
+                chosen[(message_id, run)] = taken = min(count, wanted[message_id])
+                wanted[message_id] -= taken
+        return chosen
+
+    found, acked = await _queued(connection, queue, floor, by_key if to_remove is not None else None)
+    return ids_of(found), ids_of(acked)
 
 
 def _unchecked_rows(engine: Engine, queue: str) -> list[Any]:
@@ -879,7 +952,7 @@ async def resolve_unchecked(connection: AbstractConnection, engine: Engine, queu
     rows = await asyncio.to_thread(_unchecked_rows, engine, queue)
     if not rows:
         return 0
-    found = await _queued(connection, queue, 0)
+    found, _ = await _queued(connection, queue, 0)
     removed: dict[int, str] = {}
     kept: dict[int, str | None] = {}
     for row in rows:

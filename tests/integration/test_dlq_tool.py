@@ -493,6 +493,51 @@ def _lose_acks_of(monkeypatch: pytest.MonkeyPatch, lost: set[str]) -> None:
     monkeypatch.setattr(aio_pika.IncomingMessage, "ack", ack)
 
 
+def _lose_first_acks_of(monkeypatch: pytest.MonkeyPatch, lost: set[str]) -> list[str]:
+    """Make the client's first ack of these messages vanish, as a quorum queue's channel drops the settlements it
+    stashed when it closes; later acks of them work. Returns the ids of the acks that vanished, in order."""
+    real_ack = aio_pika.IncomingMessage.ack
+    dropped: list[str] = []
+
+    async def ack(self: aio_pika.IncomingMessage, multiple: bool = False) -> None:
+        if self.message_id in lost and self.message_id not in dropped:
+            dropped.append(self.message_id)
+            return
+        await real_ack(self, multiple)
+
+    monkeypatch.setattr(aio_pika.IncomingMessage, "ack", ack)
+    return dropped
+
+
+async def test_acks_the_broker_dropped_are_sent_again_and_everything_is_removed(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.jobs import deadletters
+
+    ids = await _put_dead_letters(stage, 90)
+    kept = await _put_dead_letters(stage, 10, message_type="Other")
+    await async_wait_until(lambda: _depth_is(stage, 100), timeout=30, message="100 messages in the dead-letter queue")
+    # More than one read's worth of re-acks (REACK_LIMIT), so the check needs a second round.
+    lost = set(ids[: deadletters.REACK_LIMIT + 6])
+    dropped = _lose_first_acks_of(monkeypatch, lost)
+
+    report = await deadletters.purge(
+        stage.amqp_url,
+        stage.engine,
+        stage.dlq,
+        deadletters.Selection(type="Work"),
+        actor="ops-test",
+        batch_size=40,
+        progress=None,
+    )
+    assert sorted(dropped) == sorted(lost)  # the pass's acks of them did vanish
+    assert (report.selected, report.done, report.failed, report.not_removed) == (90, 90, 0, 0), report.errors
+    assert sorted(await _queued_ids(stage)) == sorted(kept)
+    rows = audit(stage.engine, stage.dlq)
+    assert sorted(r.message_id for r in rows) == sorted(ids)
+    assert {(r.outcome, r.detail) for r in rows} == {("PURGED", None)}
+
+
 async def test_a_lost_ack_is_reported_not_removed_and_not_audited(
     stage: Stage, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
