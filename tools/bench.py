@@ -257,12 +257,21 @@ _STEPS_AT = text(
 )
 
 
+# When the venue matched each order: its first execution report's time (the venue's clock, this machine's).
+_VENUE_AT = text(
+    "SELECT o.client_order_id, extract(epoch FROM min(r.timestamp))::float8 FROM orders o "
+    "JOIN execution_reports r ON r.order_id = o.id WHERE o.strategy_id = :run GROUP BY o.client_order_id"
+)
+
+
 def _hop_latencies_ms(box: Sandbox, run: str, sent_at: Mapping[str, float]) -> dict[str, list[float]]:
-    """Latency of each hop (decision -> ORDER_CREATED -> ... -> ORDER_FILLED) from the orders' event times."""
+    """Latency of each hop (decision -> ORDER_CREATED -> ... -> ORDER_FILLED) from the orders' event times; the
+    hop through the venue also split at the venue's fill (``routed>venue``, ``venue>acknowledged``)."""
     steps: dict[str, dict[str, float]] = {}
     with box.engine.connect() as db:
         for key, kind, at in db.execute(_STEPS_AT, {"run": run, "types": list(_HOPS)}):
             steps.setdefault(key, {})[kind] = at
+        venue_at = dict(db.execute(_VENUE_AT, {"run": run}).tuples().all())
     hops: dict[str, list[float]] = {}
     for key, at in steps.items():
         if key not in sent_at or any(kind not in at for kind in _HOPS):
@@ -273,6 +282,9 @@ def _hop_latencies_ms(box: Sandbox, run: str, sent_at: Mapping[str, float]) -> d
                 1000 * (at[kind] - before)
             )
             previous, before = kind.removeprefix("ORDER_").removeprefix("RISK_"), at[kind]
+        if key in venue_at:
+            hops.setdefault("hop routed>venue", []).append(1000 * (venue_at[key] - at["ORDER_ROUTED"]))
+            hops.setdefault("hop venue>acknowledged", []).append(1000 * (at["ORDER_ACKNOWLEDGED"] - venue_at[key]))
     return hops
 
 

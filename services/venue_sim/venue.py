@@ -2,9 +2,11 @@
 
 One engine task owns the book. Requests (from the queue ``venue_sim.orders``) and price ticks go through one
 event queue in arrival order; the engine takes what is waiting as a batch and applies each event to the
-book. A sender task, one batch behind, publishes each batch's reports with pipelined confirms and only then
-acks the batch's requests (one ack with ``multiple``). So each order's reports leave in the order they
-happened, and a request is acked only once its answer is safe with the broker.
+book. A sender task, behind it, takes every batch the engine has applied meanwhile as one (journaled in one
+transaction, published with pipelined confirms), and only then acks their requests (one ack with ``multiple``).
+So each order's reports leave in the order they happened, a request is acked only once its answer is safe
+with the broker, and a busy venue pays one journal commit and one wait for confirms per round of the sender,
+not per batch the engine applied (batches waiting behind the sender would each add a round to the latency).
 
 Durable and exactly-once, as a real broker is (with a database; see ``services.venue_sim.journal``). For each
 batch the sender, BEFORE publishing anything, commits in one transaction the batch's answered request ids, a
@@ -113,6 +115,15 @@ class _Batch:
     def reports(self) -> list[OutboxMessage]:
         return self.entry.reports
 
+    def absorb(self, later: _Batch) -> None:
+        """Append a batch applied after this one: its requests, reports and deliveries follow these, and its
+        snapshot of an order (or the order's end) replaces this one's."""
+        self.entry.request_keys.extend(later.entry.request_keys)
+        self.entry.orders.update(later.entry.orders)
+        self.entry.sequence = max(self.entry.sequence, later.entry.sequence)
+        self.entry.reports.extend(later.entry.reports)
+        self.deliveries.extend(later.deliveries)
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -220,7 +231,9 @@ class VenueSim:
         self.market: Market | None = None
         self.book: Book | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
-        self._outbound: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
+        # Every batch applied during a round of the sender goes out in its next round (it takes them all as one);
+        # the bound holds the engine back only while the journal or the confirms are stuck.
+        self._outbound: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=32)
         self._delayed: asyncio.Queue[tuple[float, AbstractIncomingMessage]] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self._tick_pending = False
@@ -376,10 +389,25 @@ class VenueSim:
         batch.entry.sequence = self.book.sequence
         return batch
 
+    async def _taken(self) -> _Batch | None:
+        """The next batch with every one queued behind it absorbed; None once the engine has stopped (after
+        what it queued before stopping)."""
+        batch = await self._outbound.get()
+        if batch is None:
+            return None
+        while not self._outbound.empty():
+            later = self._outbound.get_nowait()
+            if later is None:
+                self._outbound.put_nowait(None)  # the engine put nothing after it: room for it, and seen next
+                break
+            batch.absorb(later)
+        return batch
+
     async def _sender(self) -> None:
-        """Journal each batch, publish its reports with confirms, dead-letter its bad requests, then ack it."""
+        """Journal what the engine applied, publish its reports with confirms, dead-letter its bad requests,
+        then ack it."""
         dropped = False
-        while (batch := await self._outbound.get()) is not None:
+        while (batch := await self._taken()) is not None:
             if dropped:
                 continue  # a batch journaled after one that was not would skip that one's changes
             # Before publishing: a venue that cannot persist must not report (retried until it can, or stop).
