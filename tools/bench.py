@@ -271,7 +271,7 @@ def _hop_latencies_ms(box: Sandbox, run: str, sent_at: Mapping[str, float]) -> d
     with box.engine.connect() as db:
         for key, kind, at in db.execute(_STEPS_AT, {"run": run, "types": list(_HOPS)}):
             steps.setdefault(key, {})[kind] = at
-        venue_at = dict(db.execute(_VENUE_AT, {"run": run}).tuples().all())
+        venue_at: dict[str, float] = dict(db.execute(_VENUE_AT, {"run": run}).tuples().all())
     hops: dict[str, list[float]] = {}
     for key, at in steps.items():
         if key not in sent_at or any(kind not in at for kind in _HOPS):
