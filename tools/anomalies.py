@@ -8,12 +8,32 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from common import jsonutil
 from common.settings import load_settings
 from common.store.anomalies import recent_anomalies
 from common.store.db import make_engine
+
+
+def describe(row: Mapping[str, Any]) -> str:
+    """One line for an anomaly event: the report's anomaly codes, or, for the overfill event that goes with an
+    ``overfill`` code, by how much the order is overfilled (the line would otherwise repeat the code)."""
+    payload = row["payload"]
+    if row["type"] == "OVERFILL_DETECTED":
+        what = (
+            f"overfill: filled {payload.get('filled_quantity')} of {payload.get('quantity')}"
+            f" (excess {payload.get('excess')})"
+        )
+    else:
+        what = ",".join(payload.get("anomalies") or [])
+        what += "" if payload.get("applied", True) else "  (not applied)"
+    return (
+        f"{row['timestamp'].isoformat()}  order {row['order_id']}  {row['account_id']} {row['symbol']}  "
+        f"execution {payload.get('execution_id')}  {what}"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -33,16 +53,7 @@ def main(argv: list[str]) -> int:
     finally:
         engine.dispose()
     for row in rows:
-        payload = row["payload"]
-        if args.json:
-            print(jsonutil.dumps(row))
-            continue
-        anomalies = payload.get("anomalies") or ["overfill"]
-        print(
-            f"{row['timestamp'].isoformat()}  order {row['order_id']}  {row['account_id']} {row['symbol']}  "
-            f"execution {payload.get('execution_id')}  {','.join(anomalies)}"
-            f"{'' if payload.get('applied', True) else '  (not applied)'}"
-        )
+        print(jsonutil.dumps(row) if args.json else describe(row))
     if not rows and not args.json:
         print(f"no anomalies in the last {args.hours:g} h", file=sys.stderr)
     return 0
