@@ -17,9 +17,8 @@ An ack is not a removal. AMQP never answers an ack, and a quorum queue can drop 
 their channel closes (rabbitmq-server #10327): the messages come back, while the tool had counted them gone.
 So a pass never takes an ack's word for it. After each batch of acks it makes a synchronous round trip on the
 same channel (``basic.qos``: the channel has then handled every ack); at the end it hands back what it held,
-asks the broker to requeue anything the channel still holds (``basic.recover``: an ack that never took
-effect), closes the channel, waits until the queue's depth settles (a quorum queue requeues asynchronously),
-and reads the whole queue again. Where the acks went: a quorum queue's client in the channel stashes settlements
+closes the channel, waits until the queue's depth settles (a quorum queue requeues asynchronously), and reads
+the whole queue again. Where the acks went: a quorum queue's client in the channel stashes settlements
 once 32 of its commands await the queue's answer, and sends them when answers come; the channel closing first
 drops the stash, and the queue hands those messages back. So the check acks again, in the channel it reads the
 queue with, every copy the pass acked that is still there: at most ``REACK_LIMIT`` per read, below the stash's
@@ -625,8 +624,8 @@ def replay_message(message: AbstractIncomingMessage, run_id: str) -> aio_pika.Me
 
 
 # How long the check after a pass waits for the queue's depth to settle, and how it samples it. A quorum queue
-# requeues what a closed channel held, and what ``basic.recover`` hands back, asynchronously: the depth is read
-# until it holds at least what the pass left in the queue and stays the same over a few reads.
+# requeues what a closed channel held asynchronously: the depth is read until it holds at least what the pass
+# left in the queue and stays the same over a few reads.
 SETTLE_TIMEOUT = 10.0
 SETTLE_INTERVAL = 0.1
 SETTLE_READS = 3
@@ -708,10 +707,6 @@ class _Pass:
                 held.extend(await self._settle(channel, batch))
             await _release(held)
             held = []
-            if self.acked:
-                # Whatever the channel still holds is an ack that did not take: back to the queue with it, so
-                # the check below finds it there instead of in a channel that is about to close.
-                await (await channel.get_underlay_channel()).basic_recover(requeue=True)
         finally:
             if not channel.is_closed:
                 await _release(held)
