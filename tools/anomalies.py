@@ -16,6 +16,7 @@ from common import jsonutil
 from common.settings import load_settings
 from common.store.anomalies import recent_anomalies
 from common.store.db import make_engine
+from tools.figures import number
 
 
 def describe(row: Mapping[str, Any]) -> str:
@@ -24,8 +25,8 @@ def describe(row: Mapping[str, Any]) -> str:
     payload = row["payload"]
     if row["type"] == "OVERFILL_DETECTED":
         what = (
-            f"overfill: filled {payload.get('filled_quantity')} of {payload.get('quantity')}"
-            f" (excess {payload.get('excess')})"
+            f"overfill: filled {number(payload.get('filled_quantity'))} of {number(payload.get('quantity'))}"
+            f" (excess {number(payload.get('excess'))})"
         )
     else:
         what = ",".join(payload.get("anomalies") or [])

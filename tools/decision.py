@@ -28,6 +28,7 @@ from common.messaging.topology import declare_topology
 from common.settings import load_settings
 from common.store import tables
 from common.store.db import make_engine
+from tools.figures import number
 
 _TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
 POLL_SECONDS = 0.2
@@ -159,5 +160,5 @@ def main(argv: list[str]) -> int:
     if order["state"] not in _TERMINAL:
         print(f"oms decision: order {order['id']} is still {_status(order)} after {args.timeout:g} s", file=sys.stderr)
         return 1
-    print(f"order {order['id']} {_status(order)}, filled {format(order['filled_quantity'].normalize(), 'f')}")
+    print(f"order {order['id']} {_status(order)}, filled {number(order['filled_quantity'])}")
     return 0

@@ -22,6 +22,7 @@ from common.store.db import make_engine
 from common.store.field_crypto import DataKeys, with_data_keys
 from services.api import queries
 from services.api.order_events import order_events
+from tools.figures import number
 
 _ZERO = Decimal(0)
 
@@ -67,15 +68,6 @@ def order_story(connection: Connection, order_id: str) -> dict[str, Any] | None:
     }
 
 
-def _number(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, Decimal):
-        # DECIMAL(20, 8) reads back as 100.00000000: show 100 (format "f" never uses an exponent).
-        return format(value.normalize(), "f")
-    return str(value)
-
-
 def _when(value: Any) -> str:
     return value.isoformat(timespec="milliseconds") if value is not None else "-"
 
@@ -97,14 +89,14 @@ def render(story: dict[str, Any]) -> str:
     """The story as text for a person."""
     o = story["order"]
     status = o["status"] if o["status"] == o["state"] else f"{o['status']} (state {o['state']})"
-    price = f" @ {_number(o['price'])}" if o.get("price") is not None else ""
-    stop = f" stop {_number(o['stop_price'])}" if o.get("stop_price") is not None else ""
+    price = f" @ {number(o['price'])}" if o.get("price") is not None else ""
+    stop = f" stop {number(o['stop_price'])}" if o.get("stop_price") is not None else ""
     lines = [
         f"order {o['id']}  {status}",
-        f"  {o['account_id']}  {o['side']} {_number(o['quantity'])} {o['symbol']} {o['type']}{price}{stop}"
+        f"  {o['account_id']}  {o['side']} {number(o['quantity'])} {o['symbol']} {o['type']}{price}{stop}"
         f"  {o['time_in_force']}",
-        f"  filled {_number(o['filled_quantity'])}, leaves {_number(o['leaves_quantity'])}, "
-        f"avg price {_number(o.get('average_execution_price'))}, fees {_number(o.get('total_fees'))}",
+        f"  filled {number(o['filled_quantity'])}, leaves {number(o['leaves_quantity'])}, "
+        f"avg price {number(o.get('average_execution_price'))}, fees {number(o.get('total_fees'))}",
         f"  created {_when(o.get('created_at'))}, updated {_when(o.get('updated_at'))}, version {o.get('version')}",
     ]
     for key, label in (
@@ -131,8 +123,8 @@ def render(story: dict[str, Any]) -> str:
         story["execution_reports"],
         lambda r: (
             f"{_when(r['timestamp'])}  {r['exec_type']:<14} execution {r['execution_id']}  "
-            f"qty {_number(r['quantity'])} @ {_number(r['price'])}  cum {_number(r.get('cum_qty'))} "
-            f"leaves {_number(r.get('leaves_qty'))}  fees {_number(r['fees'])}  {r.get('venue') or ''}"
+            f"qty {number(r['quantity'])} @ {number(r['price'])}  cum {number(r.get('cum_qty'))} "
+            f"leaves {number(r.get('leaves_qty'))}  fees {number(r['fees'])}  {r.get('venue') or ''}"
             f"{'  BUSTED' if r.get('busted') else ''}{'  ' + r['reason'] if r.get('reason') else ''}"
         ),
     )
@@ -140,25 +132,25 @@ def render(story: dict[str, Any]) -> str:
         "trade confirmations",
         story["trade_confirmations"],
         lambda c: (
-            f"{c['id']}  {'REVERSAL ' if c['reversal'] else ''}{c['side']} {_number(c['quantity'])} @ "
-            f"{_number(c['price'])}  gross {_number(c['gross_amount'])} fees {_number(c['fees'])} "
-            f"net {_number(c['net_amount'])} {c['currency']}  trade {c['trade_date']} settles {c['settlement_date']}"
+            f"{c['id']}  {'REVERSAL ' if c['reversal'] else ''}{c['side']} {number(c['quantity'])} @ "
+            f"{number(c['price'])}  gross {number(c['gross_amount'])} fees {number(c['fees'])} "
+            f"net {number(c['net_amount'])} {c['currency']}  trade {c['trade_date']} settles {c['settlement_date']}"
         ),
     )
     lines += _section(
         "settlement instructions",
         story["settlement_instructions"],
         lambda s: (
-            f"{s['id']}  {s['securities_direction']} {_number(s['quantity'])} {s['symbol']}  "
-            f"cash {_number(s['cash_amount'])} {s['currency']}  on {s['settlement_date']}  {s['status']}"
+            f"{s['id']}  {s['securities_direction']} {number(s['quantity'])} {s['symbol']}  "
+            f"cash {number(s['cash_amount'])} {s['currency']}  on {s['settlement_date']}  {s['status']}"
         ),
     )
     effect = story["position_effect"]
     quantity = effect["quantity"]
     lines += [
         "position",
-        f"  this order: {'+' if quantity > 0 else ''}{_number(quantity)} {effect['symbol']} "
-        f"in {effect['account_id']}; position now {_number(effect['position_now'])}",
+        f"  this order: {'+' if quantity > 0 else ''}{number(quantity)} {effect['symbol']} "
+        f"in {effect['account_id']}; position now {number(effect['position_now'])}",
     ]
     return "\n".join(lines)
 
