@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InvalidatePoolError
 
 from common import jsonutil
 
@@ -24,8 +26,9 @@ def make_engine(
     """Create the process's engine (psycopg 3).
 
     ``pre_ping`` tests each connection as it is taken from the pool, so a restarted database costs a caller
-    nothing: for request handlers. A stage worker does without (a round trip per batch): its batch fails on the
-    dead connection, which invalidates the whole pool, and its retry runs on new connections.
+    nothing: for request handlers (:func:`_check_on_checkout`: a round trip only when the connection's socket
+    says the server has spoken since). A stage worker does without: its batch fails on the dead connection,
+    which invalidates the whole pool, and its retry runs on new connections.
 
     ``connect_args``: libpq parameters for every connection (``connect_timeout``, ``tcp_user_timeout``,
     ``options``...). ``connect_deadline``: seconds after which opening a connection is given up with
@@ -36,12 +39,19 @@ def make_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=pre_ping,
+        pool_pre_ping=False,  # pre_ping: _check_on_checkout, SQLAlchemy's ping only when it is needed
         pool_timeout=pool_timeout,
         connect_args=dict(connect_args or {}),
         json_serializer=jsonutil.dumps,
         json_deserializer=jsonutil.loads,
     )
+    if pre_ping:
+        dialect = engine.dialect
+
+        @event.listens_for(engine, "checkout")
+        def _pre_ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            _check_on_checkout(dialect, dbapi_connection)
+
     if connect_deadline is not None:
         deadline = connect_deadline
 
@@ -50,6 +60,39 @@ def make_engine(
             return _connect_within(deadline, lambda: dialect.connect(*cargs, **cparams))
 
     return engine
+
+
+def _check_on_checkout(dialect: Any, dbapi_connection: Any) -> None:
+    """SQLAlchemy's pre-ping, sent only when the connection may be dead: closed, or its socket readable.
+
+    A pooled connection is idle: the server sends it nothing unasked unless it is going away (a restart, a
+    fast or immediate shutdown, ``pg_terminate_backend``: an error message, then end of file) or, rarely, a
+    parameter's new value. So a socket with nothing to read is a live connection as far as a ping could tell,
+    and the round trip (a wake-up of the server on every request) is saved; a readable one gets the ping, and
+    a ping that fails on a disconnect invalidates the pool, as ``pool_pre_ping`` does. What neither can see
+    in advance, a host gone silent, the request's own bounded waits turn into an error.
+    """
+    if not _may_be_dead(dbapi_connection):
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except dialect.loaded_dbapi.Error as error:
+        if dialect.is_disconnect(error, dbapi_connection, None):
+            raise InvalidatePoolError() from error
+        raise
+
+
+def _may_be_dead(dbapi_connection: Any) -> bool:
+    """Closed, lost, or its socket has something to read (or has hung up)."""
+    if dbapi_connection.closed:
+        return True
+    try:
+        fd = dbapi_connection.pgconn.socket
+    except psycopg.OperationalError:  # libpq has no socket for it any more
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def _connect_within(deadline: float, connect: Any) -> Any:

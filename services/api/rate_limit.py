@@ -17,18 +17,20 @@ the gRPC child each allow the full limit, so a caller may get up to three times 
 
 Cost per request: one counter update per configured limit in the storage; in memory with the sliding window
 counter about 18 µs per limit on this machine, so about 37 µs per order write or read with the two-limit
-defaults.
+defaults. ``memory://`` is :class:`SweptMemoryStorage`: the library's own storage, whose expired counters are
+swept by one long-lived thread rather than a thread started by the first counter update after each sweep.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 
 from limits import RateLimitItem, parse_many
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import STRATEGIES, RateLimiter
 
 from common.settings import ApiSettings
@@ -36,7 +38,7 @@ from services.api.errors import RateLimited
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FrontEndLimits", "RateLimited"]
+__all__ = ["FrontEndLimits", "RateLimited", "SweptMemoryStorage"]
 
 # Keys of the two kinds of limit in the storage (they must not collide when a storage is shared).
 _SUBJECT = "oms-api-subject"
@@ -45,6 +47,52 @@ _ACCOUNT = "oms-api-account"
 
 def _items(text: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(text)) if text.strip() else ()
+
+
+class SweptMemoryStorage(MemoryStorage):
+    """``limits``' in-memory storage, its expired counters swept every ``SWEEP_SECONDS`` by one daemon thread.
+
+    The library's storage starts a ``threading.Timer`` (a new thread, 10 ms later) at any counter update that
+    finds the last one finished: at a request every 25 ms or more, nearly every request started a thread, and
+    ``Thread.start`` waits until the new thread has run. On two busy cores that wait put 1.9 ms on the median
+    request and 7 ms on its 99th percentile (against 0.06 and 0.17 ms here, measured with both cores taken).
+    Counting is unchanged: a counter past its expiry reads as zero whether or not it has been swept; the sweep
+    only gives back the memory of keys nobody reads again. The thread is started at first use, so a storage
+    made before gunicorn forks its workers gets one in each worker.
+    """
+
+    SWEEP_SECONDS = 1.0
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: str) -> None:
+        self._sweeper: threading.Thread | None = None
+        self._sweeper_lock = threading.Lock()
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # the library's private hook, name-mangled
+        sweeper = self._sweeper
+        if sweeper is not None and sweeper.is_alive():
+            return
+        with self._sweeper_lock:
+            if self._sweeper is None or not self._sweeper.is_alive():
+                self._sweeper = threading.Thread(target=self._sweep, name="rate-limit-sweep", daemon=True)
+                self._sweeper.start()
+
+    def _sweep(self) -> None:
+        while True:
+            time.sleep(self.SWEEP_SECONDS)  # a period, not a wait for some state
+            try:
+                self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+            except Exception:  # a key changed under the sweep: the next one takes it
+                log.debug("rate-limit sweep interrupted", exc_info=True)
+
+
+def _storage(uri: str) -> Storage:
+    if uri == "memory://":
+        return SweptMemoryStorage()
+    storage = storage_from_string(uri)
+    if not isinstance(storage, Storage):  # an ``async+`` URI: this front end counts synchronously
+        raise ValueError(f"rate-limit storage {uri}: an asynchronous storage cannot count here")
+    return storage
 
 
 class FrontEndLimits:
@@ -59,7 +107,7 @@ class FrontEndLimits:
     ) -> None:
         self._subject_limits = tuple(subject_limits)
         self._account_limits = tuple(account_limits)
-        self._limiter: RateLimiter = STRATEGIES[strategy](storage_from_string(storage_uri))
+        self._limiter: RateLimiter = STRATEGIES[strategy](_storage(storage_uri))
 
     @classmethod
     def from_settings(cls, api: ApiSettings) -> FrontEndLimits:
