@@ -106,30 +106,37 @@ def sandbox(
     """
     name = f"{label}_{uuid.uuid4().hex[:10]}"
     database_url = infra.create_database(name, infra_urls.database_url)
-    infra.create_vhost(name, infra_urls.management_url)
-    # As `oms up` runs them: the topology is the broker's definitions, and each process logs in as its kind's
-    # broker user, which may not declare it (guest stays the tests' own).
-    infra.load_topology(infra_urls.management_url, name)
-    infra.ensure_process_users(infra_urls.management_url, [name])
-    amqp_url = infra.amqp_url_for_vhost(infra_urls.amqp_url, name)
     engine = make_engine(database_url)
-    # The processes connect as the workers' role, as under `oms up` (the owner's engine above sets up and checks).
-    roles = {
-        variable: url
-        for variable, url in (
-            ("OMS_WORKER_DATABASE_URL", infra.role_url("worker", database_url)),
-            ("OMS_READ_DATABASE_URL", infra.role_url("reader", database_url)),
-            ("OMS_RETENTION_DATABASE_URL", infra.role_url("retention", database_url)),
+    supervisor: Supervisor | None = None
+    try:  # from here on, whatever stops the set-up (an error, Ctrl-C, `oms bench`'s SIGTERM) drops both
+        infra.create_vhost(name, infra_urls.management_url)
+        # As `oms up` runs them: the topology is the broker's definitions, and each process logs in as its
+        # kind's broker user, which may not declare it (guest stays the tests' own).
+        infra.load_topology(infra_urls.management_url, name)
+        infra.ensure_process_users(infra_urls.management_url, [name])
+        amqp_url = infra.amqp_url_for_vhost(infra_urls.amqp_url, name)
+        # The processes connect as the workers' role, as under `oms up` (the owner's engine sets up and checks).
+        roles = {
+            variable: url
+            for variable, url in (
+                ("OMS_WORKER_DATABASE_URL", infra.role_url("worker", database_url)),
+                ("OMS_READ_DATABASE_URL", infra.role_url("reader", database_url)),
+                ("OMS_RETENTION_DATABASE_URL", infra.role_url("retention", database_url)),
+            )
+            if url is not None
+        }
+        supervisor = Supervisor(
+            {
+                "OMS_DATABASE_URL": database_url,
+                "OMS_AMQP_URL": amqp_url,
+                **_amqp_nodes(infra_urls),
+                **roles,
+                **(env or {}),
+            },
+            REPO_ROOT / ".data" / "logs" / name,
+            REPO_ROOT,
+            die_with_parent=True,
         )
-        if url is not None
-    }
-    supervisor = Supervisor(
-        {"OMS_DATABASE_URL": database_url, "OMS_AMQP_URL": amqp_url, **_amqp_nodes(infra_urls), **roles, **(env or {})},
-        REPO_ROOT / ".data" / "logs" / name,
-        REPO_ROOT,
-        die_with_parent=True,
-    )
-    try:
         migrate.upgrade(database_url)
         with engine.begin() as connection:
             seed_demo(connection)
@@ -146,7 +153,8 @@ def sandbox(
             raise RuntimeError(f"pipeline did not start: no consumer on {missing}\n{logs}")
         yield Sandbox(database_url, amqp_url, infra_urls.management_url, name, supervisor, engine, specs)
     finally:
-        supervisor.stop_all()
+        if supervisor is not None:
+            supervisor.stop_all()
         engine.dispose()
         infra.delete_vhost(name, infra_urls.management_url)
         infra.drop_database(name, infra_urls.database_url)
