@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,9 +27,9 @@ def make_engine(
     """Create the process's engine (psycopg 3).
 
     ``pre_ping`` tests each connection as it is taken from the pool, so a restarted database costs a caller
-    nothing: for request handlers (:func:`_check_on_checkout`: a round trip only when the connection's socket
-    says the server has spoken since). A stage worker does without: its batch fails on the dead connection,
-    which invalidates the whole pool, and its retry runs on new connections.
+    nothing: for request handlers (:func:`_check_on_checkout`: no round trip for a connection in use a moment
+    ago whose socket says the server has not spoken since). A stage worker does without: its batch fails on
+    the dead connection, which invalidates the whole pool, and its retry runs on new connections.
 
     ``connect_args``: libpq parameters for every connection (``connect_timeout``, ``tcp_user_timeout``,
     ``options``...). ``connect_deadline``: seconds after which opening a connection is given up with
@@ -48,9 +49,14 @@ def make_engine(
     if pre_ping:
         dialect = engine.dialect
 
+        @event.listens_for(engine, "connect")
+        @event.listens_for(engine, "checkin")
+        def _note_last_use(dbapi_connection: Any, record: Any) -> None:
+            record.info[_LAST_USED] = time.monotonic()
+
         @event.listens_for(engine, "checkout")
         def _pre_ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-            _check_on_checkout(dialect, dbapi_connection)
+            _check_on_checkout(dialect, dbapi_connection, record.info.get(_LAST_USED))
 
     if connect_deadline is not None:
         deadline = connect_deadline
@@ -62,17 +68,27 @@ def make_engine(
     return engine
 
 
-def _check_on_checkout(dialect: Any, dbapi_connection: Any) -> None:
-    """SQLAlchemy's pre-ping, sent only when the connection may be dead: closed, or its socket readable.
+# A connection back in the pool for less than this is handed out without a ping unless its socket has something to
+# read (pgbouncer's server_check_delay, 30 s by default, is the same idea).
+PING_AFTER_IDLE_SECONDS = 1.0
+_LAST_USED = "oms_last_used"
+
+
+def _check_on_checkout(dialect: Any, dbapi_connection: Any, last_used: float | None) -> None:
+    """SQLAlchemy's pre-ping, sent only when the connection may be dead: idle for more than
+    ``PING_AFTER_IDLE_SECONDS``, closed, or its socket readable.
 
     A pooled connection is idle: the server sends it nothing unasked unless it is going away (a restart, a
-    fast or immediate shutdown, ``pg_terminate_backend``: an error message, then end of file) or, rarely, a
-    parameter's new value. So a socket with nothing to read is a live connection as far as a ping could tell,
-    and the round trip (a wake-up of the server on every request) is saved; a readable one gets the ping, and
-    a ping that fails on a disconnect invalidates the pool, as ``pool_pre_ping`` does. What neither can see
-    in advance, a host gone silent, the request's own bounded waits turn into an error.
+    fast or immediate shutdown, ``pg_terminate_backend``, a failover that stops the old primary: an error
+    message, then end of file) or, rarely, a parameter's new value. So a connection in use a moment ago whose
+    socket has nothing to read is live as far as a ping could tell, and the round trip (a wake-up of the server
+    on every request) is saved. What only a ping finds, a host gone silent (powered off, cut off), it finds on
+    every connection idle for longer; a connection used within the last second meets it in its query, whose
+    bounded waits turn it into an error (503) and invalidate the pool, so the next request connects afresh.
+    A ping that fails on a disconnect invalidates the pool, as ``pool_pre_ping`` does.
     """
-    if not _may_be_dead(dbapi_connection):
+    recent = last_used is not None and time.monotonic() - last_used <= PING_AFTER_IDLE_SECONDS
+    if recent and not _may_be_dead(dbapi_connection):
         return
     try:
         dialect.do_ping(dbapi_connection)

@@ -1,6 +1,6 @@
 """A pooled connection is checked as it is taken (``make_engine(pre_ping=True)``, the front end's engines): a dead
-one is replaced before the caller uses it, a live one costs no round trip, and one the server spoke to
-unasked (but is alive) is pinged and kept."""
+one is replaced before the caller uses it, a live one used a moment ago costs no round trip, one idle for
+longer is pinged, and one the server spoke to unasked (but is alive) is pinged and kept."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from common.store import db
 from common.store.db import _may_be_dead, make_engine
 from tests.support.polling import wait_until
 
@@ -59,6 +60,16 @@ def test_a_live_pooled_connection_is_taken_without_a_ping(one_connection: tuple[
     first, _ = _backend(engine)
     assert [_backend(engine)[0] for _ in range(5)] == [first] * 5
     assert pings == []
+
+
+def test_a_connection_idle_for_longer_is_pinged(
+    one_connection: tuple[Engine, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, pings = one_connection
+    first, _ = _backend(engine)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)  # every connection counts as idle long enough
+    assert [_backend(engine)[0] for _ in range(3)] == [first] * 3
+    assert pings == [1, 1, 1]
 
 
 def test_a_terminated_connection_is_replaced_before_the_caller_uses_it(
