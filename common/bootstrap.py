@@ -19,12 +19,13 @@ from common.store.db import make_engine
 from common.store.field_crypto import DataKeys, with_data_keys
 
 
-def engine(settings: Settings, *, pre_ping: bool = True) -> Engine:
+def engine(settings: Settings, *, pre_ping: bool = True, plan_cache_mode: str | None = None) -> Engine:
     """A database engine on the configured database, as the workers' role (``OMS_WORKER_DATABASE_URL``; see
-    ``make_engine`` for ``pre_ping``)."""
+    ``make_engine`` for ``pre_ping`` and ``plan_cache_mode``)."""
     # Carries the data keys: the store encrypts order notes at rest with them (common.store.field_crypto).
     keys = DataKeys(settings.infra.data_keys_file)
-    return with_data_keys(make_engine(settings.infra.worker_database_url, pre_ping=pre_ping), keys)
+    database = make_engine(settings.infra.worker_database_url, pre_ping=pre_ping, plan_cache_mode=plan_cache_mode)
+    return with_data_keys(database, keys)
 
 
 def retention_engine(settings: Settings, workers: Engine) -> Engine:
@@ -41,8 +42,12 @@ def worker_checks(settings: Settings, database: Engine | None, service: str) -> 
 
 
 def stage_worker(spec: StageSpec, settings: Settings) -> StageWorker:
-    """A stage worker on the configured database and broker; its pool skips the ping (it retries on errors)."""
-    return StageWorker(spec, settings, engine(settings, pre_ping=False))
+    """A stage worker on the configured database and broker; its pool skips the ping (it retries on errors), its
+    connections plan their statements as ``OMS_STAGE_PLAN_CACHE_MODE`` says."""
+    mode = settings.stage.plan_cache_mode
+    return StageWorker(
+        spec, settings, engine(settings, pre_ping=False, plan_cache_mode=None if mode == "auto" else mode)
+    )
 
 
 def run_stage(spec: StageSpec | Callable[[Settings], StageSpec], settings: Settings | None = None) -> int:

@@ -23,6 +23,7 @@ def make_engine(
     connect_args: Mapping[str, Any] | None = None,
     connect_deadline: float | None = None,
     pool_timeout: float = 30.0,
+    plan_cache_mode: str | None = None,
 ) -> Engine:
     """Create the process's engine (psycopg 3).
 
@@ -34,7 +35,8 @@ def make_engine(
     ``connect_args``: libpq parameters for every connection (``connect_timeout``, ``tcp_user_timeout``,
     ``options``...). ``connect_deadline``: seconds after which opening a connection is given up with
     ``psycopg.errors.ConnectionTimeout`` (below libpq's 2-second floor: see :func:`_connect_within`).
-    ``pool_timeout``: seconds a caller waits for a pooled connection when all are taken.
+    ``pool_timeout``: seconds a caller waits for a pooled connection when all are taken. ``plan_cache_mode``:
+    Postgres's setting for every connection (None: the server's).
     """
     engine = create_engine(
         url,
@@ -57,6 +59,17 @@ def make_engine(
         @event.listens_for(engine, "checkout")
         def _pre_ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
             _check_on_checkout(dialect, dbapi_connection, record.info.get(_LAST_USED))
+
+    if plan_cache_mode is not None:
+        mode = plan_cache_mode
+
+        @event.listens_for(engine, "connect", insert=True)
+        def _set_plan_cache_mode(dbapi_connection: Any, record: Any) -> None:
+            # Outside a transaction, so the session keeps it (SQLAlchemy's recipe for session settings).
+            autocommit = dbapi_connection.autocommit
+            dbapi_connection.autocommit = True
+            dbapi_connection.execute("SELECT set_config('plan_cache_mode', %s, false)", (mode,))
+            dbapi_connection.autocommit = autocommit
 
     if connect_deadline is not None:
         deadline = connect_deadline

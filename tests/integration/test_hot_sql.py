@@ -111,3 +111,42 @@ def _route_after_the_lock(engine: Engine, order_id: str) -> int:
         uow.orders.save(order, correlation_id=order_id, message_id=None)
         uow.commit()
         return seen
+
+
+def _plans_of_a_key_lookup(engine: Engine) -> tuple[int, int]:
+    """(generic, custom) plans Postgres made for the idempotency-key look-up, run ten times on one connection."""
+    from common.store.orders_repo import _LOAD_BY_CLIENT_KEYS
+
+    with engine.connect() as connection:
+        for _ in range(10):
+            hot_sql.mappings(
+                connection, _LOAD_BY_CLIENT_KEYS, {"accounts": ["ACC-1"], "client_ids": [str(uuid.uuid4())]}
+            )
+        plans = connection.execute(
+            text(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%(orders.account_id, orders.client_order_id) IN%'"
+            )
+        ).one()
+        connection.rollback()
+    return int(plans[0]), int(plans[1])
+
+
+def test_stage_connections_plan_as_the_setting_says(database_url: str, amqp_url: str) -> None:
+    from common.bootstrap import stage_worker
+    from common.settings import InfraSettings, Settings, StageSettings
+    from services.router.spec import SPEC
+
+    infra = InfraSettings(database_url=database_url, amqp_url=amqp_url)
+    generic = stage_worker(SPEC, Settings(infra=infra, stage=StageSettings(plan_cache_mode="force_generic_plan")))
+    default = stage_worker(SPEC, Settings(infra=infra))
+    try:
+        generic_plans, custom_plans = _plans_of_a_key_lookup(generic.engine)
+        assert custom_plans == 0 and generic_plans >= 5  # psycopg prepares it at its fifth execution
+        generic_plans, custom_plans = _plans_of_a_key_lookup(default.engine)
+        assert generic_plans == 0 and custom_plans >= 5  # the server's `auto`: planned again at every execution
+        with generic.engine.connect() as connection:
+            assert connection.execute(text("SHOW plan_cache_mode")).scalar_one() == "force_generic_plan"
+    finally:
+        generic.engine.dispose()
+        default.engine.dispose()
