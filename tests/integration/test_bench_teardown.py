@@ -15,14 +15,14 @@ import requests
 
 from common.messaging.topology import all_stage_queues
 from common.settings import REPO_ROOT
+from tests.support.outages import AUTH
 from tests.support.polling import wait_until
 from tools import infra
 from tools.infra import InfraUrls
+from tools.infra.tls import verify_for
 from tools.sandbox import consumers_ready
 
 pytestmark = pytest.mark.integration
-
-AUTH = ("guest", "guest")
 
 
 @pytest.fixture()
@@ -37,7 +37,8 @@ def local_servers(infra_urls: InfraUrls) -> InfraUrls:
 
 
 def _bench_vhosts(management_url: str) -> set[str]:
-    answer = requests.get(f"{management_url.rstrip('/')}/api/vhosts", auth=AUTH, timeout=5)
+    base = management_url.rstrip("/")
+    answer = requests.get(f"{base}/api/vhosts", auth=AUTH, timeout=5, verify=verify_for(base))
     answer.raise_for_status()
     return {v["name"] for v in answer.json() if v["name"].startswith("oms_bench_")}
 
