@@ -45,9 +45,8 @@ def stage_worker(spec: StageSpec, settings: Settings) -> StageWorker:
     """A stage worker on the configured database and broker; its pool skips the ping (it retries on errors), its
     connections plan their statements as ``OMS_STAGE_PLAN_CACHE_MODE`` says."""
     mode = settings.stage.plan_cache_mode
-    return StageWorker(
-        spec, settings, engine(settings, pre_ping=False, plan_cache_mode=None if mode == "auto" else mode)
-    )
+    fixed = None if mode in ("auto", "adaptive") else mode  # adaptive: chosen per batch by the worker
+    return StageWorker(spec, settings, engine(settings, pre_ping=False, plan_cache_mode=fixed))
 
 
 def run_stage(spec: StageSpec | Callable[[Settings], StageSpec], settings: Settings | None = None) -> int:

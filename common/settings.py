@@ -434,15 +434,15 @@ class StageSettings(Section):
             " what it holds once started, so the collector no longer walks it."
         ),
     )
-    plan_cache_mode: Literal["auto", "force_generic_plan", "force_custom_plan"] = Field(
-        default="auto",
+    plan_cache_mode: Literal["adaptive", "auto", "force_generic_plan", "force_custom_plan"] = Field(
+        default="adaptive",
         validation_alias="OMS_STAGE_PLAN_CACHE_MODE",
         description=(
-            "Postgres's plan_cache_mode on the stage workers' connections (`auto`: the server's own). Their"
-            " statements look rows up by arrays of keys, and under `auto` Postgres plans each one again at every"
-            " execution, since a plan for a batch of one always looks cheaper than the generic one."
-            " `force_generic_plan` plans each once per connection: at 10 orders/s 9-22% less of Postgres's CPU"
-            " per order, and in bursts of 200-order batches 10-20% more (docs/design.md, Session 10)."
+            "Postgres's plan_cache_mode on the stage workers' connections. Their statements look rows up by arrays"
+            " of keys, and under the server's `auto` Postgres plans each one again at every execution, since a plan"
+            " for a batch of one always looks cheaper than the generic one; `force_generic_plan` plans each once"
+            " per connection, cheaper for small batches and dearer for batches of hundreds (docs/design.md,"
+            " Session 10). `adaptive`: generic plans for a batch of up to 32 messages, `auto` for a larger one."
         ),
     )
     replicas: int = Field(

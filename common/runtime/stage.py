@@ -65,6 +65,11 @@ CRASH_AFTER_COMMIT_ENV = "OMS_TEST_CRASH_AFTER_COMMIT"
 MARK_SENT_GIVE_UP_SECONDS = 60.0
 # How often published rows are marked sent, all those of the interval in one statement.
 MARK_SENT_INTERVAL_SECONDS = 0.2
+# Under ``OMS_STAGE_PLAN_CACHE_MODE=adaptive``, the largest batch whose transaction uses generic plans. A generic
+# plan of a look-up by an array of keys is costed for about ten keys (Postgres's guess for an array parameter):
+# right for the batches of a steady flow, where planning each statement again cost Postgres more than running
+# it; a burst's batches of hundreds get plans made for their arrays, the planning spread over all their orders.
+GENERIC_PLANS_UP_TO = 32
 
 # Typed with the port: a handler runs on Postgres here, and on the in-memory fakes in the unit tests.
 Handler = Callable[[AbstractUnitOfWork, Envelope], None]
@@ -381,7 +386,7 @@ class StageWorker:
         outcome = _Outcome()
         if self.spec.before_transaction is not None:
             self.spec.before_transaction(self.engine, envelopes)
-        with UnitOfWork(self.engine, claim_outbox=True) as uow:
+        with UnitOfWork(self.engine, claim_outbox=True, plan_cache_mode=self._plan_cache_mode(len(envelopes))) as uow:
             try:
                 conflicts = self._handle_in_transaction(uow, envelopes)
                 outcome.published = uow.commit()
@@ -406,6 +411,12 @@ class StageWorker:
                         raise
                     self._settle_failure(uow, env, exc, outcome)
         return outcome
+
+    def _plan_cache_mode(self, batch_size: int) -> str | None:
+        """Postgres's plan cache mode for a batch's transaction; None: the engine's, as it opened the connection."""
+        if self.settings.stage.plan_cache_mode != "adaptive":
+            return None
+        return "force_generic_plan" if batch_size <= GENERIC_PLANS_UP_TO else "auto"
 
     def _settle_failure(self, uow: UnitOfWork, env: Envelope, exc: Exception, outcome: _Outcome) -> None:
         reason = f"{type(exc).__name__}: {exc}"

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import InvalidatePoolError
 
 from common import jsonutil
@@ -158,3 +158,21 @@ def _connect_within(deadline: float, connect: Any) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["connection"]
+
+
+_PLAN_CACHE_MODE = "oms_plan_cache_mode"
+PLAN_CACHE_MODE_STATEMENT = "SELECT set_config('plan_cache_mode', %(mode)s, false)"
+
+
+def use_plan_cache_mode(connection: Connection, mode: str) -> None:
+    """Postgres's ``plan_cache_mode`` for the connection's session from now on; call it between transactions.
+
+    Only a change costs anything (three round trips: it is committed, so a later rollback cannot undo it behind
+    the record kept in the connection's ``info``, which the pool clears with the connection when it is lost).
+    """
+    info = connection.info
+    if info.get(_PLAN_CACHE_MODE) == mode:
+        return
+    connection.exec_driver_sql(PLAN_CACHE_MODE_STATEMENT, {"mode": mode})
+    connection.commit()
+    info[_PLAN_CACHE_MODE] = mode

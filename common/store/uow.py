@@ -14,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine
 
 from common.orders.ports import BufferedRepository, RepositorySlot, RepositoryT
+from common.store.db import use_plan_cache_mode
 from common.store.executions_repo import ExecutionReportRepository
 from common.store.orders_repo import OrderRepository
 from common.store.outbox import Outbox, OutboxMessage
@@ -25,9 +26,10 @@ from common.store.settlement_repo import SettlementRepository
 class UnitOfWork:
     """``with UnitOfWork(engine) as uow: ...; uow.commit()`` — anything not committed is rolled back."""
 
-    def __init__(self, engine: Engine, claim_outbox: bool = False) -> None:
+    def __init__(self, engine: Engine, claim_outbox: bool = False, plan_cache_mode: str | None = None) -> None:
         self._engine = engine
         self._claim_outbox = claim_outbox
+        self._plan_cache_mode = plan_cache_mode  # Postgres's, for this transaction's session (None: as it is)
         self._connection: Connection | None = None
         self.committed: list[OutboxMessage] = []
         self._after_commit: list[tuple[contextvars.Context, Callable[[], None]]] = []
@@ -35,6 +37,13 @@ class UnitOfWork:
 
     def __enter__(self) -> UnitOfWork:
         self._connection = self._engine.connect()
+        if self._plan_cache_mode is not None:
+            try:
+                use_plan_cache_mode(self._connection, self._plan_cache_mode)
+            except BaseException:
+                self._connection.close()
+                self._connection = None
+                raise
         self._connection.begin()
         self.outbox = Outbox(self._connection, claimed=self._claim_outbox)
         self.orders = OrderRepository(self._connection, self.outbox)

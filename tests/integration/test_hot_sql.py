@@ -139,7 +139,7 @@ def test_stage_connections_plan_as_the_setting_says(database_url: str, amqp_url:
 
     infra = InfraSettings(database_url=database_url, amqp_url=amqp_url)
     generic = stage_worker(SPEC, Settings(infra=infra, stage=StageSettings(plan_cache_mode="force_generic_plan")))
-    default = stage_worker(SPEC, Settings(infra=infra))
+    default = stage_worker(SPEC, Settings(infra=infra, stage=StageSettings(plan_cache_mode="auto")))
     try:
         generic_plans, custom_plans = _plans_of_a_key_lookup(generic.engine)
         assert custom_plans == 0 and generic_plans >= 5  # psycopg prepares it at its fifth execution

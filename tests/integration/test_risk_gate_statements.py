@@ -24,6 +24,7 @@ from common.risk import admin
 from common.runtime.stage import StageWorker
 from common.settings import InfraSettings, Settings
 from common.store import tables
+from common.store.db import PLAN_CACHE_MODE_STATEMENT
 from common.store.uow import UnitOfWork
 from services.risk_gate.prices import FeedPrice, store_prices
 from services.risk_gate.spec import SPEC
@@ -53,6 +54,8 @@ class Counter:
     texts: list[str] = field(default_factory=list)
 
     def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement == PLAN_CACHE_MODE_STATEMENT:
+            return  # a session's setting, not the batch's (tests.support.db.statements)
         self.counts[self.phase] = self.counts.get(self.phase, 0) + 1
         self.texts.append(f"{self.phase}: {' '.join(statement.split())[:80]}")
 

@@ -23,13 +23,14 @@ from common.messaging.envelope import Envelope
 from common.messaging.publisher import Publisher
 from common.messaging.topology import StageQueue, declare_exchanges
 from common.orders.ports import AbstractUnitOfWork
-from common.runtime.stage import StageSpec, StageWorker
+from common.runtime.stage import GENERIC_PLANS_UP_TO, StageSpec, StageWorker
 from common.settings import InfraSettings, Settings, StageSettings
 from common.store import tables
 from common.store.db import make_engine
 from common.store.orders_repo import OrderRepository
 from common.store.outbox import OutboxMessage
 from common.store.uow import UnitOfWork
+from tests.support.db import statements
 from tests.support.polling import async_wait_until
 
 pytestmark = pytest.mark.integration
@@ -308,6 +309,56 @@ def test_prepare_runs_once_per_batch_after_the_locks_and_before_the_handler(
         calls.clear()
         worker.process(envelopes[:1])  # already applied: nothing to prepare, nothing to handle
         assert [kind for kind, _ in calls] == ["lock"]
+    finally:
+        engine.dispose()
+
+
+def test_adaptive_plans_generic_for_a_small_batch_and_as_postgres_chooses_for_a_large_one(database_url: str) -> None:
+    modes: list[str] = []
+
+    def handler(uow: AbstractUnitOfWork, env: Envelope) -> None:
+        assert isinstance(uow, UnitOfWork)
+        if env.body["text"] == "boom":
+            raise RuntimeError("asked to fail")
+        modes.append(uow.connection.execute(text("SHOW plan_cache_mode")).scalar_one())
+
+    stage = f"test_{uuid.uuid4().hex[:8]}"
+    spec = StageSpec(stage=stage, handlers={echo_kind(f"{stage}.echo"): handler})
+
+    def batch(size: int, text_: str = "x") -> list[Envelope]:
+        return [Envelope(str(uuid.uuid4()), f"{stage}.echo", {"text": text_}) for _ in range(size)]
+
+    engine = make_engine(database_url, pool_size=1)  # one connection: each batch meets the last one's setting
+    adaptive = StageWorker(spec, Settings(infra=InfraSettings(database_url=database_url)), engine)  # the default
+    try:
+        adaptive.process(batch(1))
+        assert modes == ["force_generic_plan"]
+        with statements(engine, session_settings=True) as sent:
+            adaptive.process(batch(GENERIC_PLANS_UP_TO))
+        assert set(modes) == {"force_generic_plan"}
+        assert not [s for s in sent if "set_config" in s]  # set already: nothing sent for it
+        modes.clear()
+        adaptive.process(batch(GENERIC_PLANS_UP_TO + 1))
+        assert set(modes) == {"auto"}
+
+        # A batch that rolls back keeps the mode it switched to: the switch is committed before the batch begins.
+        outcome = adaptive.process(batch(1, "boom"))
+        assert outcome.failed
+        with engine.connect() as connection:
+            assert connection.execute(text("SHOW plan_cache_mode")).scalar_one() == "force_generic_plan"
+        with statements(engine, session_settings=True) as sent:
+            modes.clear()
+            adaptive.process(batch(1))
+        assert modes == ["force_generic_plan"] and not [s for s in sent if "set_config" in s]
+
+        fixed = StageWorker(
+            spec,
+            Settings(infra=InfraSettings(database_url=database_url), stage=StageSettings(plan_cache_mode="auto")),
+            engine,
+        )
+        modes.clear()
+        fixed.process(batch(GENERIC_PLANS_UP_TO + 1))
+        assert set(modes) == {"force_generic_plan"}  # the connection's, as it was: the worker leaves it alone
     finally:
         engine.dispose()
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event, text
 
-from common.store.db import make_engine
+from common.store.db import PLAN_CACHE_MODE_STATEMENT, make_engine
 from tools.seed import seed_demo
 
 
@@ -27,12 +27,18 @@ def open_engine(database_url: str, *, demo_data: bool = True) -> Iterator[Engine
 
 
 @contextlib.contextmanager
-def statements(engine: Engine) -> Iterator[list[str]]:
-    """The SQL statements sent on ``engine`` while the block runs (an executemany counts once: one round trip)."""
+def statements(engine: Engine, *, session_settings: bool = False) -> Iterator[list[str]]:
+    """The SQL statements sent on ``engine`` while the block runs (an executemany counts once: one round trip).
+
+    Without ``session_settings``, leaves out a stage connection's switch of its plan cache mode
+    (``common.store.db.use_plan_cache_mode``): sent when a connection first meets a batch, or one of another size
+    class, it is not a statement of the batch, and counting it would make a batch's count depend on the batch
+    before it."""
     sent: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
+        if session_settings or statement != PLAN_CACHE_MODE_STATEMENT:
+            sent.append(statement)
 
     event.listen(engine, "before_cursor_execute", count)
     try:
