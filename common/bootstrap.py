@@ -7,7 +7,7 @@ import this module.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from sqlalchemy import Engine
 
@@ -15,16 +15,29 @@ from common.health import Check, dependency_checks
 from common.runtime.process import run_service, settings_or_exit
 from common.runtime.stage import StageSpec, StageWorker
 from common.settings import Settings
-from common.store.db import make_engine
+from common.store.db import bounded_connect_args, make_engine
 from common.store.field_crypto import DataKeys, with_data_keys
 
 
-def engine(settings: Settings, *, pre_ping: bool = True, plan_cache_mode: str | None = None) -> Engine:
+def engine(
+    settings: Settings,
+    *,
+    pre_ping: bool = True,
+    plan_cache_mode: str | None = None,
+    connect_args: Mapping[str, object] | None = None,
+    connect_deadline: float | None = None,
+) -> Engine:
     """A database engine on the configured database, as the workers' role (``OMS_WORKER_DATABASE_URL``; see
-    ``make_engine`` for ``pre_ping`` and ``plan_cache_mode``)."""
+    ``make_engine`` for the rest)."""
     # Carries the data keys: the store encrypts order notes at rest with them (common.store.field_crypto).
     keys = DataKeys(settings.infra.data_keys_file)
-    database = make_engine(settings.infra.worker_database_url, pre_ping=pre_ping, plan_cache_mode=plan_cache_mode)
+    database = make_engine(
+        settings.infra.worker_database_url,
+        pre_ping=pre_ping,
+        plan_cache_mode=plan_cache_mode,
+        connect_args=connect_args,
+        connect_deadline=connect_deadline,
+    )
     return with_data_keys(database, keys)
 
 
@@ -43,10 +56,21 @@ def worker_checks(settings: Settings, database: Engine | None, service: str) -> 
 
 def stage_worker(spec: StageSpec, settings: Settings) -> StageWorker:
     """A stage worker on the configured database and broker; its pool skips the ping (it retries on errors), its
-    connections plan their statements as ``OMS_STAGE_PLAN_CACHE_MODE`` says."""
-    mode = settings.stage.plan_cache_mode
-    fixed = None if mode in ("auto", "adaptive") else mode  # adaptive: chosen per batch by the worker
-    return StageWorker(spec, settings, engine(settings, pre_ping=False, plan_cache_mode=fixed))
+    connections plan their statements as ``OMS_STAGE_PLAN_CACHE_MODE`` says, and every wait on the database is
+    bounded (``OMS_STAGE_DB_TIMEOUT_SECONDS``, ``OMS_STAGE_DB_STATEMENT_TIMEOUT_SECONDS``), so a lost database
+    fails a batch, which is retried, instead of holding it and the worker's stop."""
+    stage = settings.stage
+    fixed = None if stage.plan_cache_mode in ("auto", "adaptive") else stage.plan_cache_mode  # adaptive: per batch
+    database = engine(
+        settings,
+        pre_ping=False,
+        plan_cache_mode=fixed,
+        connect_args=bounded_connect_args(
+            stage.db_timeout_seconds, stage.db_statement_timeout_seconds, keepalives=True
+        ),
+        connect_deadline=stage.db_timeout_seconds,
+    )
+    return StageWorker(spec, settings, database)
 
 
 def run_stage(spec: StageSpec | Callable[[Settings], StageSpec], settings: Settings | None = None) -> int:

@@ -419,6 +419,25 @@ class StageSettings(Section):
         allow_inf_nan=False,
         description="How often the outbox relay looks for unsent rows.",
     )
+    db_timeout_seconds: float = Field(
+        default=10.0,
+        validation_alias="OMS_STAGE_DB_TIMEOUT_SECONDS",
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Longest a stage worker waits for a new database connection, and TCP for unacknowledged data or a"
+            " silent peer on one it has, before its batch fails as an outage and is retried (with no bound, a"
+            " database host gone silent held a batch, and the worker's stop, for minutes)."
+        ),
+    )
+    db_statement_timeout_seconds: float = Field(
+        default=30.0,
+        validation_alias="OMS_STAGE_DB_STATEMENT_TIMEOUT_SECONDS",
+        gt=0,
+        allow_inf_nan=False,
+        description="Longest a stage worker's statement runs, lock waits included, before Postgres cancels it "
+        "and the batch is retried as after an outage.",
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop",
         validation_alias="OMS_EVENT_LOOP",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import select
 import threading
 import time
@@ -85,6 +86,33 @@ def make_engine(
 # read (pgbouncer's server_check_delay, 30 s by default, is the same idea).
 PING_AFTER_IDLE_SECONDS = 1.0
 _LAST_USED = "oms_last_used"
+
+
+# libpq's connect_timeout is whole seconds and at least 2: the backstop of the helper thread that
+# ``connect_deadline`` gives up on, so that thread ends soon after.
+_LIBPQ_CONNECT_TIMEOUT = 2
+
+
+def bounded_connect_args(
+    timeout_seconds: float, statement_timeout_seconds: float, *, keepalives: bool = False
+) -> dict[str, object]:
+    """libpq parameters that bound a connection's waits: opening it (with ``make_engine``'s ``connect_deadline``
+    for less than libpq's 2 s), data sent and never acknowledged (``tcp_user_timeout``), a statement, lock waits
+    included (``statement_timeout``) and, with ``keepalives``, a peer gone silent while a query's answer is
+    awaited (TCP keepalives, probing after half the timeout)."""
+    args: dict[str, object] = {
+        "connect_timeout": max(_LIBPQ_CONNECT_TIMEOUT, math.ceil(timeout_seconds)),
+        "tcp_user_timeout": max(1, round(timeout_seconds * 1000)),
+        "options": f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}",
+    }
+    if keepalives:
+        args.update(
+            keepalives=1,
+            keepalives_idle=max(1, math.ceil(timeout_seconds / 2)),
+            keepalives_interval=max(1, math.ceil(timeout_seconds / 4)),
+            keepalives_count=2,
+        )
+    return args
 
 
 def _check_on_checkout(dialect: Any, dbapi_connection: Any, last_used: float | None) -> None:

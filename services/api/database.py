@@ -23,27 +23,18 @@ per request. Both carry the data keys, so notes and cancel reasons read back in 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from sqlalchemy import Engine
 
 from common.settings import ApiSettings, Settings
-from common.store.db import make_engine
+from common.store.db import bounded_connect_args, make_engine
 from common.store.field_crypto import EXECUTION_OPTION, DataKeys, with_data_keys
-
-# libpq's connect_timeout is whole seconds and at least 2: the backstop of the helper thread that
-# ``connect_deadline`` gives up on, so that thread ends soon after.
-_LIBPQ_CONNECT_TIMEOUT = 2
 
 
 def connect_args(api: ApiSettings) -> dict[str, object]:
     """The libpq parameters of every front-end connection."""
-    return {
-        "connect_timeout": max(_LIBPQ_CONNECT_TIMEOUT, math.ceil(api.db_timeout_seconds)),
-        "tcp_user_timeout": max(1, round(api.db_timeout_seconds * 1000)),
-        "options": f"-c statement_timeout={max(1, round(api.db_statement_timeout_seconds * 1000))}",
-    }
+    return bounded_connect_args(api.db_timeout_seconds, api.db_statement_timeout_seconds)
 
 
 def _bounded_engine(url: str, api: ApiSettings, **pool: Any) -> Engine:

@@ -45,6 +45,7 @@ from common.settings import REPO_ROOT, InfraSettings, Settings, StageSettings
 from common.store.db import make_engine
 from common.store.outbox import OutboxMessage, mark_sent
 from tests.support import outages
+from tests.support.broker import has_consumer
 from tests.support.polling import async_wait_until, wait_until
 
 pytestmark = pytest.mark.integration
@@ -114,19 +115,6 @@ async def _collect_texts(queue: AbstractQueue, into: list[str]) -> list[str]:
     return into
 
 
-async def _has_consumer(connection: AbstractRobustConnection, name: str) -> bool:
-    # A channel of its own: a passive declare of a queue not there yet closes the channel it is made on.
-    probe = await connection.channel()
-    try:
-        declared = await probe.declare_queue(name, passive=True)
-    except Exception:
-        return False
-    finally:
-        with contextlib.suppress(Exception):
-            await probe.close()
-    return (declared.declaration_result.consumer_count or 0) > 0
-
-
 @pytest.fixture
 def management_url(infra_urls: Any) -> str:
     if not infra_urls.management_url:
@@ -154,7 +142,7 @@ async def rig(database_url: str, amqp_url: str, management_url: str) -> AsyncIte
     echoed = await channel.declare_queue(f"{stage}.echoed", auto_delete=True)
     await echoed.bind(exchanges[OMS_EXCHANGE], "test.echoed")
     task = asyncio.create_task(worker.run())
-    await async_wait_until(lambda: _has_consumer(connection, queue_def.name), timeout=60, message="worker consuming")
+    await async_wait_until(lambda: has_consumer(connection, queue_def.name), timeout=60, message="worker consuming")
     yield Rig(
         worker, task, connection, channel, echoed, engine, queue_def, gate, management_url, outages.vhost_of(amqp_url)
     )
@@ -569,7 +557,7 @@ async def test_crash_after_commit_hook_exits_137_before_publishing(
         connection = await aio_pika.connect_robust(amqp_url)
         try:
             await async_wait_until(
-                lambda: _has_consumer(connection, "oms.intake"),
+                lambda: has_consumer(connection, "oms.intake"),
                 timeout=30,
                 message=lambda: "intake up:\n" + log_path.read_text(errors="replace")[-3000:],
             )

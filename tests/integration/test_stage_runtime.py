@@ -30,6 +30,7 @@ from common.store.db import make_engine
 from common.store.orders_repo import OrderRepository
 from common.store.outbox import OutboxMessage
 from common.store.uow import UnitOfWork
+from tests.support.broker import has_consumer
 from tests.support.db import statements
 from tests.support.polling import async_wait_until
 
@@ -76,20 +77,12 @@ async def setup(
     echoed = await channel.declare_queue(exclusive=True)
     await echoed.bind(exchanges[OMS_EXCHANGE], "test.echoed")
     task = asyncio.create_task(worker.run())
-    await async_wait_until(lambda: _has_consumer(channel, queue_def.name), timeout=60, message="worker consuming")
+    await async_wait_until(lambda: has_consumer(connection, queue_def.name), timeout=60, message="worker consuming")
     yield worker, channel, echoed, engine, queue_def
     worker.stop()
     await asyncio.wait_for(task, 20)
     await connection.close()
     engine.dispose()
-
-
-async def _has_consumer(channel: AbstractChannel, name: str) -> bool:
-    try:
-        declared = await channel.declare_queue(name, passive=True)
-    except Exception:
-        return False
-    return (declared.declaration_result.consumer_count or 0) > 0
 
 
 async def _publish(channel: AbstractChannel, routing_key: str, body: bytes, message_id: str) -> None:
