@@ -410,7 +410,9 @@ class StageSettings(Section):
         validation_alias="OMS_OUTBOX_GRACE_SECONDS",
         ge=0,
         allow_inf_nan=False,
-        description="Age of an unsent outbox row before the relay publishes it in its writer's stead.",
+        description="Age of an unsent outbox row before the relay publishes it in its writer's stead; keep it "
+        "well above a second (a stage marks the rows it published every second, and a row still unmarked at this "
+        "age is published again: harmless for the consumers' inboxes, but a copy for every other subscriber).",
     )
     outbox_poll_seconds: float = Field(
         default=1.0,
