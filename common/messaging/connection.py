@@ -23,6 +23,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractRobustConnection
+from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
 from pamqp.common import FieldTable
 from yarl import URL
@@ -83,21 +84,27 @@ class FailoverConnection(RobustConnection):
 
 
 async def _connect_robust(urls: tuple[str, ...], start: int, name: str) -> AbstractRobustConnection:
-    """One robust connection attempt: aio-pika's own for one URL (unchanged), else a FailoverConnection tried
-    first on node ``start``."""
+    """One robust connection attempt: aio-pika's own for one URL, else a FailoverConnection tried first on node
+    ``start``. An attempt that fails or is cancelled closes its connection: aio-pika's robust connection keeps a
+    task that reconnects, which a cancellation alone does not end (it logs "cancelled. Reconnecting" and goes
+    on), so a process stopped during a connect would wait for it forever at its event loop's shutdown."""
     properties: FieldTable = {"connection_name": name}
+    connection: AbstractRobustConnection
+    timeout: float | None = None
     if len(urls) == 1:
-        return await aio_pika.connect_robust(
-            urls[0], client_properties=properties, reconnect_interval=RECONNECT_INTERVAL_SECONDS
+        # As aio_pika.connect_robust builds it.
+        url = make_url(urls[0], reconnect_interval=RECONNECT_INTERVAL_SECONDS)
+        connection = RobustConnection(url, client_properties=properties, reconnect_interval=RECONNECT_INTERVAL_SECONDS)
+    else:
+        ordered = [URL(u) for u in (*urls[start:], *urls[:start])]
+        connection = FailoverConnection(
+            ordered, client_properties=properties, reconnect_interval=RECONNECT_INTERVAL_SECONDS
         )
-    ordered = [URL(u) for u in (*urls[start:], *urls[:start])]
-    connection = FailoverConnection(
-        ordered, client_properties=properties, reconnect_interval=RECONNECT_INTERVAL_SECONDS
-    )
-    try:
         # A bound on each attempt, this one and every reconnect: a node that accepts and never answers (hung, not
         # dead) must not hold the connection from the others.
-        await connection.connect(timeout=FAILOVER_CONNECT_TIMEOUT_SECONDS)
+        timeout = FAILOVER_CONNECT_TIMEOUT_SECONDS
+    try:
+        await connection.connect(timeout=timeout)
     except BaseException:
         await connection.close()  # stops its reconnect loop: the next attempt is a connection of its own
         raise

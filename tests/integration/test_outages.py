@@ -418,6 +418,26 @@ async def test_connect_gives_up_after_the_attempts_asked_for() -> None:
         await amqp_connection.connect(f"amqp://guest:guest@127.0.0.1:{port}/", "oms.test", attempts=2, max_delay=0.1)
 
 
+async def test_a_connect_cancelled_midway_leaves_nothing_reconnecting() -> None:
+    """A process stopped while it connects (SIGTERM during a connect: asyncio.run cancels every task and waits
+    for them) must not wait for ever: aio-pika's robust connection keeps a reconnecting task that a cancellation
+    alone does not end. A server that accepts and never answers holds the connect midway."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        before = asyncio.all_tasks()
+        connecting = asyncio.create_task(amqp_connection.connect(f"amqp://guest:guest@127.0.0.1:{port}/", "oms.test"))
+        await async_wait_until(lambda: len(asyncio.all_tasks() - before) > 1, timeout=10, message="connecting")
+        connecting.cancel()
+        others = asyncio.all_tasks() - before - {asyncio.current_task()}
+        # As asyncio.run's shutdown does: cancel what is left and wait for it.
+        for task in others:
+            task.cancel()
+        done, pending = await asyncio.wait(others, timeout=5)
+        assert not pending, [t.get_coro() for t in pending]
+
+
 # ------------------------------------------------------------------------------------------------ outbox relay
 
 
