@@ -51,6 +51,11 @@ TOOL_VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OMS_RABBITMQ_MGMT_PORT", "15679", "`./oms infra`: port of the local RabbitMQ's management UI."),
     ("OMS_RABBITMQ_DIST_PORT", "25679", "`./oms infra`: the local RabbitMQ node's distribution port."),
     ("OMS_RABBITMQ_NODENAME", "oms-rabbit@localhost", "`./oms infra`: the local RabbitMQ node's name."),
+    (
+        "OMS_RABBITMQ_SCHEDULERS",
+        "half the cores, at least 1",
+        "`./oms infra`: the local RabbitMQ node's Erlang schedulers (it shares the machine with the pipeline).",
+    ),
     ("OMS_RABBITMQ_PROMETHEUS_PORT", "15692", "docker-compose.yml: host port of RabbitMQ's metrics."),
     ("OMS_PROMETHEUS_PORT", "9090", "docker-compose.yml: host port of Prometheus."),
     ("OMS_GRAFANA_PORT", "3000", "docker-compose.yml: host port of Grafana."),

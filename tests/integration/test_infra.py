@@ -45,3 +45,19 @@ def test_ensure_started_twice(infra_urls: InfraUrls) -> None:
     assert infra.ensure_started() == local
     assert infra.ensure_started() == local
     assert all(server.running for server in infra.status())
+
+
+def test_the_local_node_runs_the_configured_schedulers(infra_urls: InfraUrls) -> None:
+    from tools import infra
+    from tools.infra import rabbitmq
+    from tools.infra.system import run
+
+    settings = infra.ServerSettings.from_env()
+    if infra_urls.amqp_url != settings.urls.amqp_url:
+        pytest.skip("this session's broker is not the local node that tools.infra manages")
+    query = "erlang:system_info(schedulers_online)."
+    ctl = [rabbitmq._script("rabbitmqctl"), "-n", settings.nodename, "eval", query]
+    result = run(ctl, env=rabbitmq._env(settings), check=False, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # A node started before OMS_RABBITMQ_SCHEDULERS changed keeps its count: `./oms infra stop` and start again.
+    assert result.stdout.strip() == str(settings.rabbit_schedulers)

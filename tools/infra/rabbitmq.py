@@ -90,6 +90,7 @@ def _env(settings: ServerSettings) -> dict[str, str]:
     environment = {
         key: value for key, value in os.environ.items() if key not in ("RABBITMQ_NODE_IP_ADDRESS", "RABBITMQ_NODE_PORT")
     }
+    schedulers = f"{settings.rabbit_schedulers}:{settings.rabbit_schedulers}"  # all of them online
     return {
         **environment,
         "RABBITMQ_NODENAME": settings.nodename,
@@ -104,8 +105,8 @@ def _env(settings: ServerSettings) -> dict[str, str]:
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
         # Not the machine-wide /etc/rabbitmq/rabbitmq-env.conf: this node is private to the project.
         "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
-        # Keep Erlang distribution on loopback too.
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        # Keep Erlang distribution on loopback too; as many schedulers as the settings give (not one per core).
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"-kernel inet_dist_use_interface {{127,0,0,1}} +S {schedulers}",
         "ERL_EPMD_ADDRESS": HOST,
         "ERL_CRASH_DUMP": str(base / "log" / "erl_crash.dump"),
     }

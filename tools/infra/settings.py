@@ -69,6 +69,8 @@ class ServerSettings:
     # every node of its cluster (its peers for classic-config discovery); a standalone node has none.
     rabbit_dir_name: str = "rabbitmq"
     rabbit_peers: tuple[str, ...] = ()
+    # The local node's Erlang schedulers (``+S``): see ``default_rabbit_schedulers``.
+    rabbit_schedulers: int = 1
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -83,6 +85,7 @@ class ServerSettings:
             nodename=env.get("OMS_RABBITMQ_NODENAME", "oms-rabbit@localhost"),
             timeout=float(_env_number("OMS_INFRA_TIMEOUT", 120)),
             tls=(tls_folder(data_dir) / TLS_ENABLED_FILE).exists(),
+            rabbit_schedulers=max(1, _env_number("OMS_RABBITMQ_SCHEDULERS", default_rabbit_schedulers())),
         )
 
     @property
@@ -140,6 +143,16 @@ class ServerSettings:
     @property
     def rabbit_pid_file(self) -> Path:
         return self.rabbit_dir / "rabbitmq.pid"
+
+
+def default_rabbit_schedulers() -> int:
+    """Half the machine's cores, at least one: the local node shares them with Postgres and every OMS process.
+
+    Erlang starts a scheduler per core by default. On two cores, one scheduler cut the broker's CPU per order by a
+    third in a burst and a fifth at a steady rate (docs/design.md, Session 13): with two, the work of one message
+    (channel, queue, Raft WAL, consumer's channel) crosses between scheduler threads, each crossing a wake-up.
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def _env_number(name: str, default: int) -> int:
