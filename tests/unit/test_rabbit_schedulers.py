@@ -7,13 +7,23 @@ from pathlib import Path
 import pytest
 
 from tools.infra import rabbitmq
-from tools.infra.settings import InfraError, ServerSettings, default_rabbit_schedulers
+from tools.infra.settings import InfraError, ServerSettings, default_rabbit_schedulers, usable_cores
 
 
 def test_half_the_cores_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    for cores, expected in ((None, 1), (1, 1), (2, 1), (3, 1), (8, 4)):
-        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+    for cores, expected in ((1, 1), (2, 1), (3, 1), (8, 4)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, cores=cores: set(range(cores)))
         assert default_rabbit_schedulers() == expected
+
+
+def test_the_cores_are_those_the_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 64)  # the host's, not this process's
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert usable_cores() == 2
+    monkeypatch.delattr("os.sched_getaffinity")  # a platform without affinity: every core
+    assert usable_cores() == 64
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert usable_cores() == 1
 
 
 def test_the_variable_sets_the_nodes_schedulers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -152,7 +152,15 @@ def default_rabbit_schedulers() -> int:
     third in a burst and a fifth at a steady rate (docs/design.md, Session 13): with two, the work of one message
     (channel, queue, Raft WAL, consumer's channel) crosses between scheduler threads, each crossing a wake-up.
     """
-    return max(1, (os.cpu_count() or 2) // 2)
+    return max(1, usable_cores() // 2)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a cpuset or ``taskset`` leaves it), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
 
 
 def _env_number(name: str, default: int) -> int:
