@@ -146,7 +146,7 @@ class ServerSettings:
 
 
 def default_rabbit_schedulers() -> int:
-    """Half the machine's cores, at least one: the local node shares them with Postgres and every OMS process.
+    """Half the cores this process may use, at least one: the local node shares them with Postgres and the OMS.
 
     Erlang starts a scheduler per core by default. On two cores, one scheduler cut the broker's CPU per order by a
     third in a burst and a fifth at a steady rate (docs/design.md, Session 13): with two, the work of one message
