@@ -90,7 +90,8 @@ def _env(settings: ServerSettings) -> dict[str, str]:
     environment = {
         key: value for key, value in os.environ.items() if key not in ("RABBITMQ_NODE_IP_ADDRESS", "RABBITMQ_NODE_PORT")
     }
-    schedulers = f"{settings.rabbit_schedulers}:{settings.rabbit_schedulers}"  # all of them online
+    count = settings.rabbit_schedulers
+    schedulers = f" +S {count}:{count}" if count else ""  # all of them online; none given: one per core
     return {
         **environment,
         "RABBITMQ_NODENAME": settings.nodename,
@@ -105,8 +106,8 @@ def _env(settings: ServerSettings) -> dict[str, str]:
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
         # Not the machine-wide /etc/rabbitmq/rabbitmq-env.conf: this node is private to the project.
         "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
-        # Keep Erlang distribution on loopback too; as many schedulers as the settings give (not one per core).
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"-kernel inet_dist_use_interface {{127,0,0,1}} +S {schedulers}",
+        # Keep Erlang distribution on loopback too; as many schedulers as the settings give.
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"-kernel inet_dist_use_interface {{127,0,0,1}}{schedulers}",
         "ERL_EPMD_ADDRESS": HOST,
         "ERL_CRASH_DUMP": str(base / "log" / "erl_crash.dump"),
     }
