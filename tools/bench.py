@@ -11,6 +11,7 @@ machine's one Postgres cluster and RabbitMQ node. Modes:
     ./oms bench --orders 2000 --json a.json     # everything as JSON; --compare a.json b.json prints the ratios
     ./oms bench --baseline-orders 300           # also batches of one, for the batching ratio
     ./oms bench --rate 60 --seconds 40 --profile execution_handler,settlement   # py-spy during the window
+    ./oms bench --floor --rate 50               # what an order flowing alone costs at least (tools/bench_floor.py)
 
 CPU is utime+stime from /proc/<pid>/stat, before and after the measured window, for each OMS process tree, the
 Postgres cluster (the postmaster and all its children) and the RabbitMQ node (beam.smp and its children).
@@ -47,7 +48,7 @@ from common.messaging.connection import connect
 from common.messaging.publisher import Publisher
 from common.messaging.topology import declare_topology
 from common.store.outbox import OutboxMessage
-from tools import bench_history, bench_profile, infra
+from tools import bench_floor, bench_history, bench_profile, infra
 from tools.bench_cpu import CpuSampler, cpu_deltas, pid_from_file, summarize
 from tools.infra import rabbit_cluster, tls
 from tools.processes import ProcessSpec, parse_replicas
@@ -700,7 +701,7 @@ def main(argv: list[str]) -> int:
         prog="oms bench",
         description=__doc__.splitlines()[0] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[5:14]) if __doc__ else None,
+        epilog="\n".join(__doc__.splitlines()[5:15]) if __doc__ else None,
     )
     parser.add_argument("--orders", type=int, default=2000, help="throughput mode: orders per run (default 2000)")
     parser.add_argument("--repeats", type=int, default=1, help="throughput mode: runs, median reported (default 1)")
@@ -709,7 +710,9 @@ def main(argv: list[str]) -> int:
         "--baseline-orders", type=int, default=0, help="also run batches of one with this many orders (default: no)"
     )
     parser.add_argument("--rate", type=float, help="fixed-rate mode: decisions (or POSTs with --rest) per second")
-    parser.add_argument("--seconds", type=float, default=60, help="fixed-rate mode: how long to publish (default 60)")
+    parser.add_argument(
+        "--seconds", type=float, help="fixed-rate mode: how long to publish (default 60; --floor: 10 per step)"
+    )
     parser.add_argument("--rest", action="store_true", help="POST orders through the REST server (needs --rate)")
     parser.add_argument("--rest-workers", type=int, default=2, help="gunicorn workers of the REST server (default 2)")
     parser.add_argument("--history", type=int, default=0, help="preload N FILLED orders of history first")
@@ -739,6 +742,7 @@ def main(argv: list[str]) -> int:
         metavar="STAGE=N,...",
         help="run N replicas of these stages (e.g. execution_handler=2,settlement=2; `all=2`: every stage)",
     )
+    bench_floor.add_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two JSON results side by side")
     parser.add_argument("--timeout", type=float, default=600)
@@ -750,6 +754,10 @@ def main(argv: list[str]) -> int:
         return 0
     if args.rest and not args.rate:
         parser.error("--rest needs --rate")
+    if args.floor and (args.rest or args.history or args.profile or args.replicas):
+        parser.error("--floor measures the building blocks alone: no --rest, --history, --profile or --replicas")
+    if args.seconds is None:
+        args.seconds = 10 if args.floor else 60
     _tear_down_on_sigterm()
 
     document: dict[str, Any] = {
@@ -759,7 +767,12 @@ def main(argv: list[str]) -> int:
         "machine": machine(),
         "note": SHARED_NOTE,
     }
-    if args.rest:
+    if args.floor:
+        document["mode"] = "floor"
+        rate = args.rate or 50
+        print(f"floor: each building block alone, paced at {rate:g}/s for {args.seconds:g}s")
+        document["result"] = bench_floor.run_floor(infra.ensure_started(), rate, args.seconds, args.idle)
+    elif args.rest:
         document["mode"] = "rest"
         print(f"REST: {args.rate:g} POST/s for {args.seconds:g}s through the REST server, batch {args.batch}")
         document["result"] = run_rest(args)
@@ -775,7 +788,7 @@ def main(argv: list[str]) -> int:
         print(f"throughput: {args.orders} decisions as fast as possible, batches of up to {args.batch}")
         document["result"] = run_throughput(args, args.batch, args.orders)
     print()
-    print(table(document["result"]))
+    print(bench_floor.floor_table(document["result"]) if args.floor else table(document["result"]))
     if "baseline" in document:
         base, batched = document["baseline"], document["result"]
         print(

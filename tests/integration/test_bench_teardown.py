@@ -11,15 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from common.messaging.topology import all_stage_queues
 from common.settings import REPO_ROOT
-from tests.support.outages import AUTH
 from tests.support.polling import wait_until
+from tests.support.servers import databases_named, vhosts_named
 from tools import infra
 from tools.infra import InfraUrls
-from tools.infra.tls import verify_for
 from tools.sandbox import consumers_ready
 
 pytestmark = pytest.mark.integration
@@ -37,24 +35,11 @@ def local_servers(infra_urls: InfraUrls) -> InfraUrls:
 
 
 def _bench_vhosts(management_url: str) -> set[str]:
-    base = management_url.rstrip("/")
-    answer = requests.get(f"{base}/api/vhosts", auth=AUTH, timeout=5, verify=verify_for(base))
-    answer.raise_for_status()
-    return {v["name"] for v in answer.json() if v["name"].startswith("oms_bench_")}
+    return vhosts_named(management_url, "oms_bench_")
 
 
 def _bench_databases(database_url: str) -> set[str]:
-    from sqlalchemy import text
-
-    from common.store.db import make_engine
-
-    engine = make_engine(database_url, pool_size=1, pre_ping=False)
-    try:
-        with engine.connect() as connection:
-            names = connection.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'oms_bench_%'"))
-            return {str(n) for n in names.scalars()}
-    finally:
-        engine.dispose()
+    return databases_named(database_url, "oms_bench_")
 
 
 @pytest.fixture()

@@ -135,7 +135,7 @@ def connection(conninfo: str, **kwargs: Any) -> Any:
 def answers(settings: ServerSettings) -> bool:
     """Whether the ``oms`` role logs in over TCP, with its password."""
     try:
-        with connection(_libpq_url(settings.urls.database_url)) as conn:
+        with connection(libpq_url(settings.urls.database_url)) as conn:
             conn.execute("select 1")
     except Exception:
         return False
@@ -340,7 +340,7 @@ def prepare_venue_tables(database_url: str, worker_role: str | None = None) -> N
     from services.venue_sim.journal import TABLES, create_tables
 
     role = worker_role or role_names()[WORKER]
-    with connection(_libpq_url(database_url)) as conn:
+    with connection(libpq_url(database_url)) as conn:
         create_tables(conn)
         if conn.execute("select 1 from pg_roles where rolname = %s", [role]).fetchone():
             tables = sql.SQL(", ").join(sql.Identifier(table) for table in TABLES)
@@ -465,7 +465,7 @@ def status(settings: ServerSettings) -> ServerStatus:
     )
 
 
-def _libpq_url(url: str) -> str:
+def libpq_url(url: str) -> str:
     """SQLAlchemy's ``postgresql+psycopg://`` URL as libpq wants it."""
     scheme, rest = url.split("://", 1)
     return f"{scheme.split('+', 1)[0]}://{rest}"
@@ -477,7 +477,7 @@ def create_database(name: str, server_url: str | None = None) -> str:
 
     check_name(name)
     server_url = server_url or ServerSettings.from_env().urls.database_url
-    with connection(_libpq_url(server_url)) as conn:
+    with connection(libpq_url(server_url)) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     return with_path(server_url, "/" + name)
 
@@ -511,5 +511,5 @@ def drop_database(name: str, server_url: str | None = None) -> None:
         with superuser_connection(settings) as conn:
             conn.execute(statement)
         return
-    with connection(_libpq_url(server_url)) as conn:
+    with connection(libpq_url(server_url)) as conn:
         conn.execute(statement)
