@@ -756,8 +756,12 @@ def main(argv: list[str]) -> int:
         parser.error("--rest needs --rate")
     if args.floor and (args.rest or args.history or args.profile or args.replicas):
         parser.error("--floor measures the building blocks alone: no --rest, --history, --profile or --replicas")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be above 0")
     if args.seconds is None:
         args.seconds = 10 if args.floor else 60
+    if args.seconds <= 0:
+        parser.error("--seconds must be above 0")
     _tear_down_on_sigterm()
 
     document: dict[str, Any] = {

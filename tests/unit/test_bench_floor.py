@@ -71,3 +71,16 @@ def test_floor_refuses_what_it_does_not_measure(extra: list[str], capsys: pytest
         bench.main(["--floor", *extra])
     assert exited.value.code == 2
     assert "--floor measures the building blocks alone" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--rate", "0"], "--rate must be above 0"), (["--seconds", "-1"], "--seconds must be above 0")],
+)
+def test_rate_and_seconds_must_be_above_zero(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--floor", *extra])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
