@@ -22,12 +22,14 @@ the whole queue again. Where the acks went: a quorum queue's client in the chann
 once 32 of its commands await the queue's answer, and sends them when answers come; the channel closing first
 drops the stash, and the queue hands those messages back. So the check acks again, in the channel it reads the
 queue with, every copy the pass acked that is still there: at most ``REACK_LIMIT`` per read, below the stash's
-threshold, so those acks reach the queue before that channel closes. It reads again after each such round, at
-most ``CHECK_READS`` times. Only a message whose id is no longer there counts as removed: its row
-becomes PURGED or REPLAYED. One still there after the last read is reported as not removed; its row is deleted
-(a purge did nothing) or says why it failed (a replay did republish it; the copy left in the dead-letter queue
-is absorbed by the stage's inbox if replayed again). A copy that this very replay sent back and its stage
-dead-lettered again carries this run's ``x-oms-replay-run`` header and is not mistaken for the original.
+threshold, so those acks reach the queue before that channel closes. It reads again after each such round, until
+a read finds none of them; or, after ``STALLED_ROUNDS`` rounds in a row that removed none, or ``CHECK_SECONDS``,
+one last read without acks says what stays. How many acks the broker drops varies with its load, so the rounds
+go on while they make progress rather than for a fixed count. Only a message whose id is no longer there counts
+as removed: its row becomes PURGED or REPLAYED. One still there after the last read is reported as not removed;
+its row is deleted (a purge did nothing) or says why it failed (a replay did republish it; the copy left in the
+dead-letter queue is absorbed by the stage's inbox if replayed again). A copy that this very replay sent back and
+its stage dead-lettered again carries this run's ``x-oms-replay-run`` header and is not mistaken for the original.
 
 The row written before the ack is a FAILED row whose detail is ``UNCHECKED`` (the table's CHECK allows
 REPLAYED, PURGED and FAILED only): one left like that is a pass killed between its ack and its check, which
@@ -632,8 +634,13 @@ SETTLE_READS = 3
 # The check's re-acks per read of the queue: below the 32 unanswered commands after which a quorum queue's client
 # stashes settlements instead of sending them (rabbit_fifo_client's soft limit), so none is stashed and dropped.
 REACK_LIMIT = 24
-# Reads of the queue the check makes at most: after each but the last, it acks again what is still there.
-CHECK_READS = 4
+# How long the check goes on reading the queue and acking again what is still there; a read that finds none of
+# the pass's acked messages ends it sooner. With both cores busy, a pass over 240 messages once had 36 more acks
+# dropped than four rounds of REACK_LIMIT could send again (docs/design.md, Session 14).
+CHECK_SECONDS = 30.0
+# Rounds of re-acks in a row that left as many of them in the queue as before, after which the check stops acking
+# (an ack that never takes: the next read is the last).
+STALLED_ROUNDS = 2
 # The row of a message about to be acked, until the check says what happened (module doc).
 UNCHECKED = "acked; not yet checked that it left the queue (the pass stopped before its check if this stays)"
 
@@ -791,8 +798,11 @@ class _Pass:
                 }
             )
 
-        for read in range(1, CHECK_READS + 1):
-            last = read == CHECK_READS
+        deadline = asyncio.get_running_loop().time() + CHECK_SECONDS
+        last = False
+        stalled = 0
+        previous: int | None = None
+        while True:
             left, taken = await _remaining_ids(
                 self.connection, report.queue, report.run_id, floor, None if last else still_there_in
             )
@@ -801,6 +811,10 @@ class _Pass:
                 break
             reacked += taken.total()
             floor -= taken.total()
+            count = still_there.total()
+            stalled = stalled + 1 if previous is not None and count >= previous else 0
+            previous = count
+            last = stalled >= STALLED_ROUNDS or asyncio.get_running_loop().time() >= deadline
         if reacked:
             log.info(
                 "dead letters acked again: the broker had handed them back",
