@@ -53,9 +53,9 @@ TOOL_VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OMS_RABBITMQ_NODENAME", "oms-rabbit@localhost", "`./oms infra`: the local RabbitMQ node's name."),
     (
         "OMS_RABBITMQ_SCHEDULERS",
-        "0",
-        "`./oms infra`: the local RabbitMQ node's Erlang schedulers; 0: one per core. 1 on two cores: a third less"
-        " of the broker's CPU, but more acks dropped at a channel's close (docs/design.md, Session 13).",
+        "half the cores, at least 1",
+        "`./oms infra`: the local RabbitMQ node's Erlang schedulers (it shares the machine with the pipeline); 0:"
+        " one per core, Erlang's default (docs/design.md, Sessions 13 and 14).",
     ),
     ("OMS_RABBITMQ_PROMETHEUS_PORT", "15692", "docker-compose.yml: host port of RabbitMQ's metrics."),
     ("OMS_PROMETHEUS_PORT", "9090", "docker-compose.yml: host port of Prometheus."),

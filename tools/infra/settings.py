@@ -69,9 +69,8 @@ class ServerSettings:
     # every node of its cluster (its peers for classic-config discovery); a standalone node has none.
     rabbit_dir_name: str = "rabbitmq"
     rabbit_peers: tuple[str, ...] = ()
-    # The local node's Erlang schedulers (``+S``); 0: Erlang's default, one per core. One on a small machine
-    # shared with the whole pipeline takes a third of the broker's CPU per message away, but RabbitMQ 3.10 then
-    # drops more of a closing channel's quorum-queue acks (docs/design.md, Session 13): a setting, not the default.
+    # The local node's Erlang schedulers (``+S``): ``default_rabbit_schedulers`` unless OMS_RABBITMQ_SCHEDULERS
+    # gives a count; 0: Erlang's default, one per core.
     rabbit_schedulers: int = 0
 
     @classmethod
@@ -87,7 +86,7 @@ class ServerSettings:
             nodename=env.get("OMS_RABBITMQ_NODENAME", "oms-rabbit@localhost"),
             timeout=float(_env_number("OMS_INFRA_TIMEOUT", 120)),
             tls=(tls_folder(data_dir) / TLS_ENABLED_FILE).exists(),
-            rabbit_schedulers=_env_number("OMS_RABBITMQ_SCHEDULERS", 0),
+            rabbit_schedulers=_env_number("OMS_RABBITMQ_SCHEDULERS", default_rabbit_schedulers()),
         )
 
     @property
@@ -145,6 +144,24 @@ class ServerSettings:
     @property
     def rabbit_pid_file(self) -> Path:
         return self.rabbit_dir / "rabbitmq.pid"
+
+
+def default_rabbit_schedulers() -> int:
+    """Half the cores this process may use, at least one: the local node shares them with Postgres and the OMS.
+
+    Erlang starts a scheduler per core. On two cores, one scheduler took 36-42% off the broker's CPU per order in
+    bursts and 13-20% at a steady rate (docs/design.md, Sessions 13 and 14): with two, the work of one message
+    (channel, queue, Raft WAL, consumer's channel) crosses between scheduler threads, each crossing a wake-up.
+    """
+    return max(1, usable_cores() // 2)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a cpuset or ``taskset`` leaves it), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
 
 
 def _env_number(name: str, default: int) -> int:
