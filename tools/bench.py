@@ -49,8 +49,8 @@ from common.messaging.publisher import Publisher
 from common.messaging.topology import declare_topology
 from common.store.outbox import OutboxMessage
 from tools import bench_floor, bench_history, bench_profile, infra
-from tools.bench_cpu import CpuSampler, cpu_deltas, pid_from_file, summarize
-from tools.infra import rabbit_cluster, tls
+from tools.bench_cpu import CpuSampler, cpu_deltas, own_ticks, server_groups, summarize
+from tools.infra import tls
 from tools.processes import ProcessSpec, parse_replicas
 from tools.sandbox import Sandbox, sandbox
 
@@ -137,25 +137,21 @@ class Window:
 
     def __init__(self, box: Sandbox) -> None:
         self.box = box
-        settings = infra.ServerSettings.from_env()
+        servers = server_groups()
+        beams = servers.get("rabbitmq", [])
+        self.servers: dict[str, Any] = {
+            "postgres": servers.get("postgres", [None])[0],
+            "rabbitmq": beams[0] if len(beams) == 1 else beams,
+        }
         groups: dict[str, list[int]] = {name: [pid] for name, pid in box.pids().items()}
-        postmaster = pid_from_file(settings.pg_data / "postmaster.pid")
-        # Every node of a local cluster (`infra start --rabbit-nodes 3`): the broker's CPU is all of theirs.
-        nodes = rabbit_cluster.nodes(settings) if rabbit_cluster.node_count(settings) > 1 else [settings]
-        beams = [pid for pid in (pid_from_file(n.rabbit_pid_file) for n in nodes) if pid]
-        self.servers: dict[str, Any] = {"postgres": postmaster, "rabbitmq": beams[0] if len(beams) == 1 else beams}
-        if postmaster:
-            groups["postgres"] = [postmaster]
-        if beams:
-            groups["rabbitmq"] = beams
+        groups.update(servers)
         groups["bench client"] = [os.getpid()]
         # The bench's own tree would include the workers (its children): the client is this process alone.
         self.sampler = CpuSampler(groups)
 
     def _snapshot(self) -> dict[str, int]:
         ticks = self.sampler.snapshot()
-        own = os.times()
-        ticks["bench client"] = int((own.user + own.system) * os.sysconf("SC_CLK_TCK"))
+        ticks["bench client"] = own_ticks()
         return ticks
 
     def idle(self, seconds: float) -> None:

@@ -144,6 +144,30 @@ def pid_from_file(path: Path) -> int | None:
     return pid if (PROC / str(pid)).exists() else None
 
 
+def server_groups() -> dict[str, list[int]]:
+    """The local servers' root pids, when they run here: the Postgres postmaster, and every RabbitMQ node of a
+    local cluster (`infra start --rabbit-nodes 3`: the broker's CPU is all of theirs)."""
+    from tools import infra
+    from tools.infra import rabbit_cluster
+
+    settings = infra.ServerSettings.from_env()
+    groups: dict[str, list[int]] = {}
+    postmaster = pid_from_file(settings.pg_data / "postmaster.pid")
+    if postmaster:
+        groups["postgres"] = [postmaster]
+    nodes = rabbit_cluster.nodes(settings) if rabbit_cluster.node_count(settings) > 1 else [settings]
+    beams = [pid for pid in (pid_from_file(n.rabbit_pid_file) for n in nodes) if pid]
+    if beams:
+        groups["rabbitmq"] = beams
+    return groups
+
+
+def own_ticks() -> int:
+    """This process's own CPU in clock ticks (not its children's: a bench's workers are its children)."""
+    own = os.times()
+    return int((own.user + own.system) * CLK_TCK)
+
+
 class CpuSampler:
     """Snapshots of named process groups: ``{"intake": [pid], "postgres": [postmaster], ...}``."""
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -40,8 +39,8 @@ import psycopg
 from common.messaging.connection import connect_once
 from common.runtime import loop
 from tools import infra
-from tools.bench_cpu import CpuSampler, cpu_deltas, pid_from_file, summarize
-from tools.infra import InfraUrls, rabbit_cluster
+from tools.bench_cpu import CpuSampler, cpu_deltas, own_ticks, server_groups, summarize
+from tools.infra import InfraUrls
 from tools.infra.postgres import libpq_url
 
 # An order's path when it flows alone: decision to intake, intake to risk gate, risk gate to router, router to the
@@ -124,29 +123,15 @@ def floor_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _server_groups() -> dict[str, list[int]]:
-    settings = infra.ServerSettings.from_env()
-    groups: dict[str, list[int]] = {}
-    postmaster = pid_from_file(settings.pg_data / "postmaster.pid")
-    if postmaster:
-        groups["postgres"] = [postmaster]
-    nodes = rabbit_cluster.nodes(settings) if rabbit_cluster.node_count(settings) > 1 else [settings]
-    beams = [pid for pid in (pid_from_file(n.rabbit_pid_file) for n in nodes) if pid]
-    if beams:
-        groups["rabbitmq"] = beams
-    return groups
-
-
 class _Meter:
     """CPU of the servers (when they run here) and of this process, around a window."""
 
     def __init__(self) -> None:
-        self.sampler = CpuSampler(_server_groups())
+        self.sampler = CpuSampler(server_groups())
 
     def snapshot(self) -> dict[str, int]:
         ticks = self.sampler.snapshot()
-        own = os.times()
-        ticks["client"] = int((own.user + own.system) * os.sysconf("SC_CLK_TCK"))
+        ticks["client"] = own_ticks()
         return ticks
 
     async def measure(self, work: Callable[[], Awaitable[None]]) -> tuple[dict[str, float], float]:
@@ -290,11 +275,10 @@ class _Floor:
                 "INSERT INTO floor_orders (id, status, quantity, filled_quantity) VALUES (%s, 'NEW', 100, 0)",
                 [(order,) for order in orders],
             )
-        lock = threading.Lock()  # one connection, used from asyncio's worker threads one call at a time
 
         def transaction(index: int) -> None:
             order = orders[index]
-            with lock, connection.transaction(), connection.cursor() as cursor:
+            with connection.transaction(), connection.cursor() as cursor:
                 cursor.execute(
                     "INSERT INTO floor_inbox (message_id) VALUES (%s) ON CONFLICT DO NOTHING RETURNING message_id",
                     (str(uuid.uuid4()),),
